@@ -1,0 +1,1 @@
+"""Adapters that plug the loophub domain into JupyterHub and the notebook server."""

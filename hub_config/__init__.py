@@ -1,0 +1,1 @@
+"""JupyterHub configuration files shipped with loophub."""

@@ -1,0 +1,95 @@
+"""JupyterHub configuration for loophub's embedded default (`loophub up`).
+
+Everything comes from the environment that `loophub up` sets (loophub.settings):
+one LOOPHUB_HOME holds the hub database, the secrets, the loophub database and
+blobs, and users' home folders. To customise, put a jupyterhub_config_local.py in
+LOOPHUB_HOME (or point LOOPHUB_HUB_CONFIG at a file); it is loaded last.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from loophub.settings import Settings
+
+c = get_config()  # noqa: F821 (provided by JupyterHub)
+settings = Settings.from_env()
+settings.ensure_dirs()
+env = os.environ
+REPO = Path(__file__).resolve().parent.parent
+
+ip = env.get("LOOPHUB_IP", "127.0.0.1")
+port = int(env.get("LOOPHUB_PORT", "8000"))
+hub_port = int(env.get("LOOPHUB_HUB_PORT", "8081"))
+api_port = int(env.get("LOOPHUB_API_PORT", "10101"))
+proxy_api_port = int(env.get("LOOPHUB_PROXY_API_PORT", "8001"))
+
+# --- the hub -----------------------------------------------------------------
+c.JupyterHub.bind_url = f"http://{ip}:{port}"
+c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub_port}"
+c.JupyterHub.db_url = settings.hub_db_url
+c.JupyterHub.cookie_secret_file = str(settings.secrets_dir / "jupyterhub_cookie_secret")
+c.JupyterHub.pid_file = str(settings.home / "jupyterhub.pid")
+c.JupyterHub.cleanup_servers = True
+
+proxy = env.get("LOOPHUB_PROXY") or shutil.which(
+    "configurable-http-proxy", path=str(REPO / "node_modules" / ".bin")
+) or "configurable-http-proxy"
+c.ConfigurableHTTPProxy.command = [proxy]
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{proxy_api_port}"
+c.ConfigurableHTTPProxy.pid_file = str(settings.home / "proxy.pid")
+
+# --- who may log in ------------------------------------------------------------
+c.JupyterHub.authenticator_class = "loophub.extensions.authenticator.LoophubAuthenticator"
+
+# --- single-user servers ---------------------------------------------------------
+# Until FairSpawner lands, servers run as the hub's own user, each in its own home
+# folder under LOOPHUB_HOME/users (no system accounts needed).
+c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
+c.SimpleLocalProcessSpawner.home_dir_template = str(settings.users_dir / "{username}")
+c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+c.Spawner.default_url = "/lab"
+if os.geteuid() == 0:  # containers and CI run as root; jupyter-server refuses root by default
+    c.Spawner.args = ["--allow-root"]
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 120
+api_url = f"http://127.0.0.1:{api_port}/services/loophub/api"
+c.Spawner.environment = {**settings.env(), "LOOPHUB_API_URL": api_url}
+
+# --- the loophub API service -------------------------------------------------------
+c.JupyterHub.services = [
+    {
+        "name": "loophub",
+        "url": f"http://127.0.0.1:{api_port}",
+        "command": [sys.executable, "-m", "loophub.extensions.api"],
+        "environment": settings.env(),
+        "oauth_no_confirm": True,
+        "display": True,
+        "info": {"description": "loophub API: data, scheduling, training, serving"},
+    }
+]
+c.JupyterHub.load_roles = [
+    {
+        # The service manages accounts, groups and servers on the platform's behalf.
+        "name": "loophub-service",
+        "scopes": ["admin:users", "admin:groups", "admin:servers", "list:users",
+                   "read:users", "tokens", "access:servers"],
+        "services": ["loophub"],
+    },
+    {
+        # Every user may call the loophub API (it authorises each route itself).
+        "name": "user",
+        "scopes": ["self", "access:services!service=loophub"],
+    },
+    {
+        # A notebook acts as its user: the SDK's calls from a server carry the user's rights.
+        "name": "server",
+        "scopes": ["inherit"],
+    },
+]
+
+# --- local overrides, loaded last ----------------------------------------------------
+local = env.get("LOOPHUB_HUB_CONFIG") or str(settings.home / "jupyterhub_config_local.py")
+if os.path.exists(local):
+    load_subconfig(local)  # noqa: F821

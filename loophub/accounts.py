@@ -1,0 +1,101 @@
+"""loophub's own logins: scrypt-hashed passwords in the loophub database.
+
+The embedded default needs no system users and no outside identity provider, yet
+never lets anyone in without a password. Production hubs switch to PAM or
+OAuthenticator in hub_config (README, "Authentication").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+from loophub.errors import Conflict, InvalidInput, NotFound
+from loophub.store import Database
+from loophub.store.models import Account, AuditEvent, utcnow
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+MIN_PASSWORD = 10
+
+
+def check_username(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidInput(
+            f"invalid user name {name!r}: use 1-64 lower-case letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def generate_password() -> str:
+    return secrets.token_urlsafe(15)
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
+    return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, salt, expected = stored.split("$")
+    except ValueError:
+        return False
+    if scheme != "scrypt":
+        return False
+    digest = hashlib.scrypt(password.encode(), salt=bytes.fromhex(salt), **_SCRYPT)
+    return hmac.compare_digest(digest.hex(), expected)
+
+
+class Accounts:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(self, name: str, password: str | None = None, *, admin: bool = False,
+               actor: str = "system") -> str:
+        """Create an account; returns its password (generated unless given)."""
+        check_username(name)
+        password = password or generate_password()
+        if len(password) < MIN_PASSWORD:
+            raise InvalidInput(f"password too short: use at least {MIN_PASSWORD} characters")
+        with self.db.transaction() as s:
+            if s.get(Account, name) is not None:
+                raise Conflict(f"user {name!r} already exists; use `loophub passwd {name}` "
+                               "to set a new password")
+            s.add(Account(name=name, password_hash=hash_password(password), admin=admin))
+            s.add(AuditEvent(actor=actor, action="account.create", target=name,
+                             detail={"admin": admin}))
+        return password
+
+    def set_password(self, name: str, password: str | None = None, *,
+                     actor: str = "system") -> str:
+        password = password or generate_password()
+        if len(password) < MIN_PASSWORD:
+            raise InvalidInput(f"password too short: use at least {MIN_PASSWORD} characters")
+        with self.db.transaction() as s:
+            account = s.get(Account, name)
+            if account is None:
+                raise NotFound(f"no user {name!r}; create it with `loophub user add {name}`")
+            account.password_hash = hash_password(password)
+            account.password_changed = utcnow()
+            s.add(AuditEvent(actor=actor, action="account.password", target=name, detail={}))
+        return password
+
+    def authenticate(self, name: str, password: str) -> Account | None:
+        with self.db.transaction() as s:
+            account = s.get(Account, name)
+        if account is None or not verify_password(password, account.password_hash):
+            return None
+        return account
+
+    def exists(self, name: str) -> bool:
+        with self.db.transaction() as s:
+            return s.get(Account, name) is not None
+
+    def admins(self) -> list[str]:
+        with self.db.transaction() as s:
+            return sorted(a.name for a in s.query(Account).filter(Account.admin.is_(True)))

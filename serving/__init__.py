@@ -1,0 +1,1 @@
+"""loophub.serving: see README.md, 'Where each room lives'."""

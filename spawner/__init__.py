@@ -1,0 +1,1 @@
+"""loophub.spawner: see README.md, 'Where each room lives'."""

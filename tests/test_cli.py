@@ -1,0 +1,84 @@
+import subprocess
+import sys
+
+import pytest
+
+import loophub
+from loophub.cli import main
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "loophub.cli", *args], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def test_version():
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"loophub {loophub.__version__}"
+
+
+def test_doctor_on_a_new_home(tmp_path):
+    out = run("doctor", "--home", str(tmp_path / "h"))
+    assert "ok    database" in out.stdout and "ok    blob store" in out.stdout
+    assert "ok    proxy" in out.stdout, out.stdout
+    assert "not running" in out.stdout
+    assert out.returncode == 0, out.stdout
+
+
+def test_doctor_reports_a_bad_pool(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("LOOPHUB_POOL", '[{"name": "n", "cpu": -1, "mem": "4G"}]')
+    assert main(["doctor", "--home", str(tmp_path)]) == 1
+    assert "FAIL  pool: LOOPHUB_POOL[0].cpu: must be a positive number" in capsys.readouterr().out
+
+
+def test_token_before_the_hub_ever_ran(tmp_path, capsys):
+    assert main(["token", "alice", "--home", str(tmp_path)]) == 2
+    assert "run `loophub up" in capsys.readouterr().err
+
+
+def test_user_add_and_passwd(tmp_path, capsys):
+    home = str(tmp_path)
+    assert main(["user", "add", "ann", "--home", home]) == 0
+    assert "password:" in capsys.readouterr().out
+    assert main(["user", "add", "ann", "--home", home]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["user", "add", "Bad Name", "--home", home]) == 2
+    assert "invalid user name" in capsys.readouterr().err
+    assert main(["passwd", "nobody", "--home", home]) == 2
+    assert main(["passwd", "ann", "--home", home]) == 0
+
+
+def test_up_refuses_a_busy_port(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["up", "--home", str(tmp_path), "--port", str(port)]) == 2
+    assert "in use" in capsys.readouterr().err
+
+
+@pytest.mark.hub
+def test_up_reuses_its_home_and_stops_everything(tmp_path):
+    """A second `up` on the same home keeps accounts and tokens; Ctrl-C leaves no process."""
+    import requests
+
+    from tests.hubtest import start_hub
+
+    home = tmp_path / "home"
+    first = start_hub(home)
+    token = first.token("zoe")
+    assert first.admin_password
+    assert first.stop() == 0
+    pids = [(home / f).read_text() for f in ("jupyterhub.pid", "proxy.pid")
+            if (home / f).exists()]
+    assert pids == []
+    second = start_hub(home)
+    try:
+        assert second.admin_password == ""  # the admin exists: no new password printed
+        resp = requests.get(f"{second.api}/me", headers={"Authorization": f"token {token}"},
+                            timeout=30)
+        assert resp.json()["name"] == "zoe"
+    finally:
+        second.stop()

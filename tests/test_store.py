@@ -1,0 +1,96 @@
+import io
+import os
+
+import pytest
+from sqlalchemy import select
+
+from loophub.store import BlobIntegrityError, BlobNotFound, BlobStore, Database
+from loophub.store.blobs import BlobTooLarge, sha256_bytes
+from loophub.store.models import Account, AuditEvent
+
+
+def test_migrations_create_schema_and_are_idempotent(db_url):
+    db = Database(db_url)
+    assert {"accounts", "audit_events", "alembic_version"} <= set(db.table_names())
+    Database(db_url)  # a second start on the same database migrates nothing and works
+    db.dispose()
+
+
+def test_transaction_rolls_back_on_error(db_url):
+    db = Database(db_url)
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        s.add(AuditEvent(actor="ann", action="x"))
+        s.flush()
+        raise RuntimeError("boom")
+    with db.transaction() as s:
+        assert s.scalars(select(AuditEvent)).all() == []
+        s.add(Account(name="ann", password_hash="h"))
+    with db.transaction() as s:
+        assert s.get(Account, "ann").password_hash == "h"
+    db.dispose()
+
+
+def test_sqlite_runs_in_wal_with_foreign_keys(tmp_path):
+    db = Database(f"sqlite:///{tmp_path / 'x.sqlite'}")
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    db.dispose()
+
+
+def test_blob_roundtrip_dedup_and_layout(tmp_path):
+    store = BlobStore(str(tmp_path / "blobs"))
+    digest = store.put_bytes(b"hello")
+    assert digest == sha256_bytes(b"hello")
+    assert store.put_bytes(b"hello") == digest
+    assert list(store.iter_digests()) == [digest]
+    assert store.path(digest).endswith(f"/{digest[:2]}/{digest[2:4]}/{digest}")
+    assert store.get_bytes(digest) == b"hello"
+    assert store.size(digest) == 5
+
+
+def test_blob_stream_large_file_in_chunks(tmp_path):
+    store = BlobStore(str(tmp_path / "blobs"))
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    info = store.put_stream(io.BytesIO(payload))
+    assert info.created and info.size == len(payload)
+    assert store.put_stream(io.BytesIO(payload)).created is False
+    with store.open(info.digest) as stream:
+        assert stream.read() == payload
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+
+
+def test_blob_corruption_is_detected_on_read(tmp_path):
+    store = BlobStore(str(tmp_path / "blobs"))
+    digest = store.put_bytes(b"important")
+    with open(store.path(digest), "wb") as f:
+        f.write(b"tampered!")
+    with pytest.raises(BlobIntegrityError, match="corrupted"):
+        store.get_bytes(digest)
+    with pytest.raises(BlobIntegrityError), store.open(digest) as stream:
+        stream.read()
+    assert store.verify(digest) is False
+
+
+def test_blob_size_limit_leaves_nothing(tmp_path):
+    store = BlobStore(str(tmp_path / "blobs"))
+    with pytest.raises(BlobTooLarge, match="limit"):
+        store.put_stream(io.BytesIO(b"x" * 100), max_bytes=10)
+    assert list(store.iter_digests()) == []
+    assert os.listdir(tmp_path / "blobs" / "tmp") == []
+
+
+def test_blob_missing_and_bad_digest(tmp_path):
+    store = BlobStore(str(tmp_path / "blobs"))
+    with pytest.raises(BlobNotFound):
+        store.get_bytes("0" * 64)
+    with pytest.raises(ValueError, match="sha256"):
+        store.get_bytes("../etc/passwd")
+
+
+def test_blob_store_on_other_fsspec_backend():
+    store = BlobStore("memory://loophub-test-blobs")
+    digest = store.put_stream(io.BytesIO(b"in memory")).digest
+    assert store.get_bytes(digest) == b"in memory"
+    assert store.exists(digest)
+    store.check()

@@ -1,0 +1,1 @@
+"""loophub.widgets: see README.md, 'Where each room lives'."""
