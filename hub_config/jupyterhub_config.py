@@ -11,6 +11,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from loophub.hub_config.defaults import default_custom_limits, default_profiles, secret_token
 from loophub.settings import Settings
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
@@ -43,12 +44,18 @@ c.ConfigurableHTTPProxy.pid_file = str(settings.home / "proxy.pid")
 # --- who may log in ------------------------------------------------------------
 c.JupyterHub.authenticator_class = "loophub.extensions.authenticator.LoophubAuthenticator"
 
-# --- single-user servers ---------------------------------------------------------
-# Until FairSpawner lands, servers run as the hub's own user, each in its own home
-# folder under LOOPHUB_HOME/users (no system accounts needed).
-c.JupyterHub.spawner_class = "jupyterhub.spawner.SimpleLocalProcessSpawner"
-c.SimpleLocalProcessSpawner.home_dir_template = str(settings.users_dir / "{username}")
+# --- single-user servers: FairSpawner ----------------------------------------------
+# Every server queues in loophub's fair scheduler (owned by the API service) and runs
+# on the local machine with its allocation enforced. Servers run as the hub's user,
+# each in its own folder under LOOPHUB_HOME/users (no system accounts needed; set
+# c.LocalBackend.run_as_user = True with PAM to run them as system users).
+c.JupyterHub.spawner_class = "loophub"
+c.FairSpawner.home_dir_template = str(settings.users_dir / "{username}")
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
+spawner_token = secret_token(settings.secrets_dir / "spawner_token")
+c.FairSpawner.scheduler_token = spawner_token
+c.FairSpawner.profiles = default_profiles(settings)
+c.FairSpawner.custom_limits = default_custom_limits(settings)
 c.Spawner.default_url = "/lab"
 if os.geteuid() == 0:  # containers and CI run as root; jupyter-server refuses root by default
     c.Spawner.args = ["--allow-root"]
@@ -56,6 +63,7 @@ c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 api_url = f"http://127.0.0.1:{api_port}/services/loophub/api"
 c.Spawner.environment = {**settings.env(), "LOOPHUB_API_URL": api_url}
+c.FairSpawner.scheduler_url = api_url
 
 # --- the loophub API service -------------------------------------------------------
 c.JupyterHub.services = [
@@ -67,7 +75,9 @@ c.JupyterHub.services = [
         "oauth_no_confirm": True,
         "display": True,
         "info": {"description": "loophub API: data, scheduling, training, serving"},
-    }
+    },
+    # The hub-side identity FairSpawner uses to queue requests on users' behalf.
+    {"name": "loophub-spawner", "api_token": spawner_token},
 ]
 c.JupyterHub.load_roles = [
     {
@@ -76,6 +86,11 @@ c.JupyterHub.load_roles = [
         "scopes": ["admin:users", "admin:groups", "admin:servers", "list:users",
                    "read:users", "tokens", "access:servers"],
         "services": ["loophub"],
+    },
+    {
+        "name": "loophub-spawner",
+        "scopes": ["access:services!service=loophub", "read:users", "read:groups"],
+        "services": ["loophub-spawner"],
     },
     {
         # Every user may call the loophub API (it authorises each route itself).

@@ -85,7 +85,7 @@ def detect_local_node() -> NodeSpec:
     )
 
 
-def _parse_mem(value: object, where: str) -> int:
+def parse_mem(value: object, where: str) -> int:
     """Memory as bytes (int) or a string with a unit: '16G', '512M', '2GiB'."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return int(value)
@@ -124,7 +124,7 @@ def parse_pool(declared: object, source: str = "LOOPHUB_POOL") -> list[NodeSpec]
             raise PoolConfigError(f"{where}.cpu: must be a positive number of cores, got {cpu!r}")
         if not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0:
             raise PoolConfigError(f"{where}.gpu: must be a whole number >= 0, got {gpu!r}")
-        mem = _parse_mem(raw.get("mem"), where)
+        mem = parse_mem(raw.get("mem"), where)
         if mem <= 0:
             raise PoolConfigError(f"{where}.mem: must be positive")
         nodes.append(NodeSpec(name=name, cpu=float(cpu), mem=mem, gpu=gpu,

@@ -1,1 +1,5 @@
-"""loophub.spawner: see README.md, 'Where each room lives'."""
+"""FairSpawner and its execution backends (README: "Where each room lives")."""
+
+from .fairspawner import FairSpawner
+
+__all__ = ["FairSpawner"]

@@ -8,6 +8,7 @@ import secrets
 import signal
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
@@ -17,12 +18,15 @@ from tornado import ioloop, web
 
 import loophub
 from loophub.pool import NodeSpec, load_pool
+from loophub.scheduler.model import SchedulerConfig
 from loophub.settings import Settings
 from loophub.store import BlobStore, Database
 
 from .base import ApiHandler
 from .openapi import build_openapi
 from .routes import ROUTES
+from .scheduler import ROUTES as SCHEDULER_ROUTES
+from .scheduler import SchedulerShell, scheduler_config_from_env
 
 log = logging.getLogger("loophub.api")
 
@@ -34,7 +38,8 @@ class ServiceContext:
     settings: Settings
     prefix: str = "/services/loophub/"
     version: str = loophub.__version__
-    routes: list[tuple[str, type]] = field(default_factory=lambda: list(ROUTES))
+    routes: list[tuple[str, type]] = field(
+        default_factory=lambda: [*ROUTES, *SCHEDULER_ROUTES])
 
     @cached_property
     def db(self) -> Database:
@@ -47,6 +52,14 @@ class ServiceContext:
     @cached_property
     def pool(self) -> list[NodeSpec]:
         return load_pool(self.settings.pool)
+
+    @cached_property
+    def scheduler(self) -> SchedulerShell:
+        from loophub.scheduler.service import SchedulerService
+
+        policy, config = scheduler_config_from_env()
+        service = SchedulerService(self.db, self.pool, policy=policy, config=config)
+        return SchedulerShell(service, SchedulerConfig.from_dict(config.to_dict()))
 
     @cached_property
     def openapi(self) -> dict:
@@ -85,6 +98,17 @@ class IndexHandler(HubOAuthenticated, web.RequestHandler):
         )
 
 
+class FairnessHandler(HubOAuthenticated, web.RequestHandler):
+    """The admins' fairness view: pool, queue with reasons, dominant shares, usage."""
+
+    @web.authenticated
+    def get(self) -> None:
+        if not self.current_user.get("admin"):
+            raise web.HTTPError(403, "the fairness view is for hub admins")
+        self.finish((Path(__file__).parent / "fairness.html").read_text()
+                    .replace("{{prefix}}", self.settings["loophub"].prefix))
+
+
 class NotFoundHandler(ApiHandler):
     auth = "none"
 
@@ -106,6 +130,7 @@ def make_app(ctx: ServiceContext, hub_auth: HubOAuth | None = None) -> web.Appli
     prefix = ctx.prefix
     handlers: list = [
         (prefix, IndexHandler),
+        (url_path_join(prefix, "fairness"), FairnessHandler),
         (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
     ]
     handlers += [(url_path_join(prefix, "api", path), h) for path, h in ctx.routes]
@@ -129,6 +154,7 @@ def main() -> None:
     ctx = ServiceContext(settings=settings, prefix=prefix)
     ctx.db, ctx.blobs  # migrate, connect and create the store before serving  # noqa: B018
     app = make_app(ctx)
+    ctx.scheduler.start_background()
     app.listen(url.port, url.hostname)
     log.info("loophub API %s listening on %s%s", loophub.__version__, url.geturl(), prefix)
     loop = ioloop.IOLoop.current()

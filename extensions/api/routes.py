@@ -51,7 +51,12 @@ class PoolHandler(ApiHandler):
     def get(self) -> None:
         nodes = [n.to_dict() for n in self.ctx.pool]
         total = {k: sum(n[k] for n in nodes) for k in ("cpu", "mem", "gpu")}
-        self.write_json({"nodes": nodes, "total": total})
+        sched = self.ctx.scheduler.service.pool_view()
+        free = {n["name"]: n["free"] for n in sched["nodes"]}
+        for node in nodes:
+            node["free"] = free.get(node["name"])
+        self.write_json({"nodes": nodes, "total": total, "policy": sched["policy"],
+                         "queued": sched["queued"], "running": sched["running"]})
 
 
 class AccountsHandler(ApiHandler):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -40,3 +40,34 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(100))
     target: Mapped[str] = mapped_column(String(512), default="")
     detail: Mapped[dict] = mapped_column(default=dict)
+
+
+class SchedRequest(Base):
+    """One request to the fair scheduler, from submission to its end (kept for accounting)."""
+
+    __tablename__ = "sched_requests"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str | None] = mapped_column(String(512), index=True)
+    tenant: Mapped[str] = mapped_column(String(255), index=True)
+    groups: Mapped[list] = mapped_column(JSON, default=list)
+    kind: Mapped[str] = mapped_column(String(20))
+    spec: Mapped[dict] = mapped_column(default=dict)
+    meta: Mapped[dict] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(20), index=True)  # queued running done cancelled
+    reason: Mapped[str] = mapped_column(Text, default="")
+    submitted_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float)
+    allocation: Mapped[dict | None] = mapped_column(JSON)
+    preemptions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class SchedSnapshot(Base):
+    """The scheduler core's exported state (one row), saved with every change."""
+
+    __tablename__ = "sched_snapshot"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[dict] = mapped_column()
+    saved_at: Mapped[float] = mapped_column(Float)
