@@ -32,7 +32,9 @@ c.JupyterHub.hub_bind_url = f"http://127.0.0.1:{hub_port}"
 c.JupyterHub.db_url = settings.hub_db_url
 c.JupyterHub.cookie_secret_file = str(settings.secrets_dir / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(settings.home / "jupyterhub.pid")
-c.JupyterHub.cleanup_servers = True
+# `loophub up --keep-servers` lets servers outlive a hub restart (found again by pid).
+c.JupyterHub.cleanup_servers = env.get("LOOPHUB_KEEP_SERVERS", "") != "1"
+c.JupyterHub.allow_named_servers = True
 
 proxy = env.get("LOOPHUB_PROXY") or shutil.which(
     "configurable-http-proxy", path=str(REPO / "node_modules" / ".bin")

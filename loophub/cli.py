@@ -105,6 +105,7 @@ def cmd_up(args: argparse.Namespace) -> int:
              "LOOPHUB_API_PORT": _port_or_free(10101),
              "LOOPHUB_PROXY_API_PORT": _port_or_free(8001)}
     env = {**os.environ, **settings.env(), "LOOPHUB_IP": args.ip, "LOOPHUB_PROXY": proxy,
+           "LOOPHUB_KEEP_SERVERS": "1" if args.keep_servers else "",
            **{k: str(v) for k, v in ports.items()}}
     (settings.home / "run.json").write_text(json.dumps(
         {"url": f"http://{args.ip}:{args.port}", **ports, "pid": os.getpid()}))
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ip", default="127.0.0.1")
     up.add_argument("--ready-timeout", type=float, default=120)
     up.add_argument("-v", "--verbose", action="store_true", help="hub log to the terminal")
+    up.add_argument("--keep-servers", action="store_true",
+                    help="leave single-user servers running when the hub stops (a restart "
+                         "finds them again); default: Ctrl-C stops everything")
     up.set_defaults(func=cmd_up)
 
     token = sub.add_parser("token", parents=[home], help="print a hub API token for USER")

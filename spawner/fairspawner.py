@@ -295,7 +295,11 @@ class FairSpawner(Spawner):
             return None  # queued or launching: the hub must see it as pending, not dead
         if self._backend is None:
             return 0
-        return await self._backend.poll(self)
+        status = await self._backend.poll(self)
+        if status is not None and self.request_id:
+            # the hub does not call stop() for a server that died: release here
+            await self._release(f"server exited with {status}")
+        return status
 
     async def stop(self, now: bool = False) -> None:
         if self._backend is not None:

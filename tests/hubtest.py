@@ -52,13 +52,15 @@ class RunningHub:
         return self.proc.returncode
 
 
-def start_hub(home: Path, *, env: dict | None = None, timeout: float = 120) -> RunningHub:
+def start_hub(home: Path, *, env: dict | None = None, timeout: float = 120,
+              args: tuple[str, ...] = (), port: int | None = None) -> RunningHub:
     """`loophub up` on a free port; returns once the hub and the API answer."""
-    port = free_port()
+    port = port or free_port()
     output = home.parent / f"{home.name}-up-{uuid.uuid4().hex[:6]}.log"
     with open(output, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "loophub.cli", "up", "--port", str(port), "--home", str(home)],
+            [sys.executable, "-m", "loophub.cli", "up", "--port", str(port), "--home", str(home),
+             *args],
             stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
         )
     deadline = time.monotonic() + timeout
@@ -89,14 +91,14 @@ def spawn_server(hub: RunningHub, admin_token: str, user: str, timeout: float = 
 
 
 async def run_in_kernel(hub: RunningHub, user: str, token: str, code: str,
-                        timeout: float = 120) -> str:
+                        timeout: float = 120, kernel_name: str = "python3") -> str:
     """Start a kernel on USER's server, run CODE, return its stdout (raises on error)."""
     from tornado.httpclient import HTTPRequest
     from tornado.websocket import websocket_connect
 
     base = f"{hub.url}/user/{user}/api"
     headers = {"Authorization": f"token {token}"}
-    kernel = requests.post(f"{base}/kernels", headers=headers, json={"name": "python3"},
+    kernel = requests.post(f"{base}/kernels", headers=headers, json={"name": kernel_name},
                            timeout=60).json()
     ws_url = base.replace("http", "ws", 1) + f"/kernels/{kernel['id']}/channels"
     conn = await websocket_connect(HTTPRequest(ws_url, headers=headers))

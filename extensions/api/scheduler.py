@@ -77,6 +77,7 @@ class SchedulerShell:
         self.last_seen: dict[str, float] = {}  # request id -> last time a waiter asked
         self._timer = None
         self._missing: dict[str, int] = {}
+        self.tenancy_read_at = 0.0
 
     # -- change notification ----------------------------------------------------
 
@@ -129,7 +130,14 @@ class SchedulerShell:
             return
         if isinstance(groups, dict):
             groups = groups.get("items", [])
+        self.tenancy_read_at = time.monotonic()
         self.changed(self.service.set_tenancy(tenancy_from_groups(groups, self.base_config)))
+
+    async def fresh_tenancy(self, max_age: float = 0.0) -> None:
+        """Quotas must hold at submit time, not up to a refresh period later."""
+        if os.environ.get("JUPYTERHUB_API_TOKEN") and \
+                time.monotonic() - self.tenancy_read_at > max_age:
+            await self.refresh_tenancy()
 
     async def reconcile_servers(self) -> None:
         """Release allocations of servers the hub no longer knows (two rounds in a row)."""
@@ -163,13 +171,17 @@ class SchedulerShell:
             if time.time() - self.last_seen.get(request_id, 0) < UNCLAIMED_SPAWN_AFTER:
                 continue
             user, server = view["meta"].get("user"), view["meta"].get("server_name", "")
-            if not user:
-                continue
-            path = f"/users/{quote(user)}/server" + (f"s/{quote(server)}" if server else "")
-            log.info("starting %s's server %r: allocated while no spawner waited", user, server)
+            if not user or view["started_at"] == view["submitted_at"]:
+                continue  # started as it was submitted: its spawner got it in the answer
             try:
+                model = await self.hub_api("GET", f"/users/{quote(user)}")
+                if server in (model.get("servers") or {}):
+                    continue  # the hub has it, running or starting
+                path = f"/users/{quote(user)}/server" + (f"s/{quote(server)}" if server else "")
+                log.info("starting %s's server %r: allocated while no spawner waited",
+                         user, server)
                 await self.hub_api("POST", path, {})
-            except Exception as exc:
+            except Exception as exc:  # reconciliation releases it if it never starts
                 log.warning("could not start unclaimed server of %s: %s", user, exc)
 
     def start_background(self) -> None:
@@ -218,10 +230,11 @@ class RequestsHandler(SchedulerHandler):
                 "groups": {"type": "array", "items": {"type": "string"}}}}}}},
         "response": REQUEST_VIEW, "responses": {"422": {"description": "can never fit"}}}}
 
-    def post(self) -> None:
+    async def post(self) -> None:
         body = self.json_body()
         if not isinstance(body, dict):
             raise InvalidInput("request: expected a JSON object")
+        await self.shell.fresh_tenancy()
         tenant, groups = self.actor.name, list(self.actor.groups)
         if "tenant" in body and body["tenant"] != tenant:
             if not self.may_act_for_others():

@@ -1,10 +1,11 @@
 """LocalBackend: one single-user server process per allocation on this machine.
 
 The allocation is enforced, not just advertised: CUDA_VISIBLE_DEVICES names the
-allocated GPUs, the process is pinned to the allocated cores, and memory is capped
-by a cgroup (v2, or v1's memory controller) where one can be created, else by
-RLIMIT_AS. Processes run in their own session so a hub restart leaves them running;
-the hub finds them again through the pid saved in its database.
+allocated GPUs, the process is pinned to the allocated whole cores, and a cgroup
+(v2, or v1's memory and cpu controllers) caps memory and CPU time (fractional CPUs
+get a CFS quota) where one can be created; elsewhere RLIMIT_AS caps memory.
+Processes run in their own session so a hub restart leaves them running; the hub
+finds them again through the pid saved in its database.
 """
 
 from __future__ import annotations
@@ -23,24 +24,67 @@ from traitlets import Bool, Integer, Unicode
 
 from .base import Backend, Placement
 
-CGROUP_V2 = Path("/sys/fs/cgroup")
-CGROUP_V1_MEMORY = Path("/sys/fs/cgroup/memory")
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CFS_PERIOD = 100_000  # microseconds
 
 
-def cgroup_root(parent: str) -> tuple[Path, str] | None:
-    """A writable cgroup folder for loophub and its kind, or None."""
-    candidates = [(CGROUP_V2 / parent, "v2")] if (CGROUP_V2 / "cgroup.controllers").exists() \
-        else [(CGROUP_V1_MEMORY / parent, "v1")]
-    for path, kind in candidates:
+class Cgroup:
+    """A server's cgroup: memory cap and CPU quota, on cgroup v2 or v1 hierarchies."""
+
+    def __init__(self, paths: dict[str, Path], version: int) -> None:
+        self.paths, self.version = paths, version  # controller -> folder
+
+    @classmethod
+    def create(cls, parent: str, name: str) -> Cgroup | None:
+        """Make the folders, or None where cgroups are not writable here."""
         try:
-            path.mkdir(exist_ok=True)
-            if kind == "v2":
-                # children can only limit memory if the parent delegates the controller
-                (path / "cgroup.subtree_control").write_text("+memory +cpuset")
-            return path, kind
+            if (CGROUP_ROOT / "cgroup.controllers").exists():
+                base = CGROUP_ROOT / parent
+                base.mkdir(exist_ok=True)
+                # a child can only be limited if its parent delegates the controllers
+                (base / "cgroup.subtree_control").write_text("+memory +cpu")
+                path = base / name
+                path.mkdir(exist_ok=True)
+                return cls({"memory": path, "cpu": path}, 2)
+            paths = {}
+            for controller in ("memory", "cpu"):
+                if (CGROUP_ROOT / controller).is_dir():
+                    path = CGROUP_ROOT / controller / parent / name
+                    path.mkdir(parents=True, exist_ok=True)
+                    paths[controller] = path
+            return cls(paths, 1) if "memory" in paths else None
         except OSError:
-            continue
-    return None
+            return None
+
+    def limit(self, mem: int, cpu: float) -> None:
+        quota = max(1000, int(cpu * CFS_PERIOD))
+        if self.version == 2:
+            (self.paths["memory"] / "memory.max").write_text(str(mem))
+            (self.paths["cpu"] / "cpu.max").write_text(f"{quota} {CFS_PERIOD}")
+            return
+        (self.paths["memory"] / "memory.limit_in_bytes").write_text(str(mem))
+        if "cpu" in self.paths:
+            (self.paths["cpu"] / "cpu.cfs_period_us").write_text(str(CFS_PERIOD))
+            (self.paths["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
+
+    def procs_files(self) -> list[str]:
+        return sorted({str(p / "cgroup.procs") for p in self.paths.values()})
+
+    def to_state(self) -> dict:
+        return {"version": self.version, "paths": {k: str(v) for k, v in self.paths.items()}}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Cgroup | None:
+        if not state:
+            return None
+        return cls({k: Path(v) for k, v in state["paths"].items()}, state["version"])
+
+    def remove(self) -> None:
+        for path in set(self.paths.values()):
+            try:
+                path.rmdir()
+            except OSError:
+                pass  # still has processes, or already gone: the next start reuses it
 
 
 class LocalBackend(Backend):
@@ -51,14 +95,16 @@ class LocalBackend(Backend):
     ).tag(config=True)
     memory_enforcement = Unicode(
         "auto",
-        help="How to cap memory: 'cgroup', 'rlimit' (RLIMIT_AS: virtual memory, so leave "
-             "headroom), 'auto' (cgroup where writable, else rlimit) or 'none'.",
+        help="How to cap memory (and CPU time): 'cgroup' (memory cap and CPU quota), 'rlimit' "
+             "(RLIMIT_AS: virtual memory, so leave headroom), 'auto' (cgroup where writable, "
+             "else rlimit) or 'none'. Allocated whole cores are pinned with CPU affinity either "
+             "way.",
     ).tag(config=True)
     cgroup_parent = Unicode("loophub", help="cgroup folder for servers").tag(config=True)
     stop_grace = Integer(10, help="Seconds between SIGTERM and SIGKILL on stop").tag(config=True)
 
     pid = Integer(0)
-    cgroup = Unicode("")
+    cgroup: Cgroup | None = None
 
     # -- launch -------------------------------------------------------------------
 
@@ -77,9 +123,10 @@ class LocalBackend(Backend):
         self.log.info("launching %s's server: %s (gpus=%s cores=%s mem=%d via %s)",
                       spawner.user.name, cmd[:3], placement.gpus, placement.cores,
                       placement.mem, "cgroup" if self.cgroup else "rlimit" if rlimit else "none")
+        procs = self.cgroup.procs_files() if self.cgroup else []
         proc = subprocess.Popen(
             cmd, env=env, cwd=cwd, start_new_session=True,
-            preexec_fn=_confine(placement.cores, self.cgroup, rlimit, user),
+            preexec_fn=_confine(placement.cores, procs, rlimit, user),
         )
         self.pid = proc.pid
         return spawner.ip or "127.0.0.1", spawner.port
@@ -88,28 +135,17 @@ class LocalBackend(Backend):
         mode = self.memory_enforcement
         return mode == "rlimit" or (mode == "auto" and not self.cgroup)
 
-    def _make_cgroup(self, spawner, placement: Placement) -> str:
+    def _make_cgroup(self, spawner, placement: Placement) -> Cgroup | None:
         if self.memory_enforcement not in ("auto", "cgroup"):
-            return ""
-        root = cgroup_root(self.cgroup_parent)
-        if root is None:
-            if self.memory_enforcement == "cgroup":
-                raise RuntimeError("memory_enforcement='cgroup' but no writable cgroup")
-            return ""
-        parent, kind = root
+            return None
         name = f"{spawner.user.name}-{spawner.name or 'default'}"
-        path = parent / name
-        path.mkdir(exist_ok=True)
-        limit_file = "memory.max" if kind == "v2" else "memory.limit_in_bytes"
-        (path / limit_file).write_text(str(placement.mem))
-        if kind == "v1":
-            swap = path / "memory.memsw.limit_in_bytes"
-            if swap.exists():
-                try:
-                    swap.write_text(str(placement.mem))
-                except OSError:
-                    pass  # swap accounting off: the limit still bounds resident memory
-        return str(path)
+        cgroup = Cgroup.create(self.cgroup_parent, name)
+        if cgroup is None:
+            if self.memory_enforcement == "cgroup":
+                raise RuntimeError("memory_enforcement='cgroup' but no writable cgroup here")
+            return None
+        cgroup.limit(placement.mem, placement.cpu)
+        return cgroup
 
     # -- poll / stop ----------------------------------------------------------------
 
@@ -148,31 +184,31 @@ class LocalBackend(Backend):
 
     def _remove_cgroup(self) -> None:
         if self.cgroup:
-            try:
-                os.rmdir(self.cgroup)
-            except OSError as exc:
-                self.log.warning("could not remove cgroup %s: %s", self.cgroup, exc)
-            self.cgroup = ""
+            self.cgroup.remove()
+            self.cgroup = None
 
     # -- state --------------------------------------------------------------------
 
     def get_state(self) -> dict:
-        return {"pid": self.pid, "cgroup": self.cgroup} if self.pid else {}
+        if not self.pid:
+            return {}
+        return {"pid": self.pid, "cgroup": self.cgroup.to_state() if self.cgroup else None}
 
     def load_state(self, state: dict) -> None:
         self.pid = int(state.get("pid", 0))
-        self.cgroup = state.get("cgroup", "")
+        self.cgroup = Cgroup.from_state(state.get("cgroup") or {})
 
     def clear_state(self) -> None:
         self.pid = 0
-        self.cgroup = ""
+        self.cgroup = None
 
 
-def _confine(cores, cgroup: str, mem_rlimit: int | None, user: pwd.struct_passwd | None):
+def _confine(cores, cgroup_procs: list[str], mem_rlimit: int | None,
+             user: pwd.struct_passwd | None):
     """Runs in the child between fork and exec: join the cgroup, pin, cap, drop privileges."""
     def preexec() -> None:
-        if cgroup:
-            with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+        for procs in cgroup_procs:
+            with open(procs, "w") as f:
                 f.write(str(os.getpid()))
         if cores:
             os.sched_setaffinity(0, cores)
