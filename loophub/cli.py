@@ -56,10 +56,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _port_or_free(preferred: int) -> int:
-    return preferred if port_is_free(preferred) else free_port()
-
-
 def _get(url: str, timeout: float = 2.0) -> int:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -101,9 +97,11 @@ def cmd_up(args: argparse.Namespace) -> int:
               "into node_modules/) or set LOOPHUB_PROXY", file=sys.stderr)
         return 2
     created = ensure_first_admin(settings)
-    ports = {"LOOPHUB_PORT": args.port, "LOOPHUB_HUB_PORT": _port_or_free(8081),
-             "LOOPHUB_API_PORT": _port_or_free(10101),
-             "LOOPHUB_PROXY_API_PORT": _port_or_free(8001)}
+    # Internal ports are picked free each start (several hubs can share a machine);
+    # set LOOPHUB_HUB_PORT etc. to pin them.
+    ports = {"LOOPHUB_PORT": args.port, **{
+        name: int(os.environ.get(name) or free_port())
+        for name in ("LOOPHUB_HUB_PORT", "LOOPHUB_API_PORT", "LOOPHUB_PROXY_API_PORT")}}
     env = {**os.environ, **settings.env(), "LOOPHUB_IP": args.ip, "LOOPHUB_PROXY": proxy,
            "LOOPHUB_KEEP_SERVERS": "1" if args.keep_servers else "",
            **{k: str(v) for k, v in ports.items()}}

@@ -34,7 +34,7 @@ def render_form(profiles: list[Profile], limits: Limits, allow_custom: bool,
             f'<label class="loophub-profile"><input type="radio" name="profile" '
             f'value="{CUSTOM}"{checked}> <b>Custom size</b> <span class="text-muted">up to '
             f'{limits.cpu:g} CPU, {limits.mem / GIB:g} GiB, {limits.gpu} GPU</span></label>'
-            '<div class="loophub-custom" style="margin-left:24px">'
+            '<div class="loophub-custom" style="margin-left:24px;display:flex;gap:16px">'
             f'<label>CPU cores <input type="number" name="cpu" min="0.1" max="{limits.cpu:g}" '
             f'step="0.1" value="{escape(str(previous.get("cpu", 1)))}" class="form-control">'
             '</label>'

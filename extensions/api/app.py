@@ -23,6 +23,8 @@ from loophub.settings import Settings
 from loophub.store import BlobStore, Database
 
 from .base import ApiHandler
+from .datasets import ROUTES as DATASET_ROUTES
+from .datasets import ImportJobs
 from .openapi import build_openapi
 from .routes import ROUTES
 from .scheduler import ROUTES as SCHEDULER_ROUTES
@@ -39,7 +41,8 @@ class ServiceContext:
     prefix: str = "/services/loophub/"
     version: str = loophub.__version__
     routes: list[tuple[str, type]] = field(
-        default_factory=lambda: [*ROUTES, *SCHEDULER_ROUTES])
+        default_factory=lambda: [*ROUTES, *SCHEDULER_ROUTES, *DATASET_ROUTES])
+    import_jobs: ImportJobs = field(default_factory=ImportJobs)
 
     @cached_property
     def db(self) -> Database:
@@ -52,6 +55,12 @@ class ServiceContext:
     @cached_property
     def pool(self) -> list[NodeSpec]:
         return load_pool(self.settings.pool)
+
+    @cached_property
+    def datasets(self):
+        from loophub.datasets.service import DatasetService
+
+        return DatasetService(self.db, self.blobs)
 
     @cached_property
     def scheduler(self) -> SchedulerShell:
