@@ -26,11 +26,11 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 from pathlib import Path
 
 import psutil
 import requests
-
 from _hub import RunningHub, start_hub
 
 GIB = 2**30
@@ -86,18 +86,22 @@ def run_burst(hub: RunningHub, users: int, per_user: int, hold: float) -> dict:
     options = {"profile": "custom", "cpu": 1, "mem": "1G"}
     cpu_before = platform_cpu_seconds(hub.home)
     started = time.perf_counter()
-    stop_flag = threading.Event()
+    stop_flag, posted = threading.Event(), threading.Event()
 
     def stop_when_ready() -> None:
         """Hold each server --hold seconds once ready, then stop it."""
         ready_at: dict[tuple[str, str], float] = {}
         stopped: set[tuple[str, str]] = set()
         while not stop_flag.is_set() and len(stopped) < len(names):
+            active = set()
             for model in hub.hub_api(admin, "GET", "users?state=active").json():
                 for name, srv in model.get("servers", {}).items():
                     key = (model["name"], name)
+                    active.add(key)
                     if srv.get("ready") and key not in ready_at:
                         ready_at[key] = time.monotonic()
+            if posted.is_set() and not active:
+                break  # nothing running or pending: failed spawns are counted as lost
             for key, t in ready_at.items():
                 if key not in stopped and time.monotonic() - t >= hold:
                     hub.hub_api(admin, "DELETE", server_path(*key))
@@ -109,6 +113,7 @@ def run_burst(hub: RunningHub, users: int, per_user: int, hold: float) -> dict:
     with ThreadPoolExecutor(len(names)) as pool:
         codes = list(pool.map(lambda k: hub.hub_api(admin, "POST", server_path(*k),
                                                     json=options).status_code, names))
+    posted.set()
     stopper.join(timeout=60 * 30)
     stop_flag.set()
     total = time.perf_counter() - started
@@ -160,8 +165,8 @@ def lost_and_duplicated(history: list[dict], still_active: list, expected: int) 
     for r in history:
         for s, e in r["meta"].get("runs", []):
             by_key.setdefault(r["key"], []).append((s, e or float("inf")))
-    duplicated = sum(1 for spans in by_key.values() for a, b in zip(sorted(spans),
-                     sorted(spans)[1:]) if b[0] < a[1])
+    duplicated = sum(1 for spans in by_key.values() for a, b in pairwise(sorted(spans))
+                     if b[0] < a[1])
     return lost, duplicated
 
 

@@ -67,6 +67,13 @@ api_url = f"http://127.0.0.1:{api_port}/services/loophub/api"
 c.Spawner.environment = {**settings.env(), "LOOPHUB_API_URL": api_url}
 c.FairSpawner.scheduler_url = api_url
 
+# Slurm backend (profiles with "backend": "slurm"): batchspawner-singleuser reports its
+# port here; only an integer port for the caller's own server is accepted. Importing this
+# also removes batchspawner's own handler, which sets any spawner attribute it is sent.
+from loophub.spawner.backends.slurm import PortCallbackHandler  # noqa: E402
+
+c.JupyterHub.extra_handlers = [(r"/api/batchspawner", PortCallbackHandler)]
+
 # --- the loophub API service -------------------------------------------------------
 c.JupyterHub.services = [
     {

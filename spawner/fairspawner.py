@@ -184,7 +184,7 @@ class FairSpawner(Spawner):
                 if time.monotonic() > deadline:
                     raise SpawnException("the loophub scheduler is unreachable: " + str(exc),
                                          reason="scheduler") from exc
-                self._emit(5, "The scheduler is restarting; your place is kept ...")
+                self.emit_progress(5, "The scheduler is restarting; your place is kept ...")
                 await asyncio.sleep(2)
 
     @property
@@ -193,7 +193,8 @@ class FairSpawner(Spawner):
 
     # -- progress -----------------------------------------------------------------
 
-    def _emit(self, progress: int, message: str) -> None:
+    def emit_progress(self, progress: int, message: str) -> None:
+        """Show a line on the spawn-pending page (backends call this too)."""
         if self._events and self._events[-1]["message"] == message:
             return  # long-polls that changed nothing the user sees
         self._events.append({"progress": progress, "message": message})
@@ -236,7 +237,7 @@ class FairSpawner(Spawner):
         self.user_options = {**(self.user_options or {}), "profile": choice.profile}
         self.backend_name = choice.backend or self.backend
         self._backend = self._make_backend(self.backend_name)
-        self._emit(1, f"Requesting {choice.cpu:g} CPU, {choice.mem / 2**30:g} GiB"
+        self.emit_progress(1, f"Requesting {choice.cpu:g} CPU, {choice.mem / 2**30:g} GiB"
                       + (f", {choice.gpu} GPU" if choice.gpu else "") + " ...")
         view = await self._api_retrying("POST", "scheduler/requests", {
             "kind": "server", "demand": choice.demand(), "gpu_type": choice.gpu_type,
@@ -252,10 +253,11 @@ class FairSpawner(Spawner):
             unit = view["allocation"]["units"][0]
             placement = Placement.from_unit(unit, choice.runtime)
             gpus = f", GPUs {list(placement.gpus)}" if placement.gpus else ""
-            self._emit(60, f"Resources allocated on {placement.node}{gpus}; starting server ...")
+            self.emit_progress(60, f"Resources allocated on {placement.node}{gpus}; "
+                                   "starting server ...")
             ip, port = await asyncio.wait_for(self._backend.launch(self, placement),
                                               self.launch_timeout)
-            self._emit(80, "Server process started; waiting for it to answer ...")
+            self.emit_progress(80, "Server process started; waiting for it to answer ...")
             return ip, port
         except BaseException:
             await asyncio.shield(self._release("spawn did not complete"))
@@ -264,7 +266,7 @@ class FairSpawner(Spawner):
     async def _wait_in_queue(self, view: dict) -> dict:
         deadline = time.monotonic() + self.queue_timeout
         while view["state"] == "queued":
-            self._emit(10, view.get("message") or "Queued")
+            self.emit_progress(10, view.get("message") or "Queued")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise SpawnException(

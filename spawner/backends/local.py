@@ -126,10 +126,20 @@ class LocalBackend(Backend):
         procs = self.cgroup.procs_files() if self.cgroup else []
         proc = subprocess.Popen(
             cmd, env=env, cwd=cwd, start_new_session=True,
-            preexec_fn=_confine(placement.cores, procs, rlimit, user),
+            preexec_fn=_confine(self._pinnable(placement.cores), procs, rlimit, user),
         )
         self.pid = proc.pid
         return spawner.ip or "127.0.0.1", spawner.port
+
+    def _pinnable(self, cores: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        """The allocated core ids, if this machine has them all. A declared pool larger than
+        the machine (tests, demos) cannot be pinned; the cgroup CPU quota still applies."""
+        if not cores:
+            return None
+        if set(cores) <= os.sched_getaffinity(0):
+            return cores
+        self.log.warning("cores %s are not all on this machine: not pinning", cores)
+        return None
 
     def _use_rlimit(self) -> bool:
         mode = self.memory_enforcement

@@ -1,21 +1,18 @@
 """SlurmBackend: each single-user server runs as a Slurm batch job, built on batchspawner.
 
-What comes from batchspawner: the sbatch script template (its jinja style and its
-variable names: nprocs, memory, gres, runtime, partition, options, keepvars, prologue,
-epilogue, cmd), ``sbatch --parsable``, ``squeue -o '%T %B'`` for state and host,
-``scancel``, and its ``batchspawner-singleuser`` wrapper, which picks a port inside the
-job and POSTs it to the hub at ``/hub/api/batchspawner``.
+What comes from batchspawner: the sbatch script template (its jinja style, its renderer
+and its variable names: nprocs, memory, gres, runtime, partition, options, keepvars,
+prologue, epilogue, srun, cmd), ``sbatch --parsable``, squeue's ``%T %B`` for state and
+host, ``scancel``, and its ``batchspawner-singleuser`` wrapper, which picks a port inside
+the job and POSTs it to the hub at ``/hub/api/batchspawner``.
 
 What loophub does differently, for batchspawner's known problems:
 
 - resources come from the fair scheduler's Placement (--cpus-per-task, --mem, --gres,
-  --time), never from raw ``user_options``; admin-set directives are checked against an
-  allow-list;
-- one shared :class:`SqueuePoller` per hub process asks ``squeue`` about all servers in
-  one call, instead of one squeue per spawner per poll (jupyterhub#4646);
-- a failing squeue (slurmctld restarting, timeouts) keeps each job's last known state for
-  ``SqueuePoller.grace`` seconds instead of declaring the server dead (batchspawner #171,
-  #315, #329); cancellations that fail meanwhile are retried (orphaned jobs, #253, #314);
+  --time), never from raw ``user_options``; admin-set names and directives are checked
+  against allow-lists before they reach the script;
+- one shared :class:`~.squeue.SqueuePoller` per hub process asks squeue about all servers
+  at once and rides out slurmctld outages for a grace period (see squeue.py);
 - the port callback (:class:`PortCallbackHandler`) accepts an integer port for the
   caller's own server while it starts, nothing else (batchspawner's handler sets any
   spawner attribute named in the request body).
@@ -30,10 +27,10 @@ import math
 import os
 import re
 import shlex
+import sys
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
@@ -43,10 +40,10 @@ from jupyterhub import apihandlers
 from jupyterhub.apihandlers import APIHandler
 from tornado import web
 from traitlets import Any as AnyTrait
-from traitlets import Dict, Enum, Float, Integer, List, Unicode, validate
-from traitlets.config import SingletonConfigurable
+from traitlets import Dict, Enum, Float, Integer, List, Unicode, default, validate
 
 from .base import Backend, Placement
+from .squeue import JobRecord, SqueuePoller, run_command
 
 # Importing batchspawner registered its API handler (any attribute from the request body)
 # among the hub's default handlers; take it out so only PortCallbackHandler can answer.
@@ -54,43 +51,6 @@ apihandlers.default_handlers[:] = [
     h for h in apihandlers.default_handlers
     if h[1] is not batchspawner.api.BatchSpawnerAPIHandler
 ]
-
-# -- running commands -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CommandResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-Runner = Callable[..., Awaitable[CommandResult]]
-
-
-async def run_command(argv: list[str], *, input: str | None = None,
-                      env: dict[str, str] | None = None, cwd: str | None = None,
-                      timeout: float = 30) -> CommandResult:
-    """Run ARGV without a shell; a timeout or a missing binary is a failed result, not an
-    exception, so callers treat every Slurm failure alike."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, cwd=cwd or None)
-    except OSError as exc:
-        return CommandResult(127, "", f"{argv[0]}: {exc}")
-    try:
-        out, err = await asyncio.wait_for(
-            proc.communicate(input.encode() if input is not None else None), timeout)
-    except (TimeoutError, asyncio.CancelledError) as exc:
-        proc.kill()
-        await proc.wait()
-        if isinstance(exc, asyncio.CancelledError):
-            raise
-        return CommandResult(-1, "", f"{argv[0]} timed out after {timeout:g} s")
-    return CommandResult(proc.returncode or 0, out.decode(errors="replace"),
-                         err.decode(errors="replace"))
-
 
 # -- the sbatch script -------------------------------------------------------------------
 
@@ -154,8 +114,8 @@ def check_directive(directive: str, allowed: Iterable[str]) -> str:
 
 def slurm_time(seconds: float) -> str:
     """Seconds as Slurm's D-HH:MM:SS, rounded up to whole minutes (Slurm's granularity)."""
-    if not seconds > 0:
-        raise SlurmConfigError(f"runtime must be positive, not {seconds!r}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise SlurmConfigError(f"runtime must be a positive number of seconds, not {seconds!r}")
     days, minutes = divmod(math.ceil(seconds / 60), 24 * 60)
     return f"{days}-{minutes // 60:02d}:{minutes % 60:02d}:00"
 
@@ -180,6 +140,12 @@ def safe_job_name(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "-", "-".join(p for p in parts if p))[:100]
 
 
+def beside_python(script: str) -> str:
+    """SCRIPT from the hub's environment if it is there, else the bare name (job's PATH)."""
+    path = Path(sys.executable).parent / script
+    return str(path) if path.exists() else script
+
+
 def render_script(template: str, variables: dict) -> str:
     """batchspawner's own renderer (jinja2 for '{{' templates, str.format otherwise)."""
     return batchspawner.format_template(template, **variables)
@@ -192,238 +158,6 @@ def parse_job_id(output: str) -> str:
     if not job_id.isdigit():
         raise RuntimeError(f"sbatch printed no job id: {output.strip()!r}")
     return job_id
-
-
-# -- the shared squeue poller -------------------------------------------------------------
-
-ALIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-                   "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
-                   "RESV_DEL_HOLD", "UNKNOWN"})  # UNKNOWN: not heard of since watched
-SQUEUE_FORMAT = "%i %T %B"
-GONE_MARKERS = ("Invalid job id specified",)  # squeue/scancel: the job is purged
-DONE_MARKERS = (*GONE_MARKERS, "already completing or completed")
-
-
-@dataclass
-class JobRecord:
-    """What the poller last learnt about one job."""
-
-    job_id: str
-    state: str = "UNKNOWN"  # a squeue %T, or UNKNOWN, GONE (not listed), LOST (grace over)
-    host: str = ""
-    confirmed: float = field(default_factory=time.monotonic)  # squeue last answered for it
-    queried: bool = False  # a query ran since the job was watched
-
-    @property
-    def alive(self) -> bool:
-        return self.state in ALIVE
-
-    @property
-    def running(self) -> bool:
-        return self.state == "RUNNING" and bool(self.host)
-
-    def exit_status(self) -> int | None:
-        """Spawner.poll's answer: None while the job may still run."""
-        if self.alive:
-            return None
-        return 0 if self.state == "COMPLETED" else 1
-
-
-class SqueuePoller(SingletonConfigurable):
-    """One squeue for every Slurm server of this hub process, every few seconds.
-
-    Backends watch their job ids and read the cached records; nothing else calls squeue.
-    """
-
-    interval = Float(
-        10.0, help="Seconds between squeue calls while no server is starting.",
-    ).tag(config=True)
-    fast_interval = Float(
-        1.0, help="Seconds between squeue calls while a server is starting (and the least "
-                  "time between any two calls).",
-    ).tag(config=True)
-    grace = Float(
-        300.0,
-        help="""Seconds a job keeps its last known state while squeue fails (slurmctld
-        restarting or overloaded, timeouts). After that, a job squeue has not confirmed is
-        treated as gone and its server as stopped.""",
-    ).tag(config=True)
-    timeout = Float(30.0, help="Seconds one squeue or scancel call may take.").tag(config=True)
-    squeue_cmd = List(Unicode(), ["squeue"], help="squeue and any leading arguments.").tag(
-        config=True)
-    runner = AnyTrait(run_command, help="Runs a command (tests pass a fake one).")
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.jobs: dict[str, JobRecord] = {}
-        self.cancels: dict[str, list[str]] = {}  # job id -> scancel argv still to succeed
-        self.calls = 0  # squeue calls made (tests and logs)
-        self._fast: set[str] = set()
-        self._waiters: list[asyncio.Future] = []
-        self._task: asyncio.Task | None = None
-        self._wake: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._last_query = 0.0
-        self._failing_since: float | None = None
-
-    # -- what backends call ------------------------------------------------------------
-
-    def watch(self, job_id: str, *, fast: bool = False) -> JobRecord:
-        record = self.jobs.setdefault(job_id, JobRecord(job_id))
-        if fast:
-            self._fast.add(job_id)
-        else:
-            self._fast.discard(job_id)
-        return record
-
-    def unwatch(self, job_id: str) -> None:
-        self.jobs.pop(job_id, None)
-        self._fast.discard(job_id)
-
-    async def status(self, job_id: str) -> JobRecord:
-        """The cached record; waits for one query if none ran since the job was watched."""
-        record = self.watch(job_id, fast=job_id in self._fast)
-        self._ensure_task()
-        if not record.queried:
-            await self.refresh()
-        return record
-
-    async def refresh(self) -> None:
-        """Wait for a query that starts after this call (shared with other callers)."""
-        loop = self._ensure_task()
-        waiter = loop.create_future()
-        self._waiters.append(waiter)
-        assert self._wake is not None
-        self._wake.set()
-        await asyncio.shield(waiter)
-
-    async def cancel(self, job_id: str, argv: list[str]) -> bool:
-        """scancel now; if Slurm does not answer, keep retrying on every poll."""
-        if await self._scancel(job_id, argv):
-            self.cancels.pop(job_id, None)
-            return True
-        self.cancels[job_id] = argv
-        self._ensure_task()
-        return False
-
-    # -- the query -----------------------------------------------------------------------
-
-    async def query_once(self) -> bool:
-        """One squeue for all watched jobs; True if squeue answered."""
-        ids = sorted(self.jobs, key=lambda j: (len(j), j))
-        if not ids:
-            return True
-        self.calls += 1
-        self._last_query = time.monotonic()
-        argv = [*self.squeue_cmd, "-h", "-t", "all", "-o", SQUEUE_FORMAT, "-j", ",".join(ids)]
-        result = await self.runner(argv, timeout=self.timeout)
-        answered = result.returncode == 0 or any(m in result.stderr for m in GONE_MARKERS)
-        if answered:
-            self._update(ids, result.stdout if result.returncode == 0 else "")
-        else:
-            self._failed(ids, result)
-        return answered
-
-    def _update(self, ids: list[str], stdout: str) -> None:
-        now = time.monotonic()
-        listed = parse_squeue(stdout)
-        if self._failing_since is not None:
-            self.log.info("squeue answers again after %.0f s", now - self._failing_since)
-            self._failing_since = None
-        for job_id in ids:
-            record = self.jobs.get(job_id)
-            if record is None:
-                continue  # unwatched while squeue ran
-            record.state, record.host = listed.get(job_id, ("GONE", ""))
-            record.confirmed, record.queried = now, True
-
-    def _failed(self, ids: list[str], result: CommandResult) -> None:
-        now = time.monotonic()
-        if self._failing_since is None:
-            self._failing_since = now
-            self.log.warning("squeue failed (exit %s: %s); keeping the last known state of "
-                             "%d job(s) for up to %.0f s", result.returncode,
-                             result.stderr.strip()[:300], len(ids), self.grace)
-        for job_id in ids:
-            record = self.jobs.get(job_id)
-            if record is None:
-                continue
-            record.queried = True
-            if record.alive and now - record.confirmed > self.grace:
-                self.log.error("Slurm job %s: squeue has not confirmed it for %.0f s; "
-                               "treating it as gone", job_id, now - record.confirmed)
-                record.state = "LOST"
-
-    async def _scancel(self, job_id: str, argv: list[str]) -> bool:
-        result = await self.runner(argv, timeout=self.timeout)
-        if result.returncode == 0 or any(m in result.stderr for m in DONE_MARKERS):
-            return True
-        self.log.warning("scancel %s failed (exit %s: %s); will retry", job_id,
-                         result.returncode, result.stderr.strip()[:300])
-        return False
-
-    async def _retry_cancels(self) -> None:
-        for job_id, argv in list(self.cancels.items()):
-            if await self._scancel(job_id, argv):
-                self.log.info("Slurm job %s cancelled on retry", job_id)
-                self.cancels.pop(job_id, None)
-
-    # -- the loop ------------------------------------------------------------------------
-
-    def _ensure_task(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
-        if self._task is None or self._task.done() or self._loop is not loop:
-            self._loop, self._wake = loop, asyncio.Event()
-            self._waiters = [w for w in self._waiters if w.get_loop() is loop]
-            self._task = loop.create_task(self._run())
-        return loop
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                waiters, self._waiters = self._waiters, []
-                try:
-                    await self.query_once()
-                    await self._retry_cancels()
-                except Exception:
-                    self.log.exception("squeue poller")
-                finally:
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_result(None)
-                if not (self.jobs or self.cancels or self._waiters):
-                    return
-                await self._sleep()
-        finally:
-            for waiter in self._waiters:
-                if not waiter.done():
-                    waiter.set_result(None)
-
-    async def _sleep(self) -> None:
-        """Until the interval is over or someone asks for a refresh, never more often than
-        fast_interval."""
-        assert self._wake is not None
-        if not self._waiters:
-            self._wake.clear()
-            interval = self.fast_interval if self._fast else self.interval
-            try:
-                await asyncio.wait_for(self._wake.wait(), interval)
-            except TimeoutError:
-                pass
-        spacing = self._last_query + self.fast_interval - time.monotonic()
-        if spacing > 0:
-            await asyncio.sleep(spacing)
-
-
-def parse_squeue(stdout: str) -> dict[str, tuple[str, str]]:
-    """'%i %T %B' lines -> {job id: (state, batch host or '')}."""
-    jobs = {}
-    for line in stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].isdigit():
-            host = parts[2] if len(parts) > 2 and parts[2] not in ("n/a", "(null)") else ""
-            jobs[parts[0]] = (parts[1].upper(), host)
-    return jobs
 
 
 # -- the port callback ----------------------------------------------------------------------
@@ -451,7 +185,8 @@ def parse_port(body: object) -> int:
 def find_spawner(spawners: Iterable[Any], token: str) -> Any | None:
     """The server whose API token made the request (the wrapper uses the server's token)."""
     for spawner in spawners:
-        if token and spawner.api_token and hmac.compare_digest(spawner.api_token, token):
+        if token and spawner.api_token and hmac.compare_digest(spawner.api_token.encode(),
+                                                               token.encode()):
             return spawner
     return None
 
@@ -542,15 +277,27 @@ class SlurmBackend(Backend):
         "0.0.0.0", help="Address the server listens on inside the job.",
     ).tag(config=True)
     singleuser_cmd = List(
-        Unicode(), ["batchspawner-singleuser"],
-        help="Wrapper that reports the server's port to the hub, then runs the server.",
+        Unicode(),
+        help="""Wrapper that reports the server's port to the hub, then runs the server.
+        Default: batchspawner-singleuser beside the hub's Python if it is there (compute
+        nodes usually share the hub's environment), else from the job's PATH.""",
     ).tag(config=True)
     server_cmd = List(
         Unicode(),
-        help="""The server command inside the job; empty: Spawner.cmd. batchspawner-singleuser
-        runs its first item as a Python script found on PATH, so use e.g.
-        ['jupyterhub-singleuser'], not ['python', '-m', 'jupyterhub.singleuser'].""",
+        help="""The server command inside the job; [] means Spawner.cmd. batchspawner-singleuser
+        runs its first item as a Python script found on PATH, so it must be a script like
+        jupyterhub-singleuser, not ['python', '-m', 'jupyterhub.singleuser'] (which the
+        local backend may use). Default: jupyterhub-singleuser, found like singleuser_cmd.""",
     ).tag(config=True)
+
+    @default("singleuser_cmd")
+    def _default_singleuser_cmd(self) -> list[str]:
+        return [beside_python("batchspawner-singleuser")]
+
+    @default("server_cmd")
+    def _default_server_cmd(self) -> list[str]:
+        return [beside_python("jupyterhub-singleuser")]
+
     srun = Unicode(
         "",
         help="Prefix of the server command, e.g. 'srun --cpu-bind=none' to run it as a job "
@@ -672,7 +419,7 @@ class SlurmBackend(Backend):
             self.job_id = await asyncio.shield(submit)
             self.log.info("%s's server is Slurm job %s (%s)", spawner.user.name, self.job_id,
                           placement)
-            self.host, self.port = await self._wait_started()
+            self.host, self.port = await self._wait_started(spawner)
         except BaseException as exc:
             await asyncio.shield(self._abandon(spawner, submit, exc))
             raise
@@ -693,7 +440,7 @@ class SlurmBackend(Backend):
                                f"{result.stderr.strip()[:500]}")
         return parse_job_id(result.stdout)
 
-    async def _wait_started(self) -> tuple[str, int]:
+    async def _wait_started(self, spawner: Any) -> tuple[str, int]:
         """Until the job RUNS and its wrapper reported the port; fails if the job ends."""
         poller = self.poller()
         poller.watch(self.job_id, fast=True)
@@ -706,6 +453,7 @@ class SlurmBackend(Backend):
                     f"started; see its log ({self.output}) in the server's folder")
             if record.running and self._port_future.done():
                 return record.host, self._port_future.result()
+            self._tell(spawner, record)
             if self._port_future.done():
                 await poller.refresh()  # the port is known; the host not yet
                 continue
@@ -715,6 +463,16 @@ class SlurmBackend(Backend):
                                    return_when=asyncio.FIRST_COMPLETED)
             finally:
                 refresh.cancel()
+
+    def _tell(self, spawner: Any, record: JobRecord) -> None:
+        """Show the job's progress on the spawn-pending page (FairSpawner's event stream)."""
+        emit = spawner.emit_progress
+        if record.running:
+            emit(70, f"Slurm job {self.job_id} runs on {record.host}; waiting for the server "
+                     "to report its port ...")
+        elif record.state != "UNKNOWN":
+            why = f" ({record.reason})" if record.reason else ""
+            emit(65, f"Slurm job {self.job_id} is {record.state.lower()}{why} ...")
 
     async def _abandon(self, spawner: Any, submit: asyncio.Future,
                        exc: BaseException) -> None:
@@ -745,22 +503,23 @@ class SlurmBackend(Backend):
         return record.exit_status()
 
     async def stop(self, spawner: Any, now: bool = False) -> None:
-        if not self.job_id:
+        job_id = self.job_id
+        if not job_id:
             return
         poller = self.poller()
-        poller.watch(self.job_id)
-        argv = [*self._prefix(spawner), *self.scancel_cmd, self.job_id]
-        cancelled = await poller.cancel(self.job_id, argv)
+        poller.watch(job_id)
+        argv = [*self._prefix(spawner), *self.scancel_cmd, job_id]
+        cancelled = await poller.cancel(job_id, argv)
         if now:
             return
         deadline = time.monotonic() + self.stop_timeout
         while time.monotonic() < deadline:
             await poller.refresh()
-            if not poller.jobs[self.job_id].alive:
+            if not poller.watch(job_id).alive:
                 return
-        self.log.warning("Slurm job %s still %s after %.0f s (scancel %s); the hub keeps "
-                         "cancelling it", self.job_id, poller.jobs[self.job_id].state,
-                         self.stop_timeout, "sent" if cancelled else "pending")
+        self.log.warning("Slurm job %s still %s %.0f s after %s", job_id,
+                         poller.watch(job_id).state, self.stop_timeout,
+                         "scancel" if cancelled else "a failed scancel (retried in the background)")
 
     # -- state ------------------------------------------------------------------------------------
 
