@@ -61,7 +61,8 @@ c.FairSpawner.custom_limits = default_custom_limits(settings)
 c.Spawner.default_url = "/lab"
 if os.geteuid() == 0:  # containers and CI run as root; jupyter-server refuses root by default
     c.Spawner.args = ["--allow-root"]
-c.Spawner.start_timeout = 120
+# No start_timeout here: FairSpawner's default is queue_timeout + launch_timeout, so a
+# wait in the fair queue is bounded by queue_timeout, not cut short by the hub.
 c.Spawner.http_timeout = 120
 api_url = f"http://127.0.0.1:{api_port}/services/loophub/api"
 c.Spawner.environment = {**settings.env(), "LOOPHUB_API_URL": api_url}

@@ -24,7 +24,7 @@ import loophub
 from loophub.errors import LoophubError
 from loophub.settings import Settings
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["loophub.spawner.kernels"]
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -35,7 +35,10 @@ which is the provisioner's parent, so a GPU kernel that is not busy and has been
 for ``idle_timeout`` is shut down through the MappingKernelManager (so it leaves the
 server's kernel list) and its allocation released. Busy kernels (a long training cell)
 are never culled; a connected but quiet notebook is, since holding a GPU for an open
-browser tab is what this is for.
+browser tab is what this is for. The same watcher shuts down a GPU kernel that no client
+connected to within ``unclaimed_timeout`` of its start: its user gave up waiting in the
+queue and closed the notebook, and the start (which jupyter-server cannot cancel then)
+completed later.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -62,7 +65,7 @@ from loophub.errors import InvalidInput, LoophubError
 from loophub.pool import GIB, parse_mem
 
 from .backends.base import Placement
-from .backends.local import Cgroup, _confine
+from .backends.local import Cgroup, confine_preexec, pinnable_cores
 
 PROVISIONER_NAME = "loophub-provisioner"
 EVENT_SCHEMA_ID = "https://events.loophub.dev/kernel_allocation/v1"
@@ -82,6 +85,7 @@ EVENT_SCHEMA = {
     },
 }
 TRANSIENT = (502, 503, 504)  # the API service restarting: keep trying
+ADMIN_ONLY = ("memory_enforcement", "cgroup_parent")  # not from (user-writable) kernelspecs
 
 
 def _env_seconds(name: str, default: float) -> float:
@@ -126,9 +130,9 @@ class KernelSize:
         return {"cpu": self.cpu, "mem": self.mem, "gpu": self.gpu}
 
     def label(self) -> str:
-        """'1 GPU', '2 GPU (a100)', '4 CPU'."""
+        """'1 GPU', '2 a100 GPU', '4 CPU'."""
         if self.gpu:
-            return f"{self.gpu} GPU" + (f" ({self.gpu_type})" if self.gpu_type else "")
+            return f"{self.gpu} {self.gpu_type} GPU" if self.gpu_type else f"{self.gpu} GPU"
         return f"{self.cpu:g} CPU"
 
     def summary(self) -> str:
@@ -151,6 +155,17 @@ def request_key(user: str, server: str, kernel_id: str) -> str:
 def kernel_env(placement: Placement, request_id: str) -> dict[str, str]:
     """What the kernel process sees of its allocation (overrides the server's own)."""
     return {**placement.env(), "LOOPHUB_KERNEL_REQUEST": request_id}
+
+
+def wrong_node(placement: Placement, server_node: str) -> str:
+    """Why the kernel cannot run on this placement, or ''. Kernels run beside their server,
+    and the scheduler has no node affinity (yet), so on a multi-node pool it may place a
+    kernel elsewhere; running it here with another node's GPU indices would be wrong."""
+    if not server_node or placement.node == server_node:
+        return ""
+    return (f"the scheduler placed this kernel on {placement.node}, but its server runs on "
+            f"{server_node}; start a server with the resources instead (or ask an admin to "
+            "give this kernel's node its own pool)")
 
 
 def idle_seconds(state: str | None, last_activity: datetime | None, now: datetime) -> float:
@@ -243,6 +258,12 @@ class FairKernelProvisioner(LocalProvisioner):
              "down and its allocation released; 0 turns this off (default "
              "$LOOPHUB_KERNEL_IDLE_TIMEOUT or 3600). CPU-only kernels are never culled here.",
     ).tag(config=True)
+    unclaimed_timeout = Float(
+        600.0,
+        help="Seconds after its start within which a GPU kernel must get a client (an open "
+             "notebook); else it is shut down and released -- its user gave up waiting in the "
+             "queue and closed the tab. 0 turns this off.",
+    ).tag(config=True)
     watch_interval = Float(
         30.0, help="Seconds between the watcher's checks for idleness and a dead process."
     ).tag(config=True)
@@ -257,12 +278,12 @@ class FairKernelProvisioner(LocalProvisioner):
     ).tag(config=True)
     memory_enforcement = Unicode(
         "auto",
-        help="'auto': run the kernel in a memory cgroup of its own sized to the allocation "
-             "where one can be made (else it shares the server's limit); 'cgroup': require "
-             "that; 'none': do not.",
+        help="'auto': run the kernel in a cgroup of its own capping memory and CPU time at "
+             "the allocation where one can be made (else it stays under the server's caps); "
+             "'cgroup': require that; 'none': do not. Server config only.",
     ).tag(config=True)
-    cgroup_parent = Unicode("loophub", help="cgroup folder for kernels (as for servers)"
-                            ).tag(config=True)
+    cgroup_parent = Unicode("loophub", help="cgroup folder for kernels (as for servers). "
+                                            "Server config only.").tag(config=True)
 
     request_id = Unicode("", help="The scheduler request holding this kernel's allocation.")
 
@@ -275,13 +296,21 @@ class FairKernelProvisioner(LocalProvisioner):
         return _env_seconds("LOOPHUB_KERNEL_IDLE_TIMEOUT", 3600.0)
 
     def __init__(self, **kwargs: Any) -> None:
+        # jupyter_client passes the kernelspec's config as keyword arguments; kernelspecs
+        # are user-writable, so what touches the host stays with server config.
+        ignored = sorted(k for k in ADMIN_ONLY if kwargs.pop(k, None) is not None)
         super().__init__(**kwargs)
+        if ignored:
+            self.log.warning("kernelspec %s: ignoring %s (set them in server config)",
+                             self.kernel_spec.display_name if self.kernel_spec else "?", ignored)
         self._client: Any = None
         self._watcher: asyncio.Task | None = None
         self._restarting = False
         self._dead_since: float | None = None
         self._cgroup: Cgroup | None = None
         self._last_note: tuple[str, str] = ("", "")
+        self._shown_reason = ""
+        self._claimed = False  # a client connected to the kernel at some point
 
     # -- the loophub API, off the event loop -------------------------------------------
 
@@ -289,13 +318,14 @@ class FairKernelProvisioner(LocalProvisioner):
     def size(self) -> KernelSize:
         return KernelSize.parse(self.cpu, self.mem, self.gpu, self.gpu_type)
 
-    async def _call(self, method: str, path: str, *, timeout: float = 30, **kw: Any) -> Any:
+    async def _call(self, method: str, path: str, *, timeout: float = 30,
+                    patience: float | None = None, **kw: Any) -> Any:
         """One API call in a thread (requests is blocking), riding out API restarts."""
         if self._client is None:
             from loophub.client import Client
 
             self._client = Client(timeout=timeout)
-        deadline = time.monotonic() + self.api_patience
+        deadline = time.monotonic() + (self.api_patience if patience is None else patience)
         while True:
             try:
                 return await asyncio.to_thread(self._client.request, method, path,
@@ -328,8 +358,8 @@ class FairKernelProvisioner(LocalProvisioner):
         log = self.log.warning if state in ("refused", "timeout") else self.log.info
         log("kernel %s (%s): %s", self.kernel_id, state, message)
         km = self.parent
-        if km is not None and hasattr(km, "reason"):
-            km.reason = "" if state in ("running", "released") else message
+        if km is not None and hasattr(km, "reason") and state in ("queued", "refused", "timeout"):
+            km.reason = self._shown_reason = message  # cleared once the kernel runs
         self._emit(state, message)
 
     def _emit(self, state: str, message: str) -> None:
@@ -361,8 +391,7 @@ class FairKernelProvisioner(LocalProvisioner):
         except LoophubError as exc:
             self._note("refused", api_message(exc))
             raise KernelAllocationError(getattr(exc, "status", 400),
-                                        f"{size.summary()} kernel refused: "
-                                        f"{api_message(exc)}") from exc
+                                        f"{size.summary()} kernel: {api_message(exc)}") from exc
         self.request_id = view["id"]
         try:
             return await self._wait_running(view, size)
@@ -382,21 +411,40 @@ class FairKernelProvisioner(LocalProvisioner):
                 self._note("timeout", text)
                 raise KernelAllocationError(503, text)
             wait = round(min(self.long_poll, remaining), 1)
-            view = await self._call("GET", f"scheduler/requests/{view['id']}",
-                                    params={"wait": wait, "known": view.get("fingerprint", "")},
-                                    timeout=wait + 30)
+            view = await self._unless_abandoned(self._call(
+                "GET", f"scheduler/requests/{view['id']}", timeout=wait + 30,
+                params={"wait": wait, "known": view.get("fingerprint", "")}))
         if view["state"] != "running":
             text = f"kernel request was {view['state']}: {view.get('reason') or 'no reason'}"
             self._note("refused", text)
             raise KernelAllocationError(409, text)
         return view
 
+    async def _unless_abandoned(self, call: Coroutine[Any, Any, dict]) -> dict:
+        """Await CALL, unless the user shuts the starting kernel down meanwhile.
+
+        With pending kernels, jupyter-server cancels its finish-start task for the kernel
+        on shutdown but then waits for the start itself, so a queued kernel's shutdown
+        would hang until the kernel got its turn. Failing the start ends it at once."""
+        mapping = getattr(self.parent, "parent", None)
+        tasks = getattr(mapping, "_pending_kernel_tasks", None)
+        finish = tasks.get(self.kernel_id) if isinstance(tasks, dict) else None
+        poll = asyncio.ensure_future(call)
+        if isinstance(finish, asyncio.Future):
+            await asyncio.wait({poll, finish}, return_when=asyncio.FIRST_COMPLETED)
+            if finish.done() and not poll.done():  # it only ends before us when cancelled
+                poll.cancel()
+                raise KernelAllocationError(409, "kernel shut down while waiting in the queue")
+        return await poll
+
     async def _release(self, reason: str) -> None:
         if not self.request_id:
             return
         request_id, self.request_id = self.request_id, ""
         try:
-            await self._call("DELETE", f"scheduler/requests/{request_id}")
+            # short patience: a stopping server is killed after a few seconds anyway
+            await self._call("DELETE", f"scheduler/requests/{request_id}", timeout=10,
+                             patience=min(self.api_patience, 10))
             self._note("released", f"released {request_id}: {reason}")
         except Exception as exc:  # nothing else to do; the admin sees it in the queue
             self.log.warning("could not release kernel request %s (%s): %s", request_id,
@@ -427,7 +475,7 @@ class FairKernelProvisioner(LocalProvisioner):
         procs = self._cgroup.procs_files() if self._cgroup else []
         if not placement.cores and not procs:
             return None
-        return _confine(placement.cores, procs, None, None)
+        return confine_preexec(pinnable_cores(placement.cores, self.log), procs, None, None)
 
     # -- provisioner hooks -------------------------------------------------------------
 
@@ -442,6 +490,9 @@ class FairKernelProvisioner(LocalProvisioner):
             raise
         try:
             placement = Placement.from_unit(view["allocation"]["units"][0])
+            if problem := wrong_node(placement, os.environ.get("LOOPHUB_ALLOC_NODE", "")):
+                self._note("refused", problem)
+                raise KernelAllocationError(409, problem)
             kwargs = await super().pre_launch(**kwargs)
             kwargs["env"].update(kernel_env(placement, self.request_id))
             preexec = self._confinement(placement)
@@ -474,6 +525,8 @@ class FairKernelProvisioner(LocalProvisioner):
 
     async def post_launch(self, **kwargs: Any) -> None:
         await super().post_launch(**kwargs)
+        if self._shown_reason and getattr(self.parent, "reason", "") == self._shown_reason:
+            self.parent.reason = self._shown_reason = ""  # the wait is over
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.create_task(self._watch())
 
@@ -503,16 +556,35 @@ class FairKernelProvisioner(LocalProvisioner):
         self._watcher = None
 
     async def _watch(self) -> None:
+        started = time.monotonic()
         while self.request_id:
             await asyncio.sleep(self.watch_interval)
             if self._dead_too_long():
                 await self._release("kernel process exited and was not restarted")
                 self._remove_cgroup()
                 return
-            idle = self._idle_for()
-            if self.gpu and self.idle_timeout > 0 and idle > self.idle_timeout:
-                await self._shutdown_idle(idle)
+            if reason := self._why_give_back(time.monotonic() - started):
+                await self._shutdown(reason)
                 return
+
+    def _why_give_back(self, age: float) -> str:
+        """Why a GPU kernel should give its allocation back now, or ''."""
+        if not self.gpu:
+            return ""
+        self._claimed = self._claimed or self._connections() > 0
+        if not self._claimed and 0 < self.unclaimed_timeout < age:
+            return f"nobody connected within {self.unclaimed_timeout:g} s of its start"
+        idle = self._idle_for()
+        if 0 < self.idle_timeout < idle:
+            return f"idle for {idle / 60:.0f} min (idle_timeout {self.idle_timeout:g} s)"
+        return ""
+
+    def _connections(self) -> int:
+        """Open websockets to the kernel (from the server's kernel map)."""
+        try:
+            return int(self.parent.parent.kernel_model(self.kernel_id).get("connections", 0))
+        except Exception:  # not under jupyter-server: nothing to go by, count it as used
+            return 1
 
     def _dead_too_long(self) -> bool:
         proc = self.process
@@ -527,10 +599,10 @@ class FairKernelProvisioner(LocalProvisioner):
         return idle_seconds(getattr(km, "execution_state", None),
                             getattr(km, "last_activity", None), datetime.now(UTC))
 
-    async def _shutdown_idle(self, idle: float) -> None:
+    async def _shutdown(self, reason: str) -> None:
         """Shut the kernel down through the server's kernel map so it leaves the list."""
-        self._note("released", f"idle for {idle / 60:.0f} min: shutting the kernel down to "
-                               f"free {self.size.label()} (idle_timeout {self.idle_timeout:g} s)")
+        self._note("released", f"{reason}: shutting the kernel down to free "
+                               f"{self.size.label()}")
         km = self.parent
         mapping = getattr(km, "parent", None)
         self._watcher = None  # detach: the cleanup() this shutdown runs must not cancel it
@@ -541,7 +613,7 @@ class FairKernelProvisioner(LocalProvisioner):
             else:
                 await _maybe_await(km.shutdown_kernel())
         finally:
-            await self._release(f"idle for {idle:.0f} s")
+            await self._release(reason)
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -599,11 +671,13 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    """Reads kernel.json itself: KernelSpecManager hides specs whose provisioner is missing,
+    which is exactly what an admin needs to see."""
     from jupyter_client.kernelspec import KernelSpecManager
 
-    for name, info in sorted(KernelSpecManager().get_all_specs().items()):
-        prov = info["spec"].get("metadata", {}).get("kernel_provisioner", {})
+    for name, folder in sorted(KernelSpecManager().find_kernel_specs().items()):
+        spec = json.loads((Path(folder) / "kernel.json").read_text())
+        prov = spec.get("metadata", {}).get("kernel_provisioner", {})
         if prov.get("provisioner_name") == PROVISIONER_NAME:
-            print(f"{name}\t{info['spec']['display_name']}\t{json.dumps(prov.get('config'))}"
-                  f"\t{info['resource_dir']}")
+            print(f"{name}\t{spec['display_name']}\t{json.dumps(prov.get('config'))}\t{folder}")
     return 0

@@ -78,6 +78,7 @@ def test_usage_counts_resource_hours_per_user_and_group(db_url):
     req, _ = svc.submit(gpu_request(2, cpu=1, mem=2 * GIB), tenant="alice", groups=["vision"])
     clock.t += 1800
     svc.cancel(req["id"])
+    clock.t += 3600  # an ended run stays ended: usage must not grow afterwards
     usage = svc.usage(start - 100, clock.t + 100)
     assert usage["users"]["alice"] == pytest.approx(
         {"cpu_hours": 0.5, "gpu_hours": 1.0, "mem_gib_hours": 1.0})

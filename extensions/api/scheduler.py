@@ -78,6 +78,7 @@ class SchedulerShell:
         self._timer = None
         self._missing: dict[str, int] = {}
         self.tenancy_read_at = 0.0
+        self._orphans: dict[str, int] = {}
 
     # -- change notification ----------------------------------------------------
 
@@ -156,6 +157,16 @@ class SchedulerShell:
         confirmed = {k for k, n in self._missing.items() if n >= 2}
         keep = (running - confirmed) | {k for k in running if self._recently_seen_key(k)}
         self.changed(self.service.release_missing("server", keep, grace=60))
+        self._release_orphan_kernels(alive)
+
+    def _release_orphan_kernels(self, alive: set[str]) -> None:
+        """A kernel's request ends with its server (a killed server cannot release it)."""
+        orphans = {v["id"] for v in self.service.queue() if v["kind"] == "kernel"
+                   and (v["key"] or "").startswith("kernel:")
+                   and "server:" + v["key"][len("kernel:"):].rsplit("/", 1)[0] not in alive}
+        self._orphans = {i: self._orphans.get(i, 0) + 1 for i in orphans}
+        for request_id in [i for i, n in self._orphans.items() if n >= 2]:
+            self.changed(self.service.cancel(request_id, reason="its server is gone")[1])
 
     def _recently_seen_key(self, key: str) -> bool:
         view = self.service.get_by_key(key)

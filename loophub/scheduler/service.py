@@ -161,7 +161,7 @@ class SchedulerService:
             rec = s.get(SchedRequest, d.request_id)
             if rec is None:
                 continue
-            runs = list(rec.meta.get("runs", []))
+            runs = [list(run) for run in rec.meta.get("runs", [])]  # copies: JSON change detection
             if d.action == "start":
                 rec.state, rec.reason = "running", ""
                 rec.started_at = d.allocation.start
@@ -217,7 +217,7 @@ class SchedulerService:
             decisions = self.state.cancel(request_id, now)
             rec.state = "done" if was_running else "cancelled"
             rec.reason, rec.ended_at, rec.allocation = reason, now, rec.allocation
-            runs = list(rec.meta.get("runs", []))
+            runs = [list(run) for run in rec.meta.get("runs", [])]  # copies: JSON change detection
             if runs and runs[-1][1] is None:
                 runs[-1][1] = now
             rec.meta = {**rec.meta, "runs": runs}

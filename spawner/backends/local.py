@@ -126,20 +126,11 @@ class LocalBackend(Backend):
         procs = self.cgroup.procs_files() if self.cgroup else []
         proc = subprocess.Popen(
             cmd, env=env, cwd=cwd, start_new_session=True,
-            preexec_fn=_confine(self._pinnable(placement.cores), procs, rlimit, user),
+            preexec_fn=confine_preexec(pinnable_cores(placement.cores, self.log), procs, rlimit,
+                                       user),
         )
         self.pid = proc.pid
         return spawner.ip or "127.0.0.1", spawner.port
-
-    def _pinnable(self, cores: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        """The allocated core ids, if this machine has them all. A declared pool larger than
-        the machine (tests, demos) cannot be pinned; the cgroup CPU quota still applies."""
-        if not cores:
-            return None
-        if set(cores) <= os.sched_getaffinity(0):
-            return cores
-        self.log.warning("cores %s are not all on this machine: not pinning", cores)
-        return None
 
     def _use_rlimit(self) -> bool:
         mode = self.memory_enforcement
@@ -213,7 +204,18 @@ class LocalBackend(Backend):
         self.cgroup = None
 
 
-def _confine(cores, cgroup_procs: list[str], mem_rlimit: int | None,
+def pinnable_cores(cores: tuple[int, ...] | None, log) -> tuple[int, ...] | None:
+    """The allocated core ids, if this machine has them all. A declared pool larger than
+    the machine (tests, demos) cannot be pinned; the cgroup CPU quota still applies."""
+    if not cores:
+        return None
+    if set(cores) <= os.sched_getaffinity(0):
+        return cores
+    log.warning("cores %s are not all on this machine: not pinning", cores)
+    return None
+
+
+def confine_preexec(cores, cgroup_procs: list[str], mem_rlimit: int | None,
              user: pwd.struct_passwd | None):
     """Runs in the child between fork and exec: join the cgroup, pin, cap, drop privileges."""
     def preexec() -> None:
