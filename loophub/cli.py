@@ -24,7 +24,8 @@ import loophub
 from loophub.errors import LoophubError
 from loophub.settings import Settings
 
-COMMAND_MODULES: list[str] = ["loophub.spawner.kernels"]
+COMMAND_MODULES: list[str] = [
+    "loophub.scheduler.cli", "loophub.datasets.cli", "loophub.spawner.kernels"]
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -4,32 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from tornado import web
 
 from loophub.errors import LoophubError
+from loophub.identity import Actor
 
 log = logging.getLogger("loophub.api")
 
 
-@dataclass(frozen=True)
-class Actor:
-    """Who is calling: the hub's answer for the request's token or cookie."""
-
-    name: str
-    kind: str  # "user" or "service"
-    groups: tuple[str, ...]
-    admin: bool
-
-    @classmethod
-    def from_model(cls, model: dict) -> Actor:
-        return cls(
-            name=model["name"], kind=model.get("kind", "user"),
-            groups=tuple(sorted(model.get("groups") or ())), admin=bool(model.get("admin")),
-        )
+def actor_from_model(model: dict) -> Actor:
+    """The hub's user or service model (from HubAuth) as the domain's Actor."""
+    return Actor(name=model["name"], groups=tuple(model.get("groups") or ()),
+                 admin=bool(model.get("admin")), kind=model.get("kind", "user"))
 
 
 class ApiHandler(HubOAuthenticated, web.RequestHandler):
@@ -75,7 +64,7 @@ class ApiHandler(HubOAuthenticated, web.RequestHandler):
 
     @property
     def actor(self) -> Actor:
-        return Actor.from_model(self.current_user)
+        return actor_from_model(self.current_user)
 
     def check_xsrf_cookie(self) -> None:
         # Token-authenticated API calls carry no cookie, so XSRF does not apply to them;

@@ -18,8 +18,8 @@ from functools import partial
 
 from tornado import web
 
-from loophub.datasets.service import Actor as DatasetActor
 from loophub.errors import InvalidInput, LoophubError, NotFound, TooLarge
+from loophub.identity import Actor
 
 from .base import ApiHandler
 
@@ -36,9 +36,8 @@ class DatasetHandler(ApiHandler):
         return self.ctx.datasets
 
     @property
-    def who(self) -> DatasetActor:
-        a = self.actor
-        return DatasetActor(name=a.name, groups=list(a.groups), admin=a.admin)
+    def who(self) -> Actor:
+        return self.actor
 
     def body_dict(self) -> dict:
         body = self.json_body()

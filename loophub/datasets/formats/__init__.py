@@ -1,0 +1,123 @@
+"""Format converters. Each module has ``read(path) -> Bundle`` and ``write(bundle, path)``.
+
+``read_dataset``/``write_dataset`` add what every format needs: zip sources, record
+validation with file/line/JSON-path errors, and the format registry.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib import import_module
+from pathlib import Path
+
+from loophub.datasets.formats.base import Bundle, source_folder
+from loophub.datasets.validation import RecordValidator, validate_label_schema
+from loophub.errors import InvalidInput
+
+FORMATS = {
+    "loophub": "native",
+    "coco": "coco",
+    "voc": "voc",
+    "yolo": "yolo",
+    "imagefolder": "imagefolder",
+    "csv": "csvfmt",
+    "jsonl": "jsonl",
+    "conll": "conll",
+    "labelstudio": "labelstudio",
+}
+
+
+def format_module(name: str):
+    if name not in FORMATS:
+        raise InvalidInput(f"unknown format {name!r}; use one of {', '.join(FORMATS)}")
+    return import_module(f"loophub.datasets.formats.{FORMATS[name]}")
+
+
+@contextmanager
+def read_dataset(fmt: str, src: str | os.PathLike, *, validate: bool = True) -> Iterator[Bundle]:
+    """The dataset at ``src`` (file, folder or zip) as a Bundle whose records are checked
+    against the schemas as they stream; usable while the context is open (zips are
+    extracted to a temporary folder that lives that long)."""
+    module = format_module(fmt)
+    with source_folder(src) as path:
+        with _as_invalid_input(src, fmt):
+            bundle = module.read(Path(path))
+        if validate:
+            validate_label_schema(bundle.label_schema, source=str(src))
+            bundle.records = _validated(bundle.records, bundle.label_schema, str(src), fmt)
+        yield bundle
+
+
+# What a malformed file can still raise inside a parser after the checks that give
+# precise messages; reported as bad input (with the file), never as a crash.
+PARSE_ERRORS = (UnicodeDecodeError, ValueError, TypeError, KeyError, IndexError,
+                AttributeError, RecursionError, zipfile.BadZipFile)
+
+
+@contextmanager
+def _as_invalid_input(src, fmt: str) -> Iterator[None]:
+    try:
+        yield
+    except InvalidInput:
+        raise
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{src}: byte {exc.start}: not UTF-8 text; save the file as "
+                           "UTF-8") from None
+    except PARSE_ERRORS as exc:
+        raise InvalidInput(f"{src}: not readable as {fmt} ({type(exc).__name__}: {exc}); "
+                           f"check that the file is {fmt}") from None
+
+
+def _validated(records, label_schema: dict, source: str, fmt: str):
+    validator = RecordValidator(label_schema)
+    seen: set[str] = set()
+    with _as_invalid_input(source, fmt):
+        yield from _checked(validator, records, source, seen)
+
+
+def _checked(validator: RecordValidator, records, source: str, seen: set[str]):
+    for index, record in enumerate(records):
+        validator.validate(record, source=source, location=f"record {index + 1}")
+        if record["id"] in seen:
+            raise InvalidInput(f"{source}: record {index + 1}: id {record['id']!r} repeats; "
+                               "record ids must be unique in a dataset")
+        seen.add(record["id"])
+        yield record
+
+
+def write_dataset(fmt: str, bundle: Bundle, dst: str | os.PathLike) -> None:
+    format_module(fmt).write(bundle, Path(dst))
+
+
+def convert(src_fmt: str, src: str | os.PathLike, dst_fmt: str, dst: str | os.PathLike,
+            progress: Callable[[int], None] | None = None) -> int:
+    """Convert ``src`` to ``dst``; returns the number of records written."""
+    count = 0
+    with read_dataset(src_fmt, src) as bundle:
+        def counted(records):
+            nonlocal count
+            for record in records:
+                count += 1
+                if progress:
+                    progress(count)
+                yield record
+        bundle.records = counted(bundle.records)
+        write_dataset(dst_fmt, bundle, dst)
+    return count
+
+
+def validate_source(fmt: str, src: str | os.PathLike) -> int:
+    """Read and validate every record of ``src``; returns the count or raises InvalidInput."""
+    with read_dataset(fmt, src) as bundle:
+        return sum(1 for _ in bundle.records)
+
+
+def validated_records(records, label_schema: dict, source: str, fmt: str):
+    """``records`` checked one by one as they stream (InvalidInput on the first bad one)."""
+    return _validated(records, label_schema, source, fmt)
+
+
+__all__ = ["FORMATS", "Bundle", "convert", "read_dataset", "validate_source", "write_dataset"]

@@ -1,0 +1,171 @@
+"""YOLO detection (and YOLO-seg polygons): one .txt per image, ``class cx cy w h``
+normalised; class names from data.yaml, obj.names or classes.txt.
+
+Boxes stay normalised (``normalized: true``) unless the image is found and its size
+read, in which case they are converted to pixels. Values are rounded to 9 decimals
+so a round trip reproduces them exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from loophub.datasets.formats.base import (
+    IMAGE_SUFFIXES,
+    Bundle,
+    FolderMedia,
+    bad,
+    build_label_schema,
+    copy_media,
+    image_size,
+    media_entry,
+    split_of,
+)
+
+NAME_FILES = ("data.yaml", "obj.names", "classes.txt", "classes.names")
+LIST_FILES = {"train.txt", "val.txt", "valid.txt", "test.txt", "readme.txt"}
+DIGITS = 9
+
+
+def read(src: Path) -> Bundle:
+    root = src if src.is_dir() else src.parent
+    names = _class_names(root)
+    files = [src] if src.is_file() else sorted(
+        p for p in src.rglob("*.txt") if p.name.lower() not in LIST_FILES | set(NAME_FILES))
+    stems: dict[str, int] = {}
+    for path in files:
+        stems[path.stem] = stems.get(path.stem, 0) + 1
+    records = [_record(root, path, names, stems[path.stem] > 1) for path in files]
+    if not names:  # no names file: the class indices are the names
+        used = {int(a["label"]) for r in records for a in r["annotations"]}
+        names = [str(i) for i in range(max(used) + 1)] if used else []
+    return Bundle(build_label_schema("object_detection", names), records, FolderMedia([root]))
+
+
+def _class_names(root: Path) -> list[str]:
+    for name in NAME_FILES:
+        found = sorted(root.rglob(name), key=lambda p: len(p.parts))
+        if not found:
+            continue
+        path = found[0]
+        if name == "data.yaml":
+            return _yaml_names(path)
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()]
+    return []
+
+
+def _yaml_names(path: Path) -> list[str]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise bad(path, "document", f"invalid YAML: {exc}") from None
+    names = data.get("names", [])
+    if isinstance(names, dict):  # {0: person, 1: car}
+        return [str(names[k]) for k in sorted(names)]
+    return [str(n) for n in names]
+
+
+def _find_image(label: Path) -> Path | None:
+    parts = list(label.parts)
+    candidates = [label.parent]
+    if "labels" in parts:
+        index = len(parts) - 1 - parts[::-1].index("labels")
+        candidates.insert(0, Path(*parts[:index], "images", *parts[index + 1:-1]))
+    for folder in candidates:
+        for suffix in IMAGE_SUFFIXES:
+            image = folder / (label.stem + suffix)
+            if image.is_file():
+                return image
+    return None
+
+
+def _record(root: Path, path: Path, names: list[str], qualify: bool) -> dict:
+    rel_parts = path.relative_to(root).parent.parts
+    split = split_of(reversed(rel_parts)) or ("train" if "obj_train_data" in rel_parts else None)
+    record_id = f"{split}/{path.stem}" if qualify and split else path.stem
+    image = _find_image(path)
+    size = image_size(image) if image else None
+    record: dict = {"id": record_id, "annotations": []}
+    if image is not None:
+        record["media"] = media_entry(root, image)
+    if split:
+        record["split"] = split
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            record["annotations"].append(_annotation(path, number, line, names, size))
+    return record
+
+
+def _annotation(path: Path, number: int, line: str, names, size) -> dict:
+    fields = line.split()
+    try:
+        index, values = int(fields[0]), [float(v) for v in fields[1:]]
+    except ValueError:
+        raise bad(path, f"line {number}", "expected 'class cx cy w h' with numbers") from None
+    if len(values) < 4 or (len(values) > 4 and len(values) % 2):
+        raise bad(path, f"line {number}", "expected 4 box values or an even number of points")
+    if names and not 0 <= index < len(names):
+        raise bad(path, f"line {number}", f"class {index} is not in the {len(names)} class names")
+    label = names[index] if names else str(index)
+    scale = (size[0], size[1]) if size else (1, 1)
+    if len(values) == 4:
+        cx, cy, w, h = values
+        box = [(cx - w / 2) * scale[0], (cy - h / 2) * scale[1], w * scale[0], h * scale[1]]
+        ann = {"type": "bbox", "label": label, "bbox": [round(v, DIGITS) for v in box]}
+    else:
+        points = [round(v * scale[i % 2], DIGITS) for i, v in enumerate(values)]
+        ann = {"type": "polygon", "label": label, "polygons": [points]}
+    if not size:
+        ann["normalized"] = True
+    return ann
+
+
+# -- export ------------------------------------------------------------------------
+
+def write(bundle: Bundle, dst: Path) -> None:
+    classes = bundle.label_schema.get("classes", ())
+    index = {c["name"]: c["id"] for c in classes}
+    names = [f"class_{i}" for i in range(max(index.values(), default=-1) + 1)]
+    for cls in classes:
+        names[cls["id"]] = cls["name"]
+    dst.mkdir(parents=True, exist_ok=True)
+    splits = set()
+    for record in bundle.records:
+        split = record.get("split")
+        splits.add(split)
+        stem = record["id"].rsplit("/", 1)[-1]
+        folder = Path(split) if split else Path()
+        lines = [_line(record, ann, index) for ann in record["annotations"]
+                 if ann["type"] in ("bbox", "polygon")]
+        label_path = dst / "labels" / folder / f"{stem}.txt"
+        label_path.parent.mkdir(parents=True, exist_ok=True)
+        label_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        suffix = Path((record.get("media") or {}).get("path") or ".jpg").suffix
+        copy_media(bundle.media, record, dst / "images" / folder / f"{stem}{suffix}")
+    config = {"names": names, "nc": len(names)}
+    for split in sorted(s for s in splits if s):
+        config[split] = f"images/{split}"
+    (dst / "data.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+
+
+def _line(record: dict, ann: dict, index: dict) -> str:
+    media = record.get("media") or {}
+    if ann.get("normalized"):
+        scale = (1, 1)
+    elif media.get("width"):
+        scale = (media["width"], media["height"])
+    else:
+        raise bad(record["id"], "media", "YOLO stores fractions of the image size; "
+                  "this record's image has no width/height")
+    label = ann.get("label")
+    if label not in index:
+        raise bad(record["id"], "annotations", f"label {label!r} is not in the label schema")
+    if ann["type"] == "bbox":
+        x, y, w, h = ann["bbox"]
+        values = [(x + w / 2) / scale[0], (y + h / 2) / scale[1], w / scale[0], h / scale[1]]
+    else:
+        values = [v / scale[i % 2] for i, v in enumerate(ann["polygons"][0])]
+    return " ".join([str(index[label])] + [repr(v) for v in values])

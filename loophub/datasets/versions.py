@@ -1,0 +1,371 @@
+"""Commits, version reads, diffs: the draft turned into immutable manifests.
+
+A commit streams the draft rows written since the last commit in id order, packs
+their content, writes a delta manifest (and a snapshot every MAX_CHAIN versions)
+and records the version, never holding the whole dataset in memory.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, select, update
+
+from loophub.datasets.manifest import (
+    MAX_CHAIN,
+    Change,
+    Entry,
+    ManifestWriter,
+    PackReader,
+    PackWriter,
+    apply,
+    compose,
+    escape,
+    format_line,
+    iter_changes,
+    read_manifest,
+    snapshot_entries,
+    unescape,
+)
+from loophub.datasets.models import Dataset, DatasetBlob, DatasetVersion, DraftRecord
+from loophub.datasets.records import unpack_labels
+from loophub.errors import Conflict, InvalidInput, NotFound
+from loophub.store.blobs import BlobStore
+from loophub.store.db import Database
+from loophub.store.models import utcnow
+
+
+@dataclass
+class CommitResult:
+    version: DatasetVersion
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+
+
+def _locked_dataset(session, dataset_id: int) -> Dataset:
+    dataset = session.scalars(select(Dataset).where(Dataset.id == dataset_id)
+                              .with_for_update()).one_or_none()
+    if dataset is None:
+        raise NotFound(f"dataset {dataset_id} does not exist")
+    if session.bind.dialect.name == "sqlite":  # take SQLite's write lock like FOR UPDATE
+        session.execute(update(Dataset).where(Dataset.id == dataset_id).values(seq=Dataset.seq))
+    return dataset
+
+
+def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message: str,
+           progress: Callable[[int, int], None] | None = None) -> CommitResult:
+    with db.transaction() as session:  # waits for in-flight draft writes, then reads seq
+        dataset = _locked_dataset(session, dataset_id)
+        upto, since, parent_id = dataset.seq, dataset.committed_seq, dataset.head_version
+        label_schema = dataset.label_schema
+        parent = session.get(DatasetVersion, parent_id) if parent_id else None
+    version_id = uuid.uuid4().hex
+    packs = PackWriter(blobs)
+    delta = ManifestWriter(blobs, {"kind": "delta", "version": version_id, "parent": parent_id})
+    packed_counts: Counter = Counter()  # counted as packed strings, expanded once at the end
+    result = CommitResult(version=None)  # type: ignore[arg-type]
+    pending: list[tuple] = []  # lines waiting for their pack to be stored and named
+
+    def flush_pending() -> None:
+        for op, rid, hash_, labels, media, base_hash, base_labels, where in pending:
+            if where is None:
+                line = format_line(op, None, rid, base_hash or "", base_labels or "")
+            else:
+                number, offset, length = where
+                line = "\t".join((op + escape(rid), hash_, escape(labels), media or "",
+                                  packs.written[number][0], str(offset), str(length),
+                                  base_hash or "", escape(base_labels or ""))) + "\n"
+            delta.write(line, rid)
+        pending.clear()
+
+    for done, row in enumerate(_changed_rows(db, dataset_id, since, upto), 1):
+        rid, content, hash_, labels, media, deleted, base_hash, base_labels = row
+        op = _operation(deleted, hash_, base_hash)
+        if op is None:
+            continue
+        if base_labels:
+            packed_counts[base_labels] -= 1
+        if op == "-":
+            result.removed += 1
+            pending.append(("-", rid, None, None, None, base_hash, base_labels, None))
+            continue
+        if op == "+":
+            result.added += 1
+        else:
+            result.changed += 1
+        if labels:
+            packed_counts[labels] += 1
+        closed_before = len(packs.written)
+        where = packs.add(content.encode())
+        pending.append((op, rid, hash_, labels, media, base_hash, base_labels, where))
+        if len(packs.written) > closed_before:  # a pack was stored: its lines can go out
+            flush_pending()
+        if progress and done % 10000 == 0:
+            progress(done, 0)
+    packs.flush()
+    flush_pending()
+    if parent and not (result.added or result.changed or result.removed):
+        raise InvalidInput(f"nothing to commit: the draft equals version {parent.number}; "
+                           "edit or import records first")
+    delta_digest, delta_size = delta.close()
+    counts = Counter(parent.label_counts if parent else {})
+    for packed, number in packed_counts.items():
+        for label in unpack_labels(packed):
+            counts[label] += number
+    record_count = (parent.record_count if parent else 0) + result.added - result.removed
+    snapshot, snapshot_size, chain = _maybe_snapshot(db, blobs, parent, delta_digest)
+    version = DatasetVersion(
+        id=version_id, dataset_id=dataset_id, parents=[parent_id] if parent_id else [],
+        author=author, message=message, created=utcnow(), delta=delta_digest, snapshot=snapshot,
+        chain=chain, record_count=record_count, label_schema=label_schema,
+        label_counts={k: v for k, v in sorted(counts.items()) if v > 0},
+        stored_bytes=delta_size + snapshot_size + sum(size for _, size in packs.written))
+    digests = [d for d, _ in packs.written] + [delta_digest] + ([snapshot] if snapshot else [])
+    _finish(db, blobs, dataset_id, parent_id, (since, upto), version, digests)
+    result.version = version
+    return result
+
+
+def _operation(deleted: bool, hash_: str, base_hash: str | None) -> str | None:
+    if deleted:
+        return "-" if base_hash is not None else None
+    if base_hash is None:
+        return "+"
+    return "~" if hash_ != base_hash else None
+
+
+def _changed_rows(db: Database, dataset_id: int, since: int, upto: int) -> Iterator[tuple]:
+    """Draft rows written in (since, upto], in code-point id order, as plain tuples from a
+    streaming DB-API cursor (the ORM's row objects cost a third of a 1M-record commit)."""
+    postgres = db.engine.dialect.name == "postgresql"
+    mark = "%s" if postgres else "?"
+    collate = ' COLLATE "C"' if postgres else ""
+    sql = ("SELECT record_id, content, hash, labels, media_sha, deleted, base_hash, base_labels "
+           f"FROM dataset_records WHERE dataset_id = {mark} AND seq > {mark} AND seq <= {mark} "
+           f"ORDER BY record_id{collate}")
+    raw = db.engine.raw_connection()
+    try:
+        cursor = raw.cursor(name="loophub_commit") if postgres else raw.cursor()
+        if postgres:
+            cursor.itersize = 10000
+        cursor.execute(sql, (dataset_id, since, upto))
+        while batch := cursor.fetchmany(10000):
+            yield from batch
+        cursor.close()
+    finally:
+        raw.close()
+
+
+def _maybe_snapshot(db, blobs, parent: DatasetVersion | None, delta_digest: str):
+    if parent is None:  # a first delta has only additions: it is a snapshot already
+        return delta_digest, 0, 0
+    if parent.chain + 1 < MAX_CHAIN:
+        return None, 0, parent.chain + 1
+    writer = ManifestWriter(blobs, {"kind": "snapshot"})
+    changes = {c.record_id: c for c in iter_changes(blobs, delta_digest)}
+    for entry in apply(iter_entries(db, blobs, parent), changes):
+        writer.write(format_line("+", entry, entry.record_id), entry.record_id)
+    digest, size = writer.close()
+    return digest, size, 0
+
+
+def _finish(db, blobs, dataset_id, parent_id, seqs, version, digests) -> None:
+    since, upto = seqs
+    with db.transaction() as session:
+        dataset = _locked_dataset(session, dataset_id)
+        if dataset.head_version != parent_id:
+            raise Conflict("someone else committed this dataset while you did; commit again "
+                           "(your draft changes are kept)")
+        version.number = dataset.version_count + 1
+        session.add(version)
+        dataset.head_version, dataset.committed_seq = version.id, upto
+        dataset.version_count += 1
+        register_blobs(session, digests, "version")
+        in_commit = and_(DraftRecord.dataset_id == dataset_id, DraftRecord.seq > since,
+                         DraftRecord.seq <= upto)
+        session.execute(DraftRecord.__table__.delete().where(and_(in_commit,
+                                                                  DraftRecord.deleted)))
+        session.execute(update(DraftRecord).where(in_commit)
+                        .values(base_hash=DraftRecord.hash, base_labels=DraftRecord.labels))
+    _fix_bases_written_during_commit(db, blobs, dataset_id, upto, version)
+
+
+def _fix_bases_written_during_commit(db, blobs, dataset_id: int, upto: int, version) -> None:
+    """Rows edited after the commit read them keep their new content, but their base
+    must be what the commit stored, or the next delta would misreport them."""
+    with db.transaction() as session:
+        late = set(session.scalars(select(DraftRecord.record_id).where(and_(
+            DraftRecord.dataset_id == dataset_id, DraftRecord.seq > upto))))
+    if not late:
+        return
+    with db.transaction() as session:
+        for change in iter_changes(blobs, version.delta):
+            if change.record_id in late:
+                session.execute(update(DraftRecord).where(and_(
+                    DraftRecord.dataset_id == dataset_id,
+                    DraftRecord.record_id == change.record_id)).values(
+                    base_hash=change.new.hash if change.new else None,
+                    base_labels=change.new.labels if change.new else None))
+
+
+def register_blobs(session, digests, kind: str) -> None:
+    now = utcnow()
+    for digest in set(digests):
+        row = session.get(DatasetBlob, digest)
+        if row is None:
+            session.add(DatasetBlob(digest=digest, kind=kind, created=now))
+        else:
+            row.created = now  # re-used content: restart its grace period
+
+
+# -- reading versions --------------------------------------------------------------
+
+def chain_to_snapshot(db: Database, version: DatasetVersion) -> list[DatasetVersion]:
+    """[snapshot version, ..., version] following first parents."""
+    path = [version]
+    with db.session() as session:
+        while path[-1].snapshot is None:
+            parent = session.get(DatasetVersion, path[-1].parents[0])
+            path.append(parent)
+    path.reverse()
+    return path
+
+
+def iter_entries(db: Database, blobs: BlobStore, version: DatasetVersion) -> Iterator[Entry]:
+    """The version's manifest entries in id order, streamed from its snapshot + deltas."""
+    path = chain_to_snapshot(db, version)
+    combined = compose(iter_changes(blobs, v.delta) for v in path[1:])
+    return apply(snapshot_entries(blobs, path[0].snapshot), combined)
+
+
+def iter_records(db: Database, blobs: BlobStore, version: DatasetVersion) -> Iterator[bytes]:
+    """Canonical JSON of every record of the version, in id order."""
+    reader = PackReader(blobs)
+    for entry in iter_entries(db, blobs, version):
+        yield reader.read(entry)
+
+
+# -- diff --------------------------------------------------------------------------
+
+@dataclass
+class Diff:
+    base: str
+    target: str
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    label_change: dict[str, int] = field(default_factory=dict)
+    method: str = "delta"
+
+    def summary(self) -> dict:
+        return {"base": self.base, "target": self.target, "added": len(self.added),
+                "removed": len(self.removed), "changed": len(self.changed),
+                "label_change": self.label_change, "method": self.method}
+
+
+def _first_parent_path(db: Database, base: DatasetVersion, target: DatasetVersion,
+                       limit: int = 64) -> list[DatasetVersion] | None:
+    """Versions after ``base`` up to ``target`` if base is a first-parent ancestor."""
+    path = []
+    with db.session() as session:
+        current = target
+        while current is not None and current.id != base.id and len(path) < limit:
+            path.append(current)
+            current = session.get(DatasetVersion, current.parents[0]) if current.parents else None
+    if current is None or current.id != base.id:
+        return None
+    path.reverse()
+    return path
+
+
+def diff(db: Database, blobs: BlobStore, base: DatasetVersion, target: DatasetVersion) -> Diff:
+    counts = Counter(target.label_counts)
+    counts.subtract(base.label_counts)
+    result = Diff(base.id, target.id, label_change={k: v for k, v in sorted(counts.items()) if v})
+    path = _first_parent_path(db, base, target)
+    if path is not None:
+        combined = compose(iter_changes(blobs, v.delta) for v in path)
+        for record_id in sorted(combined):
+            _classify(result, combined[record_id])
+        return result
+    base_path, target_path = chain_to_snapshot(db, base), chain_to_snapshot(db, target)
+    if base_path[0].id == target_path[0].id:  # same snapshot: compare the two delta chains
+        result.method = "deltas"
+        _deltas_diff(result, compose(iter_changes(blobs, v.delta) for v in base_path[1:]),
+                     compose(iter_changes(blobs, v.delta) for v in target_path[1:]))
+        return result
+    result.method = "merge"
+    _merge_diff(result, _id_hashes(blobs, base_path), _id_hashes(blobs, target_path))
+    return result
+
+
+def _deltas_diff(result: Diff, old: dict[str, Change], new: dict[str, Change]) -> None:
+    """Both change sets are relative to one snapshot; ids in neither are equal."""
+    def state(changes: dict[str, Change], other: dict[str, Change], record_id: str):
+        change = changes.get(record_id)
+        if change is not None:
+            return change.new.hash if change.new else None
+        first = other[record_id]  # unchanged on this side: the snapshot's state
+        return None if first.op == "+" else first.old_hash
+    for record_id in sorted(old.keys() | new.keys()):
+        a, b = state(old, new, record_id), state(new, old, record_id)
+        if a is None and b is not None:
+            result.added.append(record_id)
+        elif b is None and a is not None:
+            result.removed.append(record_id)
+        elif a != b:
+            result.changed.append(record_id)
+
+
+def _id_hashes(blobs: BlobStore, path: list[DatasetVersion]) -> Iterator[tuple[str, str]]:
+    """(id, hash) of a version in id order, parsing only the first two fields of a line."""
+    combined = compose(iter_changes(blobs, v.delta) for v in path[1:])
+    _, lines = read_manifest(blobs, path[0].snapshot)
+    added = sorted(rid for rid, c in combined.items() if c.op == "+")
+    position = 0
+    for line in lines:
+        if not line:
+            continue
+        head, hash_, _ = line.split("\t", 2)
+        record_id = unescape(head[1:])
+        while position < len(added) and added[position] < record_id:
+            yield added[position], combined[added[position]].new.hash
+            position += 1
+        change = combined.get(record_id)
+        if change is None:
+            yield record_id, hash_
+        elif change.new is not None:
+            yield record_id, change.new.hash
+    for record_id in added[position:]:
+        yield record_id, combined[record_id].new.hash
+
+
+def _classify(result: Diff, change: Change) -> None:
+    if change.op == "+":
+        result.added.append(change.record_id)
+    elif change.op == "-":
+        result.removed.append(change.record_id)
+    elif change.new.hash != change.old_hash:
+        result.changed.append(change.record_id)
+
+
+def _merge_diff(result: Diff, old: Iterator[tuple[str, str]],
+                new: Iterator[tuple[str, str]]) -> None:
+    """Merge-join two sorted (id, hash) streams (memory: O(1) beyond the id lists)."""
+    end = ("\U0010ffff" * 2, "")
+    a, b = next(old, end), next(new, end)
+    while a is not end or b is not end:
+        if a[0] < b[0]:
+            result.removed.append(a[0])
+            a = next(old, end)
+        elif b[0] < a[0]:
+            result.added.append(b[0])
+            b = next(new, end)
+        else:
+            if a[1] != b[1]:
+                result.changed.append(a[0])
+            a, b = next(old, end), next(new, end)
