@@ -101,6 +101,15 @@ def parse_mem(value: object, where: str) -> int:
     raise PoolConfigError(f"{where}.mem: {value!r} is not a memory size; use bytes or e.g. '16G'")
 
 
+def check_cpu_gpu(cpu: object, gpu: object, where: str) -> tuple[float, int]:
+    """A positive number of cores and a whole number of GPUs, or a message saying where."""
+    if not isinstance(cpu, int | float) or isinstance(cpu, bool) or cpu <= 0:
+        raise PoolConfigError(f"{where}.cpu: must be a positive number of cores, got {cpu!r}")
+    if not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0:
+        raise PoolConfigError(f"{where}.gpu: must be a whole number >= 0, got {gpu!r}")
+    return float(cpu), gpu
+
+
 def parse_pool(declared: object, source: str = "LOOPHUB_POOL") -> list[NodeSpec]:
     """Validate a declared pool: a list of {name, cpu, mem, gpu?, gpu_type?, backend?}."""
     if isinstance(declared, dict):
@@ -119,15 +128,11 @@ def parse_pool(declared: object, source: str = "LOOPHUB_POOL") -> list[NodeSpec]
         if name in seen:
             raise PoolConfigError(f"{where}.name: duplicate node name {name!r}")
         seen.add(name)
-        cpu, gpu = raw.get("cpu"), raw.get("gpu", 0)
-        if not isinstance(cpu, int | float) or isinstance(cpu, bool) or cpu <= 0:
-            raise PoolConfigError(f"{where}.cpu: must be a positive number of cores, got {cpu!r}")
-        if not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0:
-            raise PoolConfigError(f"{where}.gpu: must be a whole number >= 0, got {gpu!r}")
+        cpu, gpu = check_cpu_gpu(raw.get("cpu"), raw.get("gpu", 0), where)
         mem = parse_mem(raw.get("mem"), where)
         if mem <= 0:
             raise PoolConfigError(f"{where}.mem: must be positive")
-        nodes.append(NodeSpec(name=name, cpu=float(cpu), mem=mem, gpu=gpu,
+        nodes.append(NodeSpec(name=name, cpu=cpu, mem=mem, gpu=gpu,
                               gpu_type=raw.get("gpu_type"), backend=raw.get("backend", "local")))
     return nodes
 

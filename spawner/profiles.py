@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loophub.errors import InvalidInput
-from loophub.pool import GIB, parse_mem
+from loophub.pool import GIB, check_cpu_gpu, parse_mem
 
 OPTION_KEYS = {"profile", "cpu", "mem", "gpu", "gpu_type", "runtime"}
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -87,16 +87,12 @@ def parse_profiles(raw: list[dict]) -> list[Profile]:
         if slug in seen:
             raise InvalidInput(f"{where}.slug: duplicate {slug!r}")
         seen.add(slug)
-        cpu, gpu = item.get("cpu"), item.get("gpu", 0)
-        if not isinstance(cpu, int | float) or isinstance(cpu, bool) or cpu <= 0:
-            raise InvalidInput(f"{where}.cpu: a positive number of cores")
-        if not isinstance(gpu, int) or isinstance(gpu, bool) or gpu < 0:
-            raise InvalidInput(f"{where}.gpu: a whole number >= 0")
         try:
+            cpu, _ = check_cpu_gpu(item.get("cpu"), item.get("gpu", 0), where)
             mem = parse_mem(item.get("mem"), where)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
-        profiles.append(Profile(**{**item, "cpu": float(cpu), "mem": mem,
+        profiles.append(Profile(**{**item, "cpu": cpu, "mem": mem,
                                    "display_name": item.get("display_name") or slug,
                                    "groups": tuple(item.get("groups", ()))}))
     return profiles

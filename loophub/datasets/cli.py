@@ -180,13 +180,3 @@ def register_online(actions) -> None:
     dif.add_argument("target", nargs="?", default="head")
     dif.set_defaults(func=_guarded(handle_diff))
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="loophub")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

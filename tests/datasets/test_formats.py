@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loophub.datasets.cli import main as cli_main
+from loophub.cli import main as cli_main
 from loophub.datasets.formats import convert, read_dataset, write_dataset
 from loophub.datasets.formats.base import Bundle, safe_extract
 from loophub.errors import InvalidInput
