@@ -130,7 +130,7 @@ class SchedulerService:
         now = max(self.clock(), state.now)
         wanted = {n.name: n for n in nodes}
         decisions = []
-        current = {name: state._node_at(state._slot[name]) for name in state.node_names()}
+        current = {name: state.node(name) for name in state.node_names()}
         for name, node in current.items():
             if wanted.get(name) != node:
                 decisions += state.remove_node(name, now)
@@ -349,10 +349,7 @@ class SchedulerService:
         state = self.state
         nodes = []
         for name in state.node_names():
-            slot = state._slot[name]
-            node = state._node_at(slot)
-            free = dict(zip(state.keys, state.free[slot].tolist(), strict=True))
-            nodes.append({**node.to_dict(), "free": free})
+            nodes.append({**state.node(name).to_dict(), "free": state.node_free(name)})
         return {"policy": state.policy.name, "nodes": nodes,
                 "queued": len(state.queued), "running": len(state.running)}
 

@@ -1,0 +1,180 @@
+"""`loophub sim`: build canonical workloads from the shared traces and replay them.
+
+    loophub sim build W1 --out w1.csv --cluster-out c1.csv [--load 1.0] [--seed 0]
+    loophub sim --trace w1.csv --cluster c1.csv --policy fifo,drf,balanced-drf [--json]
+    loophub sim --trace W2 --policy drf,balanced-drf --load 1.2 --seed 1 --plot out.png
+
+``--trace W1``/``W2`` builds the workload in memory (with --load and --seed) when no file of
+that name exists. ``register(subparsers)`` adds the command to the main ``loophub`` CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from loophub.scheduler.model import SchedulerConfig
+from loophub.scheduler.policies import POLICIES
+from loophub.scheduler.sim import (
+    WorkloadError,
+    compress_to_load,
+    format_table,
+    load_cluster,
+    load_workload,
+    offered_load,
+    plot,
+    simulate,
+    write_cluster,
+    write_workload,
+)
+from loophub.scheduler.workloads import TracesMissing, build
+
+DEFAULT_POLICIES = "fifo,drf,balanced-drf,slurm-fairshare,tetris"
+
+
+def register(subparsers: Any) -> None:
+    """Add ``sim`` (replay) and ``sim build`` to an argparse subparsers object."""
+    sim = subparsers.add_parser(
+        "sim", help="replay a workload on a cluster under scheduling policies",
+        description="Discrete-event replay of a canonical workload CSV on a cluster CSV. "
+                    "Workload columns: job_id, tenant, submit_s, duration_s, gpu, cpu, mem_gib "
+                    "[, kind, preemptible, gpu_type]; cluster columns: node, gpu, cpu, mem_gib "
+                    "[, gpu_type]. Metrics are defined in docs/scheduler.md.")
+    sim.add_argument("--trace", help="workload CSV, or W1 / W2 to build it from the traces")
+    sim.add_argument("--cluster", help="cluster CSV (default: the built workload's cluster)")
+    sim.add_argument("--policy", default=DEFAULT_POLICIES,
+                     help=f"comma-separated policies among {', '.join(sorted(POLICIES))}")
+    sim.add_argument("--load", type=float, help="rescale arrivals to this offered load")
+    sim.add_argument("--seed", type=int, default=0, help="seed for building W1/W2 (default 0)")
+    sim.add_argument("--json", action="store_true", help="one JSON object per policy per line")
+    sim.add_argument("--plot", help="write utilisation / dominant-share plot to this PNG")
+    _add_policy_options(sim)
+    _add_build_options(sim)
+    sim.set_defaults(func=run_sim)
+    actions = sim.add_subparsers(dest="sim_action", metavar="{build}")
+    b = actions.add_parser("build", help="build W1 or W2 as canonical CSV files",
+                           description="Build a canonical workload (and its cluster) from "
+                                       "$LOOPHUB_SHARED/traces; every assumption is printed.")
+    b.add_argument("workload", choices=["W1", "W2", "w1", "w2"])
+    b.add_argument("--out", required=True, help="workload CSV to write")
+    b.add_argument("--cluster-out", help="cluster CSV to write")
+    b.add_argument("--load", type=float, default=1.0, help="target offered load (default 1.0)")
+    b.add_argument("--seed", type=int, default=0)
+    _add_build_options(b)
+    b.set_defaults(func=run_build)
+
+
+def _add_build_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nodes", type=int, help="cluster size (default 64 for W1, 128 for W2)")
+    p.add_argument("--shape", choices=["homogeneous", "openb"],
+                   help="cluster shape (default homogeneous for W1, openb for W2)")
+    p.add_argument("--tenants", type=int, default=10, help="W2: number of synthetic tenants")
+    p.add_argument("--zipf", type=float, default=1.1, help="W2: Zipf exponent over tenants")
+
+
+def _add_policy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--aging-bound", type=float, default=SchedulerConfig.aging_bound,
+                   help="balanced-drf: seconds before a waiting request gets a reservation")
+    p.add_argument("--aging-order", choices=["fair", "oldest"], default="fair",
+                   help="balanced-drf: serve aged requests least-served tenant first, or oldest")
+    p.add_argument("--preemption", action="store_true",
+                   help="preempt preemptible work for tenants below their fair share")
+    p.add_argument("--no-aging-preemption", action="store_true",
+                   help="balanced-drf: aged requests only reserve, never preempt")
+    p.add_argument("--no-runtimes", action="store_true",
+                   help="hide job durations from the scheduler (no backfill, no estimates)")
+    p.add_argument("--weights", default="", help="tenant weights: name=w,name=w")
+    p.add_argument("--validate", action="store_true", help="check invariants after each event")
+
+
+def _config(args: argparse.Namespace) -> SchedulerConfig:
+    weights = {}
+    for part in filter(None, (x.strip() for x in args.weights.split(","))):
+        name, _, value = part.partition("=")
+        weights[name] = float(value)
+    return SchedulerConfig(weights=weights, aging_bound=args.aging_bound,
+                           aging_order=args.aging_order,
+                           preemption=args.preemption,
+                           preempt_on_aging=not args.no_aging_preemption)
+
+
+def _workload(args: argparse.Namespace) -> tuple[list, list, list[str]]:
+    trace = args.trace or ""
+    if trace.upper() in ("W1", "W2") and not Path(trace).exists():
+        built = build(trace, args.load if args.load is not None else 1.0, args.seed, args.nodes,
+                      args.shape, **({"tenants": args.tenants, "zipf": args.zipf}
+                                     if trace.upper() == "W2" else {}))
+        nodes = load_cluster(args.cluster) if args.cluster else built.nodes
+        return built.jobs, nodes, built.assumptions
+    if not args.cluster:
+        raise WorkloadError("--cluster is required with a workload file")
+    jobs, nodes = load_workload(trace), load_cluster(args.cluster)
+    notes = [f"workload {trace}: {len(jobs)} jobs; offered load as given "
+             f"{offered_load(jobs, nodes):.3f}"]
+    if args.load is not None:
+        jobs = compress_to_load(jobs, nodes, args.load)
+        notes.append(f"arrivals rescaled to offered load {args.load}")
+    return jobs, nodes, notes
+
+
+def run_sim(args: argparse.Namespace) -> int:
+    if not args.trace:
+        print("loophub sim: give --trace (a workload CSV, or W1/W2), or use `sim build`",
+              file=sys.stderr)
+        return 2
+    policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        print(f"loophub sim: unknown policy {unknown}; choose from {sorted(POLICIES)}",
+              file=sys.stderr)
+        return 2
+    try:
+        jobs, nodes, notes = _workload(args)
+    except (WorkloadError, TracesMissing, ValueError) as exc:
+        print(f"loophub sim: {exc}", file=sys.stderr)
+        return 2
+    note_out = sys.stderr if args.json else sys.stdout
+    for note in notes:
+        print(f"# {note}", file=note_out)
+    results, rows = [], []
+    for name in policies:
+        res = simulate(jobs, nodes, name, _config(args), runtime_known=not args.no_runtimes,
+                       validate=args.validate)
+        row = {**res.metrics, "load": args.load, "seed": args.seed,
+               "aging_bound": args.aging_bound}
+        rows.append(row)
+        results.append((name, res))
+        if args.json:
+            print(json.dumps(_jsonable(row)), flush=True)
+    if not args.json:
+        print(format_table(rows))
+    if args.plot:
+        plot(results, args.plot)
+        print(f"# plot written to {args.plot}", file=note_out)
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    kw = {"tenants": args.tenants, "zipf": args.zipf} if args.workload.upper() == "W2" else {}
+    try:
+        built = build(args.workload, args.load, args.seed, args.nodes, args.shape, **kw)
+    except (TracesMissing, ValueError) as exc:
+        print(f"loophub sim build: {exc}", file=sys.stderr)
+        return 2
+    for note in built.assumptions:
+        print(f"# {note}")
+    write_workload(built.jobs, args.out)
+    print(f"wrote {len(built.jobs)} jobs to {args.out}")
+    if args.cluster_out:
+        write_cluster(built.nodes, args.cluster_out)
+        print(f"wrote {len(built.nodes)} nodes to {args.cluster_out}")
+    return 0
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in row.items()}

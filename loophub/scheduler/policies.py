@@ -1,0 +1,583 @@
+"""Scheduling policies, pluggable by name: fifo, drf, balanced-drf, slurm-fairshare, tetris.
+
+A policy decides the order in which queued requests are tried and (through its scorer) which
+node each unit lands on; SchedulerState does the bookkeeping. Each ``schedule`` call is one pass:
+start everything the policy allows at ``now`` and return the decisions.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from loophub.scheduler.model import Decision, SchedulerConfig
+from loophub.scheduler.state import (
+    EPS,
+    FitTracker,
+    Item,
+    Reservation,
+    Running,
+    Scorer,
+    first_fit,
+)
+
+if TYPE_CHECKING:
+    from loophub.scheduler.state import SchedulerState
+
+
+# ------------------------------------------------------------------ node scorers
+def balanced_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
+                   free: np.ndarray) -> int:
+    """Pick the node that stays even across its resources and strands the least.
+
+    score = spread + w_s * stranding - w_p * packing, lowest wins:
+    spread: max - min of the node's per-resource utilisation after placement;
+    stranding: how much capacity (share of the node) placing the unit there newly strands:
+      free resource r counts as stranded when the node's other free resources are below the
+      smallest queued unit that needs r (see FitTracker); without a queue, the idle share of
+      resources this unit does not use (e.g. GPUs of a GPU node given to a CPU-only job)
+      times the share of the node's other resources it takes;
+    packing: mean utilisation after placement, so whole nodes stay free for large gangs.
+    """
+    inv = state.inv_cap[idx]
+    before = free[idx]
+    after = before - d
+    util = (state.cap[idx] - after) * inv  # 0 for resources the node lacks
+    spread = util.max(axis=1) - (util + state.missing_high[idx]).min(axis=1)
+    mean_util = util.sum(axis=1) * state.inv_resource_count[idx]
+    ref = state.stranding_ref
+    if ref is not None:
+        k = len(idx)
+        both = _stranded(np.concatenate([after, before]), np.concatenate([inv, inv]), ref)
+        stranding = both[:k] - both[k:]
+    else:
+        needs = d > 0
+        consumed = (inv[:, needs] @ d[needs]) / max(int(needs.sum()), 1)
+        stranding = (before[:, ~needs] * inv[:, ~needs]).sum(axis=1) * consumed
+    cfg = state.config
+    score = (spread + cfg.balanced_stranding_weight * stranding
+             - cfg.balanced_packing_weight * mean_util)
+    return int(np.argmin(score))
+
+
+def _stranded(free: np.ndarray, inv: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per node: free capacity (share of the node) no queued unit could use."""
+    out = np.zeros(len(free))
+    for r in range(ref.shape[0]):
+        row = ref[r]
+        if np.isnan(row[0]):
+            continue  # nothing queued needs r
+        blocked = np.zeros(len(free), dtype=bool)
+        for c in range(ref.shape[1]):
+            if c != r and row[c] > 0:
+                blocked |= free[:, c] < row[c] - EPS
+        out += np.where(blocked, free[:, r] * inv[:, r], 0.0)
+    return out
+
+
+def alignment_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
+                    free: np.ndarray) -> int:
+    """Tetris: the node whose free capacity is most aligned with the demand (dot product)."""
+    cap = state.cap[idx]
+    safe = np.where(cap > 0, cap, 1.0)
+    align = ((d / safe) * (free[idx] / safe)).sum(axis=1)
+    return int(np.argmax(align))
+
+
+# ------------------------------------------------------------------ base class
+class Policy:
+    name = ""
+    scorer: Scorer = staticmethod(first_fit)
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+
+    def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
+        raise NotImplementedError
+
+    def queue_order(self, st: SchedulerState, now: float) -> list[str]:
+        return [rid for _, _, rid in st._global]
+
+    def next_wakeup(self, st: SchedulerState, now: float) -> float | None:
+        return None
+
+    def protects(self, st: SchedulerState, item: Item, now: float) -> bool:
+        """Whether work starting now must never be chosen as a preemption victim."""
+        return False
+
+    def advance(self, st: SchedulerState, now: float) -> None:
+        """Time moves to ``now``; called before the event at ``now`` changes anything."""
+
+    def on_submit(self, st: SchedulerState, item: Item, now: float) -> None:
+        """Called when a request enters the queue (also when a preempted one returns)."""
+
+    def on_start(self, st: SchedulerState, item: Item, now: float) -> None:
+        """Called when a request starts."""
+
+    def on_release(self, st: SchedulerState, run: Running, now: float) -> None:
+        """Called when running work ends, is cancelled or preempted."""
+
+    def export(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        """Restore what ``export`` returned."""
+
+
+# ------------------------------------------------------------------ fifo + EASY
+class FifoPolicy(Policy):
+    """Submission order; the head blocks, EASY backfill around it when runtimes are known."""
+
+    name = "fifo"
+
+    def ordered_ids(self, st: SchedulerState, now: float) -> Iterable[str]:
+        return [rid for _, _, rid in st._global]
+
+    def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        st.set_reservations([])
+        failed: set[tuple] = set()
+        examined = 0
+        tracker = FitTracker(st)
+        if not tracker.any():
+            return decisions
+        for rid in self.ordered_ids(st, now):
+            item = st.queued.get(rid)
+            if item is None:
+                continue
+            if st.reservations:
+                examined += 1
+                if examined > self.config.backfill_depth:
+                    break
+            if st._quota_excess(item):
+                continue  # held back by its own quota: not a reason to block others
+            allowed = st.allowed_given_reservations(item, now)
+            key = (item.shape, None if allowed is None else allowed.tobytes())
+            fits_somewhere = item.row >= len(tracker.fitting) or tracker.fitting[item.row]
+            started = None
+            if key not in failed and fits_somewhere:
+                started = st.try_start(item, now, self.scorer, allowed)
+            if started:
+                decisions.append(started)
+                tracker.update(st.running[started.request_id].slots)
+                if not tracker.any():
+                    break
+                continue
+            failed.add(key)
+            if st.reservations:
+                continue
+            if not self.config.backfill:
+                break
+            res = st.reservation_for(item, now, self.scorer)
+            if res is None or res.est_start is None:
+                break  # runtimes unknown: no safe backfill, keep strict order
+            st.set_reservations([res])
+        return decisions
+
+
+# ------------------------------------------------------------------ slurm fairshare
+class SlurmFairsharePolicy(FifoPolicy):
+    """Slurm's multifactor priority (age + classic fair-share) with EASY backfill.
+
+    Usage is the tenant's billed allocation integrated over time and decayed with a half-life;
+    billing is SUM or MAX (MAX_TRES) of per-resource allocation normalised by pool capacity.
+    fair-share factor F = 2^(-U/S), U = normalised usage, S = normalised weight (shares).
+    """
+
+    name = "slurm-fairshare"
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        super().__init__(config)
+        self.usage: dict[str, float] = {}
+        self.last_accrual = 0.0
+        self.next_calc = -math.inf
+        self.factors: dict[str, float] = {}
+
+    def _billing(self, st: SchedulerState, tenant: str) -> float:
+        shares = st.shares(tenant)
+        if self.config.slurm_billing == "sum":
+            return float(shares.sum())
+        return float(shares.max()) if shares.size else 0.0
+
+    def _accrue(self, st: SchedulerState, now: float) -> None:
+        dt = now - self.last_accrual
+        if dt <= 0:
+            return
+        decay = 0.5 ** (dt / self.config.slurm_half_life)
+        for tenant in set(self.usage) | set(st.held):
+            self.usage[tenant] = self.usage.get(tenant, 0.0) * decay + (
+                self._billing(st, tenant) * dt)
+        self.last_accrual = now
+
+    def fairshare_factors(self, st: SchedulerState, now: float) -> dict[str, float]:
+        """F = 2^(-U/S) per waiting tenant, recomputed at most every calc period."""
+        if now < self.next_calc and self.factors:
+            return self.factors
+        total_usage = sum(self.usage.values()) or 1.0
+        tenants = st.active_tenants()
+        total_weight = sum(st.tenant_weight(t) for t in tenants) or 1.0
+        self.factors = {
+            t: 2.0 ** (-(self.usage.get(t, 0.0) / total_usage)
+                       / (st.tenant_weight(t) / total_weight))
+            for t in tenants}
+        self.next_calc = now + self.config.slurm_calc_period
+        return self.factors
+
+    def priority(self, item: Item, factor: float, now: float) -> float:
+        cfg = self.config
+        age = min(max(now - item.submit, 0.0) / cfg.slurm_max_age, 1.0)
+        return cfg.slurm_age_weight * age + cfg.slurm_fairshare_weight * factor
+
+    def ordered_ids(self, st: SchedulerState, now: float) -> Iterator[str]:
+        """Queued requests by priority, produced lazily: within a tenant older requests come
+        first (same fair-share factor, more age), so the order is a merge of tenant queues."""
+        factors = self.fairshare_factors(st, now)
+        queues = {t: [e[2] for e in st.tenant_queue(t)] for t in st.tenants_waiting()}
+        pos = dict.fromkeys(queues, 0)
+
+        def key(tenant: str) -> tuple:
+            item = st.queued.get(queues[tenant][pos[tenant]])
+            if item is None:
+                return (0.0, math.inf, 0)
+            return (-self.priority(item, factors.get(tenant, 1.0), now), item.submit, item.seq)
+
+        heap = [(key(t), t) for t in queues]
+        heapq.heapify(heap)
+        while heap:
+            _, tenant = heapq.heappop(heap)
+            yield queues[tenant][pos[tenant]]
+            pos[tenant] += 1
+            if pos[tenant] < len(queues[tenant]):
+                heapq.heappush(heap, (key(tenant), tenant))
+
+    def queue_order(self, st: SchedulerState, now: float) -> list[str]:
+        return list(self.ordered_ids(st, now))
+
+    def next_wakeup(self, st: SchedulerState, now: float) -> float | None:
+        return self.next_calc if st.queued and self.next_calc > now else None
+
+    def advance(self, st: SchedulerState, now: float) -> None:
+        self._accrue(st, now)
+
+    def export(self) -> dict[str, Any]:
+        return {"usage": dict(self.usage), "last_accrual": self.last_accrual}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.usage = dict(data.get("usage", {}))
+        self.last_accrual = float(data.get("last_accrual", 0.0))
+        self.next_calc = -math.inf
+        self.factors = {}
+
+
+# ------------------------------------------------------------------ DRF
+class DrfPolicy(Policy):
+    """Weighted DRF: serve the tenant with the smallest weighted dominant share whose next
+    request fits (its first ``tenant_lookahead`` queued requests are tried, in order)."""
+
+    name = "drf"
+
+    def tenant_key(self, st: SchedulerState, tenant: str, extra: np.ndarray | None = None
+                   ) -> tuple:
+        shares = st.shares(tenant) if extra is None else extra
+        return (float(shares.max()) / st.tenant_weight(tenant), tenant)
+
+    def tenant_keys(self, st: SchedulerState, tenants: list[str]) -> list[tuple]:
+        """tenant_key for many tenants at once (one numpy pass instead of one per tenant)."""
+        if not tenants:
+            return []
+        weighted = self._weighted_shares(st, tenants)
+        return [(float(v), t) for v, t in zip(weighted.max(axis=1).tolist(), tenants,
+                                               strict=True)]
+
+    @staticmethod
+    def _weighted_shares(st: SchedulerState, tenants: list[str]) -> np.ndarray:
+        zero = np.zeros(len(st.keys))
+        held = np.array([st.held.get(t, zero) for t in tenants])
+        cap = np.where(st.total_cap > 0, st.total_cap, np.inf)
+        weights = np.array([st.tenant_weight(t) for t in tenants])
+        return held / cap / weights[:, None]
+
+    def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
+        return self.drf_pass(st, now)
+
+    def drf_pass(self, st: SchedulerState, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        lookahead = max(1, self.config.tenant_lookahead)
+        preempting = self.config.preemption
+        tracker = FitTracker(st)  # fits only shrink during a pass without preemption
+        waiting = st.tenants_waiting()
+        if not preempting:
+            if not tracker.any():
+                return decisions
+            waiting = self._tenants_with_a_fit(st, waiting, tracker.fitting, lookahead)
+        heap = list(zip(self.tenant_keys(st, waiting), waiting, strict=True))
+        heapq.heapify(heap)
+        failed: set[tuple] = set()
+        while heap:
+            _, tenant = heapq.heappop(heap)
+            started = self._start_for_tenant(st, tenant, now, failed, lookahead,
+                                             tracker.fitting)
+            if not started:
+                continue
+            decisions.extend(started)
+            if any(d.action == "preempt" for d in started):
+                failed.clear()  # preemption freed room: earlier failures may fit now
+                tracker = FitTracker(st)
+            else:
+                tracker.update(st.running[started[-1].request_id].slots)
+                if not tracker.any():
+                    break  # the pool is full for every queued shape
+            if st.tenant_queue(tenant):
+                heapq.heappush(heap, (self.tenant_key(st, tenant), tenant))
+        return decisions
+
+    @staticmethod
+    def _tenants_with_a_fit(st: SchedulerState, tenants: list[str], fitting: list[bool],
+                            lookahead: int) -> list[str]:
+        """Drop tenants none of whose next requests has a shape that fits any node now."""
+        ok = np.array([*fitting, False])  # row -1 pads short windows
+        rows = np.full((len(tenants), lookahead), -1)
+        for i, tenant in enumerate(tenants):
+            window = st.window_rows(tenant, lookahead)
+            rows[i, : len(window)] = window
+        keep = ok[rows].any(axis=1)
+        return [t for t, k in zip(tenants, keep.tolist(), strict=True) if k]
+
+    def _start_for_tenant(self, st: SchedulerState, tenant: str, now: float,
+                          failed: set[tuple], lookahead: int, fitting: list[bool]
+                          ) -> list[Decision]:
+        entries = st.tenant_queue(tenant)[:lookahead]
+        queued = st.queued
+        reserved = bool(st.reservations)
+        allowed = None
+        n_fit = len(fitting)
+        for _, _, rid in entries:
+            item = queued[rid]
+            if item.row < n_fit and not fitting[item.row]:
+                continue  # no node has room for even one unit of this shape
+            if reserved:
+                allowed = st.allowed_given_reservations(item, now)
+                key: tuple = (item.shape, None if allowed is None else allowed.tobytes())
+            else:
+                key = item.shape
+            if key in failed:
+                continue
+            started = st.try_start(item, now, self.scorer, allowed)
+            if started:
+                return [started]
+            if not st._quota_excess(item):
+                failed.add(key)
+        if self.config.preemption and entries:
+            return self._fair_share_preemption(st, st.queued[entries[0][2]], now)
+        return []
+
+    def fair_share(self, st: SchedulerState, tenant: str) -> float:
+        tenants = st.active_tenants() | {tenant}
+        return st.tenant_weight(tenant) / sum(st.tenant_weight(t) for t in tenants)
+
+    def _fair_share_preemption(self, st: SchedulerState, item: Item, now: float
+                               ) -> list[Decision]:
+        """A tenant below its fair share takes preemptible work from tenants above theirs,
+        never so far that the victim ends up less served than the taker (no ping-pong)."""
+        if now - item.submit < self.config.preemption_grace:
+            return []
+        tenant = item.tenant
+        mine = st.weighted_share(tenant)
+        if mine * st.tenant_weight(tenant) >= self.fair_share(st, tenant) - EPS:
+            return []
+        cap = np.where(st.total_cap > 0, st.total_cap, np.inf)
+        held = st.held.get(tenant, np.zeros(len(st.keys)))
+        mine_after = float(((held + item.unit * item.request.count) / cap).max()) / (
+            st.tenant_weight(tenant))
+
+        def victim_ok(run: Running) -> bool:
+            other = run.item.tenant
+            if other == tenant:
+                return False
+            w = st.tenant_weight(other)
+            if st.weighted_share(other) * w <= self.fair_share(st, other) + EPS:
+                return False
+            left = st.held[other] - run.item.unit * run.item.request.count
+            return float((left / cap).max()) / w >= mine_after - EPS
+
+        return st.preempt_for(item, now, victim_ok, self.scorer,
+                              st.allowed_given_reservations(item, now))
+
+    def queue_order(self, st: SchedulerState, now: float) -> list[str]:
+        """Replay DRF's tenant choice on the queue as if everything were granted in turn."""
+        held = {t: st.held.get(t, np.zeros(len(st.keys))).copy() for t in st.tenants_waiting()}
+        cap = np.where(st.total_cap > 0, st.total_cap, np.inf)
+        pos = dict.fromkeys(held, 0)
+        heap = [(self.tenant_key(st, t, held[t] / cap), t) for t in held]
+        heapq.heapify(heap)
+        order: list[str] = []
+        while heap:
+            _, tenant = heapq.heappop(heap)
+            queue = st.tenant_queue(tenant)
+            rid = queue[pos[tenant]][2]
+            order.append(rid)
+            pos[tenant] += 1
+            item = st.queued[rid]
+            held[tenant] += item.unit * item.request.count
+            if pos[tenant] < len(queue):
+                heapq.heappush(heap, (self.tenant_key(st, tenant, held[tenant] / cap), tenant))
+        return order
+
+
+# ------------------------------------------------------------------ balanced DRF
+class BalancedDrfPolicy(DrfPolicy):
+    """This project's policy: DRF order (ties broken on the sorted share vector, YuniKorn
+    style), balanced placement of the non-dominant resources, and aging: a request waiting
+    ``aging_bound`` seconds is served first, in submission order, and gets a node reservation
+    if it does not fit (preempting younger preemptible work when preemption is enabled)."""
+
+    name = "balanced-drf"
+    scorer: Scorer = staticmethod(balanced_score)
+
+    def tenant_key(self, st: SchedulerState, tenant: str, extra: np.ndarray | None = None
+                   ) -> tuple:
+        shares = st.shares(tenant) if extra is None else extra
+        w = st.tenant_weight(tenant)
+        return (*sorted((float(s) / w for s in shares), reverse=True), tenant)
+
+    def tenant_keys(self, st: SchedulerState, tenants: list[str]) -> list[tuple]:
+        if not tenants:
+            return []
+        ordered = -np.sort(-self._weighted_shares(st, tenants), axis=1)
+        return [(*row, t) for row, t in zip(ordered.tolist(), tenants, strict=True)]
+
+    def is_aged(self, item: Item, now: float) -> bool:
+        return now - item.submit >= self.config.aging_bound - EPS
+
+    def protects(self, st: SchedulerState, item: Item, now: float) -> bool:
+        return self.is_aged(item, now)  # aged work is never preempted: no ping-pong
+
+    def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
+        decisions = self._serve_aged(st, now)
+        return decisions + self.drf_pass(st, now)
+
+    def _serve_aged(self, st: SchedulerState, now: float) -> list[Decision]:
+        cfg = self.config
+        reservations: list[Reservation] = []
+        decisions: list[Decision] = []
+        taken = np.zeros(len(st.active), dtype=bool)
+        aged = self.aged_in_service_order(st, now)
+        served = 0
+        for item in aged:
+            if served >= cfg.max_reservations:
+                break
+            if st._quota_excess(item):
+                continue
+            served += 1
+            started = st.try_start(item, now, self.scorer, ~taken)
+            if started:
+                decisions.append(started)
+                continue
+            if cfg.preempt_on_aging:
+                freed = st.preempt_for(item, now, lambda r: True, self.scorer, ~taken)
+                if freed and freed[-1].action == "start":
+                    decisions.extend(freed)
+                    continue
+                decisions.extend(freed)
+            res = st.reservation_for(item, now, self.scorer, exclude=taken)
+            if res is not None:
+                reservations.append(res)
+                taken |= res.mask
+        st.set_reservations(reservations)
+        return decisions
+
+    def aged_in_service_order(self, st: SchedulerState, now: float) -> list[Item]:
+        """Aged requests to serve first: the oldest (``aging_order="oldest"``), or each
+        tenant's oldest aged request, least-served tenant first (``"fair"``)."""
+        cfg = self.config
+        cutoff = now - cfg.aging_bound + EPS
+        if not st._global or st._global[0][0] > cutoff:
+            return []  # the oldest queued request is not aged yet
+        if cfg.aging_order != "fair":
+            return [st.queued[rid] for sub, _, rid in st._global[:cfg.max_reservations * 4]
+                    if sub <= cutoff]
+        heads = [t for t in st.tenants_waiting() if st.tenant_queue(t)[0][0] <= cutoff]
+        ranked = sorted(zip(self.tenant_keys(st, heads), heads, strict=True))
+        return [st.queued[st.tenant_queue(t)[0][2]] for _, t in ranked]
+
+    def next_wakeup(self, st: SchedulerState, now: float) -> float | None:
+        bound = self.config.aging_bound
+        i = bisect.bisect_right(st._global, (now - bound + EPS, math.inf, ""))
+        return st._global[i][0] + bound if i < len(st._global) else None
+
+    def queue_order(self, st: SchedulerState, now: float) -> list[str]:
+        cutoff = now - self.config.aging_bound + EPS
+        aged = [rid for sub, _, rid in st._global if sub <= cutoff]
+        first = set(aged)
+        return aged + [rid for rid in super().queue_order(st, now) if rid not in first]
+
+
+# ------------------------------------------------------------------ tetris
+class TetrisPolicy(Policy):
+    """Tetris packing: repeatedly start the (request, node) pair with the largest alignment
+    between demand and free capacity, both normalised by the node's capacity, among the first
+    ``tetris_window`` queued requests."""
+
+    name = "tetris"
+    scorer: Scorer = staticmethod(alignment_score)
+
+    def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
+        decisions: list[Decision] = []
+        failed: set[str] = set()
+        while st.anything_fits():
+            cands = self._candidates(st, failed)
+            if not cands:
+                return decisions
+            best = self._best_candidate(st, cands)
+            if best is None:
+                return decisions
+            item = cands[best]
+            started = st.try_start(item, now, self.scorer)
+            if started:
+                decisions.append(started)
+            else:
+                failed.add(item.id)
+        return decisions
+
+    def _candidates(self, st: SchedulerState, failed: set[str]) -> list[Item]:
+        cands: list[Item] = []
+        for _, _, rid in st._global:
+            if rid in failed:
+                continue
+            item = st.queued[rid]
+            if st._quota_excess(item):
+                failed.add(rid)
+                continue
+            cands.append(item)
+            if len(cands) >= self.config.tetris_window:
+                break
+        return cands
+
+    def _best_candidate(self, st: SchedulerState, cands: list[Item]) -> int | None:
+        demand = np.array([c.unit for c in cands])
+        safe = np.where(st.cap > 0, st.cap, 1.0)
+        fits = (st.free[None, :, :] >= demand[:, None, :] - EPS).all(axis=2)
+        fits &= np.array([st.eligible(c.types) for c in cands])
+        if not fits.any():
+            return None
+        align = np.einsum("wsr,sr->ws", demand[:, None, :] / safe[None], st.free / safe)
+        align = np.where(fits, align, -np.inf)
+        return int(np.argmax(align.max(axis=1)))
+
+
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls for cls in (FifoPolicy, DrfPolicy, BalancedDrfPolicy, SlurmFairsharePolicy,
+                              TetrisPolicy)
+}
+
+
+def make_policy(name: str, config: SchedulerConfig) -> Policy:
+    try:
+        return POLICIES[name](config)
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
