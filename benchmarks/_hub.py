@@ -7,6 +7,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.hubtest import RunningHub, start_hub  # noqa: E402  (one way to start a hub)
+from tests.hubtest import RunningHub, start_hub
 
 __all__ = ["RunningHub", "start_hub"]

@@ -97,6 +97,13 @@ class Client:
         """Datasets: import, records, annotations, versions, export (see Datasets)."""
         return Datasets(self)
 
+    @property
+    def labeling(self):
+        """Labeling: leases, predictions, agreement, review (loophub.labeling.client)."""
+        from loophub.labeling.client import Labeling
+
+        return Labeling(self)
+
 
 def _progress_bar(total: int, desc: str, enabled: bool):
     if not enabled:

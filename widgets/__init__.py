@@ -1,1 +1,30 @@
-"""loophub.widgets: see README.md, 'Where each room lives'."""
+"""loophub.widgets: labeling and dataset-versioning widgets for JupyterLab and Voila.
+
+Labelers (driven by the dataset's label schema): ImageClassifier, TextClassifier,
+BoxLabeler, SpanLabeler, ReviewLabeler, and ``labeler_for(dataset)`` to pick one.
+Versioning: VersionBrowser and DatasetOverview. Everything talks to the platform through
+the client SDK (loophub.client.Client, loophub.labeling.client.Labeling).
+"""
+
+from loophub.widgets.labeler import (
+    BoxLabeler,
+    ImageClassifier,
+    Labeler,
+    ReviewLabeler,
+    SpanLabeler,
+    TextClassifier,
+    labeler_for,
+)
+from loophub.widgets.versions import DatasetOverview, VersionBrowser
+
+__all__ = [
+    "BoxLabeler",
+    "DatasetOverview",
+    "ImageClassifier",
+    "Labeler",
+    "ReviewLabeler",
+    "SpanLabeler",
+    "TextClassifier",
+    "VersionBrowser",
+    "labeler_for",
+]

@@ -25,6 +25,7 @@ from loophub.store import BlobStore, Database
 from .base import ApiHandler
 from .datasets import ROUTES as DATASET_ROUTES
 from .datasets import ImportJobs
+from .labeling import ROUTES as LABELING_ROUTES
 from .openapi import build_openapi
 from .routes import ROUTES
 from .scheduler import ROUTES as SCHEDULER_ROUTES
@@ -41,7 +42,7 @@ class ServiceContext:
     prefix: str = "/services/loophub/"
     version: str = loophub.__version__
     routes: list[tuple[str, type]] = field(
-        default_factory=lambda: [*ROUTES, *SCHEDULER_ROUTES, *DATASET_ROUTES])
+        default_factory=lambda: [*ROUTES, *SCHEDULER_ROUTES, *DATASET_ROUTES, *LABELING_ROUTES])
     import_jobs: ImportJobs = field(default_factory=ImportJobs)
 
     @cached_property

@@ -19,7 +19,6 @@ from functools import partial
 from tornado import web
 
 from loophub.errors import InvalidInput, LoophubError, NotFound, TooLarge
-from loophub.identity import Actor
 
 from .base import ApiHandler
 
@@ -34,10 +33,6 @@ class DatasetHandler(ApiHandler):
     @property
     def datasets(self):
         return self.ctx.datasets
-
-    @property
-    def who(self) -> Actor:
-        return self.actor
 
     def body_dict(self) -> dict:
         body = self.json_body()
@@ -83,7 +78,7 @@ class DatasetsHandler(DatasetHandler):
 
     def get(self) -> None:
         self.write_json({"datasets": self.datasets.list_datasets(
-            self.who, state=self.get_argument("state", None))})
+            self.actor, state=self.get_argument("state", None))})
 
     def post(self) -> None:
         body = self.body_dict()
@@ -92,7 +87,7 @@ class DatasetsHandler(DatasetHandler):
             raise InvalidInput(f"unknown fields {sorted(set(body) - allowed)}")
         if not isinstance(body.get("name"), str):
             raise InvalidInput("'name' (string) is required")
-        info = self.datasets.create_dataset(self.who, body.pop("name"), **body)
+        info = self.datasets.create_dataset(self.actor, body.pop("name"), **body)
         self.write_json(info, 201)
 
 
@@ -103,14 +98,14 @@ class OneDatasetHandler(DatasetHandler):
     }
 
     def get(self, name: str) -> None:
-        self.write_json(self.datasets.get_dataset(self.who, name))
+        self.write_json(self.datasets.get_dataset(self.actor, name))
 
     def patch(self, name: str) -> None:
         body = self.body_dict()
         allowed = {"label_schema", "visibility", "group", "description"}
         if set(body) - allowed:
             raise InvalidInput(f"unknown fields {sorted(set(body) - allowed)}")
-        self.write_json(self.datasets.update_dataset(self.who, name, **body))
+        self.write_json(self.datasets.update_dataset(self.actor, name, **body))
 
 
 class StateHandler(DatasetHandler):
@@ -118,13 +113,13 @@ class StateHandler(DatasetHandler):
                "put": {"summary": "Move to state {state: active|published|archived|deleted}"}}
 
     def get(self, name: str) -> None:
-        self.write_json({"history": self.datasets.state_history(self.who, name)})
+        self.write_json({"history": self.datasets.state_history(self.actor, name)})
 
     def put(self, name: str) -> None:
         state = self.body_dict().get("state")
         if not isinstance(state, str):
             raise InvalidInput("'state' is required")
-        self.write_json(self.datasets.set_state(self.who, name, state))
+        self.write_json(self.datasets.set_state(self.actor, name, state))
 
 
 @web.stream_request_body
@@ -151,7 +146,7 @@ class UploadHandler(DatasetHandler):
     async def post(self) -> None:
         self._spool.seek(0)
         try:
-            info = await _in_thread(self.datasets.upload, self.who, self._spool)
+            info = await _in_thread(self.datasets.upload, self.actor, self._spool)
         finally:
             self._spool.close()
         self.write_json(info, 201)
@@ -206,8 +201,8 @@ class ImportsHandler(DatasetHandler):
             raise InvalidInput("expected {\"format\": ..., \"upload\": <digest from uploads>}")
         if fmt not in self.datasets.formats():
             raise InvalidInput(f"unknown format {fmt!r}; one of {self.datasets.formats()}")
-        self.datasets.get_dataset(self.who, name)  # permission and existence, before the job
-        who = self.who
+        self.datasets.get_dataset(self.actor, name)  # permission and existence, before the job
+        who = self.actor
         job = self.ctx.import_jobs.start(asyncio.get_running_loop(), lambda progress: (
             self.datasets.import_blob(who, name, fmt, digest, progress=progress)))
         job["dataset"], job["owner"] = name, who.name
@@ -237,7 +232,7 @@ class RecordsHandler(DatasetHandler):
         except ValueError as exc:
             raise InvalidInput("limit must be a whole number") from exc
         page = self.datasets.list_records(
-            self.who, name, label=self.get_argument("label", None),
+            self.actor, name, label=self.get_argument("label", None),
             split=self.get_argument("split", None),
             annotated=_flag(self.get_argument("annotated", None)),
             annotator=self.get_argument("annotator", None),
@@ -249,7 +244,7 @@ class RecordsHandler(DatasetHandler):
         record = self.body_dict().get("record")
         if not isinstance(record, dict):
             raise InvalidInput("expected {\"record\": {...}}")
-        revision = self.datasets.put_record(self.who, name, record)
+        revision = self.datasets.put_record(self.actor, name, record)
         self.write_json({"id": record.get("id"), "revision": revision}, 201)
 
 
@@ -261,19 +256,19 @@ class RecordHandler(DatasetHandler):
     }
 
     def get(self, name: str, record_id: str) -> None:
-        self.write_json(self.datasets.get_record(self.who, name, record_id))
+        self.write_json(self.datasets.get_record(self.actor, name, record_id))
 
     def put(self, name: str, record_id: str) -> None:
         body = self.body_dict()
         record = body.get("record")
         if not isinstance(record, dict) or record.get("id") != record_id:
             raise InvalidInput("expected {\"record\": {...same id...}, \"revision\": n}")
-        revision = self.datasets.put_record(self.who, name, record, self.revision(body))
+        revision = self.datasets.put_record(self.actor, name, record, self.revision(body))
         self.write_json({"id": record_id, "revision": revision})
 
     def delete(self, name: str, record_id: str) -> None:
         raw = self.get_argument("revision", None)
-        self.datasets.delete_record(self.who, name, record_id,
+        self.datasets.delete_record(self.actor, name, record_id,
                                     self.revision({"revision": raw} if raw else None))
         self.set_status(204)
         self.finish()
@@ -283,7 +278,8 @@ class NextHandler(DatasetHandler):
     openapi = {"get": {"summary": "The next unlabeled record (?after=&split=)"}}
 
     def get(self, name: str) -> None:
-        item = self.datasets.next_unlabeled(self.who, name, after=self.get_argument("after", None),
+        item = self.datasets.next_unlabeled(self.actor, name,
+                                            after=self.get_argument("after", None),
                                             split=self.get_argument("split", None))
         self.write_json({"item": item})
 
@@ -296,7 +292,7 @@ class AnnotationsHandler(DatasetHandler):
         annotation = body.get("annotation")
         if not isinstance(annotation, dict):
             raise InvalidInput("expected {\"annotation\": {...}, \"revision\": n}")
-        self.write_json(self.datasets.add_annotation(self.who, name, record_id, annotation,
+        self.write_json(self.datasets.add_annotation(self.actor, name, record_id, annotation,
                                                      self.revision(body)), 201)
 
 
@@ -310,12 +306,12 @@ class AnnotationHandler(DatasetHandler):
         if not isinstance(annotation, dict):
             raise InvalidInput("expected {\"annotation\": {...}, \"revision\": n}")
         self.write_json(self.datasets.update_annotation(
-            self.who, name, record_id, annotation_id, annotation, self.revision(body)))
+            self.actor, name, record_id, annotation_id, annotation, self.revision(body)))
 
     def delete(self, name: str, record_id: str, annotation_id: str) -> None:
         raw = self.get_argument("revision", None)
         self.write_json(self.datasets.delete_annotation(
-            self.who, name, record_id, annotation_id,
+            self.actor, name, record_id, annotation_id,
             self.revision({"revision": raw} if raw else None)))
 
 
@@ -326,7 +322,7 @@ class ReviewHandler(DatasetHandler):
     def post(self, name: str, record_id: str, annotation_id: str) -> None:
         body = self.body_dict()
         self.write_json(self.datasets.review_annotation(
-            self.who, name, record_id, annotation_id, body.get("state"), self.revision(body),
+            self.actor, name, record_id, annotation_id, body.get("state"), self.revision(body),
             body.get("comment", "")))
 
 
@@ -336,7 +332,7 @@ class SplitsHandler(DatasetHandler):
 
     def post(self, name: str) -> None:
         body = self.body_dict() if self.request.body else {}
-        self.write_json({"splits": self.datasets.assign_splits(self.who, name, **body)})
+        self.write_json({"splits": self.datasets.assign_splits(self.actor, name, **body)})
 
 
 class CommitsHandler(DatasetHandler):
@@ -348,22 +344,22 @@ class CommitsHandler(DatasetHandler):
         message = self.body_dict().get("message")
         if not isinstance(message, str) or not message.strip():
             raise InvalidInput("a commit needs a 'message'")
-        self.write_json(await _in_thread(self.datasets.commit, self.who, name, message), 201)
+        self.write_json(await _in_thread(self.datasets.commit, self.actor, name, message), 201)
 
     def get(self, name: str) -> None:
         self.write_json({"versions": self.datasets.log(
-            self.who, name, limit=int(self.get_argument("limit", "50")))})
+            self.actor, name, limit=int(self.get_argument("limit", "50")))})
 
 
 class DiffHandler(DatasetHandler):
     openapi = {"get": {"summary": "Diff two versions ?base=&target=head (numbers, v<n>, tags, "
-                                  "'draft')"}}
+                                  "ids)"}}
 
     async def get(self, name: str) -> None:
         base = self.get_argument("base", None)
         if not base:
-            raise InvalidInput("'base' is required (a version number, tag, 'head' or 'draft')")
-        self.write_json(await _in_thread(self.datasets.diff, self.who, name, base,
+            raise InvalidInput("'base' is required (a version number, v<n>, a tag or 'head')")
+        self.write_json(await _in_thread(self.datasets.diff, self.actor, name, base,
                                          self.get_argument("target", "head")))
 
 
@@ -374,7 +370,7 @@ class TagsHandler(DatasetHandler):
         body = self.body_dict()
         if not isinstance(body.get("tag"), str):
             raise InvalidInput("'tag' is required")
-        self.write_json(self.datasets.tag(self.who, name, body["tag"],
+        self.write_json(self.datasets.tag(self.actor, name, body["tag"],
                                           body.get("version", "head")), 201)
 
 
@@ -382,7 +378,7 @@ class TagHandler(DatasetHandler):
     openapi = {"delete": {"summary": "Remove a tag"}}
 
     def delete(self, name: str, tag: str) -> None:
-        self.datasets.delete_tag(self.who, name, tag)
+        self.datasets.delete_tag(self.actor, name, tag)
         self.set_status(204)
         self.finish()
 
@@ -397,10 +393,10 @@ class CheckoutHandler(DatasetHandler):
         if version is None:
             raise InvalidInput("'version' is required")
         if body.get("revert"):
-            result = await _in_thread(self.datasets.revert, self.who, name, str(version),
+            result = await _in_thread(self.datasets.revert, self.actor, name, str(version),
                                       body.get("message"))
         else:
-            result = await _in_thread(self.datasets.checkout, self.who, name, str(version))
+            result = await _in_thread(self.datasets.checkout, self.actor, name, str(version))
         self.write_json(result)
 
 
@@ -411,7 +407,7 @@ class ExportHandler(DatasetHandler):
     async def get(self, name: str) -> None:
         fmt = self.get_argument("format", "loophub")
         version = self.get_argument("version", "head")
-        chunks = await _in_thread(self.datasets.export, self.who, name, fmt, version=version)
+        chunks = await _in_thread(self.datasets.export, self.actor, name, fmt, version=version)
         first = await _in_thread(next, chunks, None)  # permission/version errors raise here
         kind = "application/x-ndjson" if fmt == "loophub" else "application/zip"
         ext = "jsonl" if fmt == "loophub" else "zip"
@@ -433,7 +429,7 @@ class LineageHandler(DatasetHandler):
 
     def get(self, name: str) -> None:
         self.write_json({"models": self.datasets.models_trained_on(
-            self.who, name, self.get_argument("version", "head"))})
+            self.actor, name, self.get_argument("version", "head"))})
 
     def post(self, name: str) -> None:
         body = self.body_dict()
@@ -441,7 +437,7 @@ class LineageHandler(DatasetHandler):
             if not isinstance(body.get(key), str | int):
                 raise InvalidInput(f"'{key}' is required")
         self.write_json(self.datasets.record_lineage(
-            self.who, name, str(body["version"]), body["model_name"],
+            self.actor, name, str(body["version"]), body["model_name"],
             str(body["model_version"]), body.get("relation", "trained_on")), 201)
 
 

@@ -1,0 +1,133 @@
+"""An in-process loophub API (the real tornado app with the dataset and labeling routes)
+for fast tests: identity comes from the token "user:NAME" instead of a running hub."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+from collections.abc import Iterator
+
+import pytest
+from jupyterhub.services.auth import HubOAuth
+
+from loophub.client import Client
+from loophub.labeling.client import Labeling
+
+
+class TokenIsUser(HubOAuth):
+    """Maps 'Authorization: token user:NAME' to the hub user NAME (no hub in these tests)."""
+
+    async def _check_hub_authorization(self, url, api_token, cache_key=None, use_cache=True):
+        if not api_token.startswith("user:"):
+            return None
+        name = api_token.removeprefix("user:")
+        return {"name": name, "kind": "user", "groups": ["team"], "admin": name == "root"}
+
+    async def _get_user_cookie(self, handler):
+        return None
+
+
+class InProcessApi:
+    def __init__(self, url: str, ctx) -> None:
+        self.url, self.ctx = url, ctx
+
+    @property
+    def service(self):
+        """The API's LabelingService (tests swap its clock to expire leases)."""
+        from loophub.extensions.api.labeling import labeling_service
+
+        return labeling_service(self.ctx)
+
+    def client(self, user: str) -> Client:
+        return Client(self.url, f"user:{user}")
+
+    def labeling(self, user: str) -> Labeling:
+        return Labeling(self.client(user))
+
+
+@pytest.fixture
+def api(request, tmp_path, monkeypatch) -> Iterator[InProcessApi]:
+    """SQLite by default; parametrize indirectly with "postgres" for PostgreSQL."""
+    from loophub.cli import free_port
+    from loophub.extensions.api.app import ServiceContext, make_app
+    from loophub.extensions.api.datasets import ROUTES as DATASET_ROUTES
+    from loophub.extensions.api.labeling import ROUTES as LABELING_ROUTES
+    from loophub.extensions.api.routes import ROUTES as BASE_ROUTES
+    from loophub.settings import Settings
+
+    monkeypatch.setenv("LOOPHUB_HOME", str(tmp_path / "home"))
+    if getattr(request, "param", "sqlite") == "postgres":
+        monkeypatch.setenv("LOOPHUB_DB_URL", request.getfixturevalue("pg_schema_url"))
+    settings = Settings.from_env()
+    settings.ensure_dirs()
+    ctx = ServiceContext(settings=settings,
+                         routes=[*BASE_ROUTES, *DATASET_ROUTES, *LABELING_ROUTES])
+    port = free_port()
+    ready = threading.Event()
+    state: dict = {}
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        # Handlers take HubOAuth.instance(): make the singleton ours for this test.
+        TokenIsUser.clear_instance()
+        HubOAuth.clear_instance()
+        auth = TokenIsUser.instance(api_token="unused", api_url="http://127.0.0.1:1/hub/api",
+                                    oauth_client_id="service-loophub", access_scopes=set())
+        server = make_app(ctx, hub_auth=auth).listen(port, "127.0.0.1")
+        state["loop"], state["server"] = loop, server
+        ready.set()
+        loop.run_forever()
+        server.stop()
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait(30)
+    yield InProcessApi(f"http://127.0.0.1:{port}/services/loophub/api", ctx)
+    state["loop"].call_soon_threadsafe(state["loop"].stop)
+    thread.join(10)
+    ctx.db.dispose()
+    TokenIsUser.clear_instance()
+
+
+def png_bytes(width: int = 64, height: int = 48, color=(200, 40, 40)) -> bytes:
+    """A real PNG made with Pillow."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_dataset(client: Client, name: str, task: str, classes: list[str], records: list[dict],
+                 folder, *, multi_label: bool = False, images: dict[str, bytes] | None = None
+                 ) -> None:
+    """Create a dataset and import ``records`` (loophub format; images by media.path)."""
+    import json
+
+    schema = {"task": task, "classes": [{"id": i, "name": c} for i, c in enumerate(classes)]}
+    if multi_label:
+        schema["multi_label"] = True
+    client.datasets.create(name, label_schema=schema)
+    folder.mkdir(parents=True, exist_ok=True)
+    for rel, data in (images or {}).items():
+        (folder / rel).write_bytes(data)
+    (folder / "label_schema.json").write_text(json.dumps(schema))
+    (folder / "records.jsonl").write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    client.datasets.import_(name, folder, "loophub", progress=False)
+
+
+def image_dataset(client: Client, name: str, folder, count: int = 6,
+                  classes: tuple[str, ...] = ("cat", "dog"), task: str = "image_classification",
+                  **options) -> list[str]:
+    colors = [(200, 40, 40), (40, 160, 60), (50, 80, 200), (220, 180, 30), (120, 40, 160),
+              (30, 170, 170)]
+    images = {f"img{i:02d}.png": png_bytes(64 + 8 * i, 48, colors[i % len(colors)])
+              for i in range(count)}
+    records = [{"id": f"img{i:02d}", "media": {"path": f"img{i:02d}.png"}, "annotations": []}
+               for i in range(count)]
+    make_dataset(client, name, task, list(classes), records, folder, images=images, **options)
+    return [r["id"] for r in records]
