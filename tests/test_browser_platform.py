@@ -16,7 +16,10 @@ def test_login_spawn_and_reach_jupyterlab(hub, admin_token):
         hub_login(page, hub.url, "gina", "not-her-password")
         assert "Invalid username or password" in page.content()
         hub_login(page, hub.url, "gina", password)
-        # The hub starts the server right after login and lands in JupyterLab.
+        # After login the hub offers the server sizes; the default profile is preselected.
+        page.wait_for_selector("#spawn_form", timeout=60_000)
+        assert page.is_checked("input[name=profile][value=small]")
+        page.click("#spawn_form button[type=submit]")
         page.wait_for_url("**/user/gina/lab**", timeout=120_000)
         page.wait_for_selector(".jp-LabShell", timeout=120_000)
         page.wait_for_selector(".jp-Launcher", timeout=60_000)
