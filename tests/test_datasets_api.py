@@ -98,15 +98,15 @@ def test_online_cli(hub, shared, tmp_path):
                                hub.api, "--token", token], capture_output=True, text=True,
                               timeout=120)
 
-    out = data("import", "ner", str(conll), "--format", "conll", "--create", "-q")
+    out = data("import", "cli-ner", str(conll), "--format", "conll", "--create", "-q")
     assert out.returncode == 0, out.stderr
     assert "imported" in out.stdout
-    assert data("commit", "ner", "-m", "first").returncode == 0
-    log = data("log", "ner")
+    assert data("commit", "cli-ner", "-m", "first").returncode == 0
+    log = data("log", "cli-ner")
     assert log.returncode == 0 and "v1" in log.stdout and "first" in log.stdout
-    assert data("export", "ner", str(tmp_path / "ner.zip"), "--format", "conll").returncode == 0
+    assert data("export", "cli-ner", str(tmp_path / "ner.zip"), "--format", "conll").returncode == 0
     assert (tmp_path / "ner.zip").stat().st_size > 0
-    bad = data("import", "ner", str(tmp_path / "missing.txt"), "--format", "conll")
+    bad = data("import", "cli-ner", str(tmp_path / "missing.txt"), "--format", "conll")
     assert bad.returncode == 2 and "missing.txt" in bad.stderr
-    diff = data("diff", "ner", "1")
+    diff = data("diff", "cli-ner", "1")
     assert diff.returncode == 0 and "v1 -> v1: 0 added, 0 removed, 0 changed" in diff.stdout
