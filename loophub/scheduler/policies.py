@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -90,15 +91,16 @@ def alignment_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
 
 
 # ------------------------------------------------------------------ base class
-class Policy:
+class Policy(ABC):
     name = ""
     scorer: Scorer = staticmethod(first_fit)
 
     def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
 
+    @abstractmethod
     def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
-        raise NotImplementedError
+        """One scheduling pass at ``now``: the decisions it takes."""
 
     def queue_order(self, st: SchedulerState, now: float) -> list[str]:
         return [rid for _, _, rid in st._global]
