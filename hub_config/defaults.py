@@ -5,8 +5,7 @@ from __future__ import annotations
 import secrets
 from pathlib import Path
 
-from loophub.pool import GIB, load_pool
-from loophub.settings import Settings
+from loophub.pool import GIB, NodeSpec
 
 
 def secret_token(path: Path) -> str:
@@ -18,9 +17,8 @@ def secret_token(path: Path) -> str:
     return path.read_text().strip()
 
 
-def default_profiles(settings: Settings) -> list[dict]:
+def default_profiles(nodes: list[NodeSpec]) -> list[dict]:
     """Small and medium CPU servers, and a 1-GPU server when the pool has GPUs."""
-    nodes = load_pool(settings.pool)
     biggest = max(nodes, key=lambda n: (n.gpu, n.cpu, n.mem))
     profiles = [
         {"slug": "small", "display_name": "Small", "cpu": min(0.5, biggest.cpu),
@@ -36,8 +34,7 @@ def default_profiles(settings: Settings) -> list[dict]:
     return profiles
 
 
-def default_custom_limits(settings: Settings) -> dict:
+def default_custom_limits(nodes: list[NodeSpec]) -> dict:
     """Custom sizes up to the largest node (the scheduler still queues them fairly)."""
-    nodes = load_pool(settings.pool)
     return {"cpu": max(n.cpu for n in nodes), "mem": max(n.mem for n in nodes),
             "gpu": max(n.gpu for n in nodes)}

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from loophub.hub_config.defaults import default_custom_limits, default_profiles, secret_token
+from loophub.pool import load_pool
 from loophub.settings import Settings
 
 c = get_config()  # noqa: F821 (provided by JupyterHub)
@@ -56,8 +57,9 @@ c.FairSpawner.home_dir_template = str(settings.users_dir / "{username}")
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 spawner_token = secret_token(settings.secrets_dir / "spawner_token")
 c.FairSpawner.scheduler_token = spawner_token
-c.FairSpawner.profiles = default_profiles(settings)
-c.FairSpawner.custom_limits = default_custom_limits(settings)
+pool = load_pool(settings.pool)  # detected (or declared) once, for both defaults
+c.FairSpawner.profiles = default_profiles(pool)
+c.FairSpawner.custom_limits = default_custom_limits(pool)
 c.Spawner.default_url = "/lab"
 if os.geteuid() == 0:  # containers and CI run as root; jupyter-server refuses root by default
     c.Spawner.args = ["--allow-root"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -99,6 +100,19 @@ def parse_mem(value: object, where: str) -> int:
         except ValueError:
             pass
     raise PoolConfigError(f"{where}.mem: {value!r} is not a memory size; use bytes or e.g. '16G'")
+
+
+_GPU_TYPE = re.compile(r"^[A-Za-z0-9_.-]{1,40}(\|[A-Za-z0-9_.-]{1,40})*$")
+
+
+def check_gpu_type(gpu_type: object, where: str) -> str | None:
+    """None, or a GPU type name; 'a100|h100' accepts either."""
+    if gpu_type is None:
+        return None
+    if not isinstance(gpu_type, str) or not _GPU_TYPE.match(gpu_type):
+        raise PoolConfigError(f"{where}.gpu_type: {gpu_type!r} is not a GPU type name "
+                              "(letters, digits, '.', '_', '-'; alternatives with '|')")
+    return gpu_type
 
 
 def check_cpu_gpu(cpu: object, gpu: object, where: str) -> tuple[float, int]:

@@ -28,6 +28,7 @@ from loophub.pool import parse_mem
 from .backends import BACKENDS, Backend, Placement
 from .form import render_form
 from .profiles import Choice, Limits, options_from_form, parse_profiles, resolve_choice
+from .queueing import wait_until_running
 
 TRANSIENT = (599, 502, 503, 504)  # the API service restarting: keep waiting
 
@@ -264,23 +265,24 @@ class FairSpawner(Spawner):
             raise
 
     async def _wait_in_queue(self, view: dict) -> dict:
-        deadline = time.monotonic() + self.queue_timeout
-        while view["state"] == "queued":
-            self.emit_progress(10, view.get("message") or "Queued")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SpawnException(
-                    f"Gave up after waiting {self.queue_timeout / 60:.0f} min in the queue "
-                    f"({view.get('message', '')}). Try a smaller size or later.",
-                    reason="queue_timeout", status_code=503)
-            query = urlencode({"wait": round(min(self.long_poll, remaining), 1),
-                               "known": view.get("fingerprint", "")})
-            view = await self._api_retrying("GET", f"scheduler/requests/{view['id']}?{query}",
-                                            timeout=self.long_poll + 30)
-        if view["state"] != "running":
-            raise SpawnException(f"Your request was {view['state']}: {view.get('reason', '')}",
-                                 reason="scheduler")
-        return view
+        return await wait_until_running(
+            view, poll=self._poll_request, give_up=self._queue_failure,
+            on_wait=lambda v: self.emit_progress(10, v.get("message") or "Queued"),
+            queue_timeout=self.queue_timeout, long_poll=self.long_poll)
+
+    async def _poll_request(self, view: dict, wait: float) -> dict:
+        query = urlencode({"wait": wait, "known": view.get("fingerprint", "")})
+        return await self._api_retrying("GET", f"scheduler/requests/{view['id']}?{query}",
+                                        timeout=self.long_poll + 30)
+
+    def _queue_failure(self, why: str, view: dict) -> SpawnException:
+        if why == "timeout":
+            return SpawnException(
+                f"Gave up after waiting {self.queue_timeout / 60:.0f} min in the queue "
+                f"({view.get('message', '')}). Try a smaller size or later.",
+                reason="queue_timeout", status_code=503)
+        return SpawnException(f"Your request was {view['state']}: {view.get('reason', '')}",
+                              reason="scheduler")
 
     async def _release(self, reason: str) -> None:
         if not self.request_id:

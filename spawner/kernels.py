@@ -62,10 +62,11 @@ from tornado import web
 from traitlets import Float, Integer, Unicode, Union, default
 
 from loophub.errors import InvalidInput, LoophubError
-from loophub.pool import GIB, parse_mem
+from loophub.pool import GIB, check_cpu_gpu, check_gpu_type, parse_mem
 
 from .backends.base import Placement
 from .backends.local import Cgroup, confine_preexec, pinnable_cores
+from .queueing import wait_until_running
 
 PROVISIONER_NAME = "loophub-provisioner"
 EVENT_SCHEMA_ID = "https://events.loophub.dev/kernel_allocation/v1"
@@ -112,19 +113,15 @@ class KernelSize:
     def parse(cls, cpu: Any = 1.0, mem: Any = "4G", gpu: Any = 0,
               gpu_type: str | None = None) -> KernelSize:
         """Validate kernelspec/CLI values; errors name the field."""
-        if isinstance(cpu, bool) or not isinstance(cpu, int | float) or cpu <= 0:
-            raise InvalidInput(f"kernel cpu: {cpu!r} must be a positive number of cores")
-        if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
-            raise InvalidInput(f"kernel gpu: {gpu!r} must be a whole number >= 0")
         try:
+            cpu_cores, gpus = check_cpu_gpu(cpu, gpu, "kernel")
             mem_bytes = parse_mem(mem, "kernel")
+            gpu_type = check_gpu_type(gpu_type, "kernel")
         except ValueError as exc:
             raise InvalidInput(str(exc)) from exc
         if mem_bytes <= 0:
-            raise InvalidInput("kernel mem: must be positive")
-        if gpu_type is not None and (not isinstance(gpu_type, str) or not gpu_type):
-            raise InvalidInput(f"kernel gpu_type: {gpu_type!r} must be a GPU type name")
-        return cls(float(cpu), mem_bytes, gpu, gpu_type)
+            raise InvalidInput("kernel.mem: must be positive")
+        return cls(cpu_cores, mem_bytes, gpus, gpu_type)
 
     def demand(self) -> dict[str, float]:
         return {"cpu": self.cpu, "mem": self.mem, "gpu": self.gpu}
@@ -400,25 +397,29 @@ class FairKernelProvisioner(LocalProvisioner):
             raise
 
     async def _wait_running(self, view: dict, size: KernelSize) -> dict:
-        deadline = time.monotonic() + self.queue_timeout
-        while view["state"] == "queued":
-            message = view.get("message") or "Queued"
-            self._note("queued", f"waiting for {size.summary()}: {message}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+        def on_wait(queued: dict) -> None:
+            self._note("queued", f"waiting for {size.summary()}: "
+                                 f"{queued.get('message') or 'Queued'}")
+
+        async def poll(queued: dict, wait: float) -> dict:
+            return await self._unless_abandoned(self._call(
+                "GET", f"scheduler/requests/{queued['id']}", timeout=wait + 30,
+                params={"wait": wait, "known": queued.get("fingerprint", "")}))
+
+        def give_up(why: str, last: dict) -> KernelAllocationError:
+            if why == "timeout":
                 text = (f"gave up after {self.queue_timeout / 60:.0f} min in the queue for "
-                        f"{size.summary()} ({message}); try a smaller kernel or later")
+                        f"{size.summary()} ({last.get('message') or 'Queued'}); try a smaller "
+                        "kernel or later")
                 self._note("timeout", text)
-                raise KernelAllocationError(503, text)
-            wait = round(min(self.long_poll, remaining), 1)
-            view = await self._unless_abandoned(self._call(
-                "GET", f"scheduler/requests/{view['id']}", timeout=wait + 30,
-                params={"wait": wait, "known": view.get("fingerprint", "")}))
-        if view["state"] != "running":
-            text = f"kernel request was {view['state']}: {view.get('reason') or 'no reason'}"
+                return KernelAllocationError(503, text)
+            text = f"kernel request was {last['state']}: {last.get('reason') or 'no reason'}"
             self._note("refused", text)
-            raise KernelAllocationError(409, text)
-        return view
+            return KernelAllocationError(409, text)
+
+        return await wait_until_running(view, poll=poll, on_wait=on_wait, give_up=give_up,
+                                        queue_timeout=self.queue_timeout,
+                                        long_poll=self.long_poll)
 
     async def _unless_abandoned(self, call: Coroutine[Any, Any, dict]) -> dict:
         """Await CALL, unless the user shuts the starting kernel down meanwhile.

@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loophub.errors import InvalidInput
-from loophub.pool import GIB, check_cpu_gpu, parse_mem
+from loophub.pool import GIB, check_cpu_gpu, check_gpu_type, parse_mem
 
 OPTION_KEYS = {"profile", "cpu", "mem", "gpu", "gpu_type", "runtime"}
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-_GPU_TYPE = re.compile(r"^[A-Za-z0-9_.-]{1,40}(\|[A-Za-z0-9_.-]{1,40})*$")
 CUSTOM = "custom"
 
 
@@ -151,9 +150,10 @@ def resolve_choice(options: dict, profiles: list[Profile], limits: Limits,
     missing = {"cpu", "mem"} - set(options)
     if missing:
         raise InvalidInput(f"a custom size needs {sorted(missing)}")
-    gpu_type = options.get("gpu_type") or None
-    if gpu_type is not None and (not isinstance(gpu_type, str) or not _GPU_TYPE.match(gpu_type)):
-        raise InvalidInput(f"gpu_type: {gpu_type!r} is not a GPU type name")
+    try:
+        gpu_type = check_gpu_type(options.get("gpu_type") or None, "options")
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from exc
     return Choice(
         CUSTOM,
         cpu=float(_positive(options, "cpu", limits.cpu)),

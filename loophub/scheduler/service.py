@@ -96,6 +96,19 @@ def parse_request_spec(spec: Any, *, request_id: str, tenant: str,
                    preemptible=preemptible, runtime=runtime, gpu_type=gpu_type)
 
 
+@dataclass(frozen=True)
+class _QueueSnapshot:
+    """The policy's service order and the shares, computed once per view or listing."""
+
+    order: dict[str, int]
+    shares: dict[str, float]
+
+    @classmethod
+    def of(cls, state: SchedulerState) -> _QueueSnapshot:
+        order = state.policy.queue_order(state, state.now)
+        return cls({rid: i for i, rid in enumerate(order)}, state.dominant_shares())
+
+
 class SchedulerService:
     def __init__(self, db: Database, nodes: Iterable[NodeSpec], *,
                  policy: str = "balanced-drf", config: SchedulerConfig | None = None,
@@ -278,7 +291,7 @@ class SchedulerService:
             rec = self._active_by_key(s, key)
             return self._view(rec) if rec else None
 
-    def _view(self, rec: SchedRequest) -> dict:
+    def _view(self, rec: SchedRequest, queue: _QueueSnapshot | None = None) -> dict:
         view = {
             "id": rec.id, "key": rec.key, "tenant": rec.tenant, "groups": rec.groups,
             "kind": rec.kind, "state": rec.state, "reason": rec.reason,
@@ -289,20 +302,18 @@ class SchedulerService:
             "preemptions": rec.preemptions,
         }
         if rec.state == "queued":
-            view.update(self._queue_info(rec))
+            view.update(self._queue_info(rec, queue or _QueueSnapshot.of(self.state)))
         return view
 
-    def _queue_info(self, rec: SchedRequest) -> dict:
+    def _queue_info(self, rec: SchedRequest, queue: _QueueSnapshot) -> dict:
         state = self.state
-        position = state.queue_position(rec.id)
-        blocking = state.blocking_resource(rec.id)
-        shares = state.dominant_shares()
-        mine = shares.get(rec.tenant, 0.0)
-        others = sorted(v for t, v in shares.items() if t != rec.tenant)
+        position = queue.order.get(rec.id)
+        mine = queue.shares.get(rec.tenant, 0.0)
+        others = sorted(v for t, v in queue.shares.items() if t != rec.tenant)
         info = {
             "position": None if position is None else position + 1,
             "queue_length": len(state.queued),
-            "blocking": blocking,
+            "blocking": state.blocking_resource(rec.id),
             "estimated_start": state.estimated_start(rec.id),
             "share": round(mine, 4),
             "other_shares": [round(v, 4) for v in others],
@@ -312,11 +323,12 @@ class SchedulerService:
 
     def queue(self, tenant: str | None = None) -> list[dict]:
         """Active requests, queued first in service order, then running."""
+        snapshot = _QueueSnapshot.of(self.state)  # one queue order for the whole listing
         with self.db.transaction() as s:
             query = select(SchedRequest).where(SchedRequest.state.in_(ACTIVE))
             if tenant is not None:
                 query = query.where(SchedRequest.tenant == tenant)
-            views = [self._view(r) for r in s.scalars(query)]
+            views = [self._view(r, snapshot) for r in s.scalars(query)]
         return sorted(views, key=lambda v: (v["state"] != "queued", v.get("position") or 0,
                                             v["submitted_at"]))
 
