@@ -138,7 +138,7 @@ def test_loophub_cli_runs_the_subcommands(tmp_path, monkeypatch, capsys):
     listed = capsys.readouterr().out.splitlines()[-1].split("\t")
     assert listed[:2] == ["python3-gpu1-a100", "Python 3 (1 a100 GPU)"]
     assert cli.main(["kernels", "install", "--gpu", "-1", "--prefix", str(tmp_path)]) == 2
-    assert "kernel gpu: -1 must be a whole number" in capsys.readouterr().err
+    assert "kernel.gpu: must be a whole number >= 0, got -1" in capsys.readouterr().err
 
 
 def test_provisioner_takes_its_config_from_the_kernelspec(monkeypatch):
