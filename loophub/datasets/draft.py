@@ -3,6 +3,11 @@
 Each write takes the dataset's next ``seq`` under the dataset row's lock, so a
 commit that has read ``seq = S`` knows every write numbered <= S is visible to it.
 Per-record ``revision`` is the optimistic-concurrency token of single edits.
+
+A row with ``seq <= committed_seq`` equals the head version. Its committed state
+(``base_hash``, ``base_labels``) is saved only when a write first changes it (copy on
+write), so a commit never rewrites the rows it stored: a 1M-record commit touches
+no draft row.
 """
 
 from __future__ import annotations
@@ -11,9 +16,10 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, case, func, select, update
 from sqlalchemy.orm import Session
 
+from loophub.datasets.manifest import PackWriter
 from loophub.datasets.models import Dataset, DraftRecord
 from loophub.datasets.records import (
     annotators_of,
@@ -29,14 +35,32 @@ from loophub.store.models import utcnow
 BATCH = 5000
 
 
-def next_seq(session: Session, dataset_id: int) -> int:
+@dataclass(frozen=True)
+class Stamp:
+    """A write's number and the dataset's ``committed_seq`` when it was taken."""
+
+    seq: int
+    committed: int
+
+
+def take_seq(session: Session, dataset_id: int) -> Stamp:
     """Take the dataset's next write number, locking its row until the transaction ends."""
     stmt = (update(Dataset).where(Dataset.id == dataset_id).values(seq=Dataset.seq + 1)
-            .returning(Dataset.seq))
-    seq = session.execute(stmt).scalar_one_or_none()
-    if seq is None:
+            .returning(Dataset.seq, Dataset.committed_seq))
+    row = session.execute(stmt).one_or_none()
+    if row is None:
         raise NotFound(f"dataset {dataset_id} does not exist")
-    return seq
+    return Stamp(*row)
+
+
+def saved_base(committed: int) -> dict:
+    """Update values that keep a clean row's committed state before a write changes it."""
+    clean = DraftRecord.seq <= committed
+    return {"base_hash": case((clean, DraftRecord.hash), else_=DraftRecord.base_hash),
+            "base_labels": case((clean, DraftRecord.labels), else_=DraftRecord.base_labels)}
+
+
+UNPACKED = {"pack": None, "pack_offset": None, "pack_length": None}
 
 
 def row_values(record: dict, seq: int, actor: str) -> dict:
@@ -48,54 +72,116 @@ def row_values(record: dict, seq: int, actor: str) -> dict:
         "split": record.get("split"), "labels": pack_labels(labels),
         "annotated": is_annotated(record),
         "annotators": pack_labels(annotators_of(record)), "media_sha": media.get("sha256"),
-        "deleted": False, "seq": seq, "updated_by": actor, "updated_at": utcnow(),
+        "deleted": False, "seq": seq, "updated_by": actor, "updated_at": utcnow(), **UNPACKED,
     }
 
 
 COLUMNS = ("dataset_id", "record_id", "revision", "content", "hash", "split", "labels",
-           "annotated", "annotators", "media_sha", "deleted", "seq", "updated_by", "updated_at")
-_REPLACED = ("content", "hash", "split", "labels", "annotated", "annotators", "media_sha",
-             "deleted", "seq", "updated_by", "updated_at")
+           "annotated", "annotators", "media_sha", "deleted", "seq", "updated_by", "updated_at",
+           "pack", "pack_offset", "pack_length")
+_REPLACED = COLUMNS[3:]
+_PACK_AT = COLUMNS.index("pack")
 
 
-def _upsert_sql(dialect: str) -> str:
+def _upsert_sql(dialect: str, committed: int) -> str:
     # Plain DB-API executemany: the ORM's per-row parameter processing was 3x the cost.
     marks = ", ".join(["%s" if dialect == "postgresql" else "?"] * len(COLUMNS))
     updates = ", ".join(f"{c} = excluded.{c}" for c in _REPLACED)
+    # SET expressions read the row as it was: the base is saved before it is overwritten
+    bases = ", ".join(f"base_{c} = CASE WHEN dataset_records.seq <= {int(committed)} "
+                      f"THEN dataset_records.{c} ELSE dataset_records.base_{c} END"
+                      for c in ("hash", "labels"))
     return (f"INSERT INTO dataset_records ({', '.join(COLUMNS)}) VALUES ({marks}) "
-            f"ON CONFLICT (dataset_id, record_id) DO UPDATE SET {updates}, "
+            f"ON CONFLICT (dataset_id, record_id) DO UPDATE SET {bases}, {updates}, "
             "revision = dataset_records.revision + 1 "
             "WHERE dataset_records.hash <> excluded.hash OR dataset_records.deleted")
 
 
 def upsert_many(session: Session, dataset_id: int, records: Iterable[dict], actor: str,
-                progress: Callable[[int], None] | None = None) -> int:
+                progress: Callable[[int], None] | None = None,
+                packs: PackWriter | None = None) -> int:
     """Insert or replace records in the caller's transaction; unchanged ones keep their
-    revision and are not marked for the next commit. Returns the number of records seen."""
-    seq = next_seq(session, dataset_id)
-    connection = session.connection()
-    dialect = connection.dialect
-    sql = _upsert_sql(dialect.name)
-    stamp = DraftRecord.updated_at.type.bind_processor(dialect)
-    now = stamp(utcnow()) if stamp else utcnow()
-    batch, done = [], 0
+    revision and are not marked for the next commit. With ``packs`` (bulk imports) new
+    and changed content is packed as it streams, so committing it only lists it.
+    Returns the number of records seen."""
+    writer = _RowWriter(session, dataset_id, take_seq(session, dataset_id), actor, packs)
+    done = 0
     for record in records:
-        v = row_values(record, seq, actor)
-        batch.append((dataset_id, v["record_id"], 1, v["content"], v["hash"], v["split"],
-                      v["labels"], v["annotated"], v["annotators"], v["media_sha"], False, seq,
-                      actor, now))
-        if len(batch) >= BATCH:
-            connection.exec_driver_sql(sql, batch)
-            done += len(batch)
-            batch = []
-            if progress:
-                progress(done)
-    if batch:
-        connection.exec_driver_sql(sql, batch)
-        done += len(batch)
-        if progress:
+        writer.add(record)
+        done += 1
+        if progress and done % BATCH == 0:
             progress(done)
+    writer.close()
+    if progress and done % BATCH:
+        progress(done)
     return done
+
+
+class _RowWriter:
+    """Writes draft rows with one executemany per batch. When packing, a row waits until
+    its pack is stored, since the pack's digest is part of the row."""
+
+    def __init__(self, session: Session, dataset_id: int, stamp: Stamp, actor: str,
+                 packs: PackWriter | None) -> None:
+        self.session, self.dataset_id, self.packs = session, dataset_id, packs
+        self.connection = session.connection()
+        self.sql = _upsert_sql(self.connection.dialect.name, stamp.committed)
+        to_db = DraftRecord.updated_at.type.bind_processor(self.connection.dialect)
+        self.fixed = (stamp.seq, actor, to_db(utcnow()) if to_db else utcnow())
+        # an empty draft (the dataset row is locked: no one adds rows meanwhile) has
+        # nothing unchanged to skip
+        self.skip_unchanged = packs is not None and session.scalar(
+            select(DraftRecord.record_id).where(DraftRecord.dataset_id == dataset_id)
+            .limit(1)) is not None
+        self.batch: list[list] = []
+        self.waiting: list[tuple[list, tuple[int, int, int]]] = []
+
+    def add(self, record: dict) -> None:
+        v = row_values(record, 0, "")
+        self.batch.append([self.dataset_id, v["record_id"], 1, v["content"], v["hash"],
+                           v["split"], v["labels"], v["annotated"], v["annotators"],
+                           v["media_sha"], False, *self.fixed, None, None, None])
+        if len(self.batch) >= BATCH:
+            self._write_batch()
+
+    def close(self) -> None:
+        self._write_batch()
+        if self.packs is not None:
+            self.packs.flush()
+            self._write_waiting()
+
+    def _write_batch(self) -> None:
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
+        if self.packs is None:
+            self.connection.exec_driver_sql(self.sql, list(map(tuple, batch)))
+            return
+        if self.skip_unchanged:  # packing them would only leave dead bytes in the packs
+            batch = self._changed(batch)
+        packs = self.packs
+        for row in batch:
+            closed = len(packs.written)
+            self.waiting.append((row, packs.add(row[3].encode())))
+            if len(packs.written) > closed:  # every waiting row's pack is now stored
+                self._write_waiting()
+
+    def _write_waiting(self) -> None:
+        if not self.waiting:
+            return
+        written = self.packs.written
+        for row, (number, offset, length) in self.waiting:
+            row[_PACK_AT:] = (written[number][0], offset, length)
+        self.connection.exec_driver_sql(self.sql, [tuple(row) for row, _ in self.waiting])
+        self.waiting = []
+
+    def _changed(self, batch: list[list]) -> list[list]:
+        current = dict(self.session.execute(select(DraftRecord.record_id, DraftRecord.hash)
+                                            .where(and_(
+                                                DraftRecord.dataset_id == self.dataset_id,
+                                                DraftRecord.record_id.in_([r[1] for r in batch]),
+                                                DraftRecord.deleted.is_(False)))).all())
+        return [row for row in batch if current.get(row[1]) != row[4]]
 
 
 def get_row(session: Session, dataset_id: int, record_id: str) -> DraftRecord:
@@ -109,15 +195,15 @@ def get_row(session: Session, dataset_id: int, record_id: str) -> DraftRecord:
 def replace_record(session: Session, dataset_id: int, record: dict, expected_revision: int,
                    actor: str) -> int:
     """Replace one record if its revision is still ``expected_revision``; the new revision."""
-    seq = next_seq(session, dataset_id)
-    values = row_values(record, seq, actor)
+    stamp = take_seq(session, dataset_id)
+    values = row_values(record, stamp.seq, actor)
     values.pop("record_id")
     stmt = (update(DraftRecord)
             .where(and_(DraftRecord.dataset_id == dataset_id,
                         DraftRecord.record_id == record["id"],
                         DraftRecord.revision == expected_revision,
                         DraftRecord.deleted.is_(False)))
-            .values(revision=DraftRecord.revision + 1, **values))
+            .values(revision=DraftRecord.revision + 1, **saved_base(stamp.committed), **values))
     if session.execute(stmt).rowcount != 1:
         _raise_stale(session, dataset_id, record["id"], expected_revision)
     return expected_revision + 1
@@ -125,15 +211,27 @@ def replace_record(session: Session, dataset_id: int, record: dict, expected_rev
 
 def delete_record(session: Session, dataset_id: int, record_id: str, expected_revision: int,
                   actor: str) -> None:
-    seq = next_seq(session, dataset_id)
+    stamp = take_seq(session, dataset_id)
     stmt = (update(DraftRecord)
             .where(and_(DraftRecord.dataset_id == dataset_id, DraftRecord.record_id == record_id,
                         DraftRecord.revision == expected_revision,
                         DraftRecord.deleted.is_(False)))
-            .values(revision=DraftRecord.revision + 1, deleted=True, seq=seq, updated_by=actor,
-                    updated_at=utcnow()))
+            .values(revision=DraftRecord.revision + 1, deleted=True, seq=stamp.seq,
+                    updated_by=actor, updated_at=utcnow(), **saved_base(stamp.committed),
+                    **UNPACKED))
     if session.execute(stmt).rowcount != 1:
         _raise_stale(session, dataset_id, record_id, expected_revision)
+
+
+def delete_many(session: Session, dataset_id: int, record_ids: list[str], actor: str) -> None:
+    """Mark records deleted whatever their revision (a checkout replacing the draft)."""
+    stamp = take_seq(session, dataset_id)
+    for start in range(0, len(record_ids), 1000):
+        session.execute(update(DraftRecord).where(and_(
+            DraftRecord.dataset_id == dataset_id,
+            DraftRecord.record_id.in_(record_ids[start:start + 1000]))).values(
+            deleted=True, seq=stamp.seq, revision=DraftRecord.revision + 1, updated_by=actor,
+            updated_at=utcnow(), **saved_base(stamp.committed), **UNPACKED))
 
 
 def _raise_stale(session: Session, dataset_id: int, record_id: str, expected: int) -> None:

@@ -2,8 +2,9 @@
 
 Roots: every version of a dataset that is not deleted, and any version (of any
 dataset) that a tag, a lineage row (a model) or a pin (a release) references, plus
-the media of live drafts. Kept: those versions' manifests, the packs and media
-their manifests point at, and the chain of deltas back to a snapshot. Only blobs
+the media of live drafts and the packs their bulk-imported rows point into. Kept:
+those versions' manifests, the packs and media their manifests point at, and the
+chain of deltas back to a snapshot. Only blobs
 the datasets room registered (dataset_blobs) and older than the grace period are
 candidates, so other rooms' blobs and in-flight imports are never touched.
 """
@@ -63,9 +64,10 @@ def live_blobs(db: Database, blobs: BlobStore) -> set[str]:
                             keep.add(change.new.pack)
                             if change.new.media:
                                 keep.add(change.new.media)
-        keep.update(d for d in session.scalars(select(DraftRecord.media_sha).join(
-            Dataset, Dataset.id == DraftRecord.dataset_id).where(and_(
-                Dataset.state != "deleted", DraftRecord.media_sha.is_not(None)))).all())
+        for column in (DraftRecord.media_sha, DraftRecord.pack):
+            keep.update(session.scalars(select(column).distinct().join(
+                Dataset, Dataset.id == DraftRecord.dataset_id).where(and_(
+                    Dataset.state != "deleted", column.is_not(None)))).all())
     return keep
 
 

@@ -145,7 +145,7 @@ class ManifestWriter:
         self.blobs = blobs
         head = json.dumps(header).encode()
         self._parts = [MAGIC, struct.pack(">I", len(head)), head]
-        self._zip = zlib.compressobj(6)
+        self._zip = zlib.compressobj(1)  # level 6 cost 3x the time for ~15% less
         self._buffer: list[str] = []
         self._buffered = 0
         self.count = 0

@@ -67,6 +67,10 @@ class DraftRecord(Base):
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     base_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     base_labels: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # where a bulk import already packed ``content`` (None after a single-record edit)
+    pack: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    pack_offset: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    pack_length: Mapped[int | None] = mapped_column(Integer, nullable=True)
     updated_by: Mapped[str] = mapped_column(String(255), default="")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -26,6 +26,7 @@ from loophub.datasets import draft, versions
 from loophub.datasets.draft import RecordFilter
 from loophub.datasets.formats import FORMATS, read_dataset, validated_records, write_dataset
 from loophub.datasets.formats.base import MEDIA_TYPES, Bundle, FolderMedia, image_size
+from loophub.datasets.manifest import PackWriter
 from loophub.datasets.models import (
     STATES,
     VISIBILITIES,
@@ -320,19 +321,20 @@ class DatasetService:
                     stored += 1
                 yield record
 
+        packs = PackWriter(self.blobs)
         try:
             with self.db.transaction() as session:
                 dataset = self._writable(session, actor, name)
                 if added:
                     dataset.label_schema = schema
                 count = draft.upsert_many(session, dataset.id, prepared(), actor.name,
-                                          lambda done: progress(done, total))
+                                          lambda done: progress(done, total), packs)
         finally:
-            # Registered either way: after a failed import the media are orphans that
-            # garbage collection may remove once the grace period is over.
-            if media_digests:
-                with self.db.transaction() as session:
-                    versions.register_blobs(session, media_digests, "media")
+            # Registered either way: after a failed import the media and packs are orphans
+            # that garbage collection may remove once the grace period is over.
+            with self.db.transaction() as session:
+                versions.register_blobs(session, media_digests, "media")
+                versions.register_blobs(session, [d for d, _ in packs.written], "draft")
         return ImportReport(name, fmt, count, stored, added)
 
     def _store_media(self, media: FolderMedia, record: dict, digests: set[str]) -> bool:
@@ -592,15 +594,9 @@ class DatasetService:
                     wanted.add(record["id"])
                     yield record
             draft.upsert_many(session, dataset.id, records(), actor.name)
-            seq = draft.next_seq(session, dataset.id)
             stale = [rid for rid in session.scalars(select(DraftRecord.record_id).where(
                 draft.filtered(dataset.id, RecordFilter()))) if rid not in wanted]
-            for start in range(0, len(stale), 1000):
-                session.execute(DraftRecord.__table__.update().where(and_(
-                    DraftRecord.dataset_id == dataset.id,
-                    DraftRecord.record_id.in_(stale[start:start + 1000]))).values(
-                    deleted=True, seq=seq, revision=DraftRecord.revision + 1,
-                    updated_by=actor.name, updated_at=utcnow()))
+            draft.delete_many(session, dataset.id, stale, actor.name)
             dataset.label_schema = target.label_schema
         return {"version": target.id, "number": target.number, "records": len(wanted)}
 

@@ -37,6 +37,8 @@ from loophub.store.blobs import BlobStore
 from loophub.store.db import Database
 from loophub.store.models import utcnow
 
+PENDING_LINES = 50_000
+
 
 @dataclass
 class CommitResult:
@@ -68,42 +70,61 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
     delta = ManifestWriter(blobs, {"kind": "delta", "version": version_id, "parent": parent_id})
     packed_counts: Counter = Counter()  # counted as packed strings, expanded once at the end
     result = CommitResult(version=None)  # type: ignore[arg-type]
-    pending: list[tuple] = []  # lines waiting for their pack to be stored and named
+    reused: set[str] = set()  # packs a bulk import wrote, listed by this version
+    deleted_ids: list[str] = []  # removed from the draft once the version exists
+    # lines in id order that wait for this commit's open pack to be stored and named
+    # (their pack field is its number until then)
+    pending: list[tuple[str, list]] = []
 
     def flush_pending() -> None:
-        for op, rid, hash_, labels, media, base_hash, base_labels, where in pending:
-            if where is None:
-                line = format_line(op, None, rid, base_hash or "", base_labels or "")
-            else:
-                number, offset, length = where
-                line = "\t".join((op + escape(rid), hash_, escape(labels), media or "",
-                                  packs.written[number][0], str(offset), str(length),
-                                  base_hash or "", escape(base_labels or ""))) + "\n"
-            delta.write(line, rid)
+        for rid, line in pending:
+            if isinstance(line[4], int):
+                line[4] = packs.written[line[4]][0]
+            delta.write("\t".join(line) + "\n", rid)
         pending.clear()
 
     for done, row in enumerate(_changed_rows(db, dataset_id, since, upto), 1):
-        rid, content, hash_, labels, media, deleted, base_hash, base_labels = row
-        op = _operation(deleted, hash_, base_hash)
-        if op is None:
-            continue
+        rid, content, hash_, labels, media, deleted, base_hash, base_labels, pack, offset, \
+            length = row
+        if deleted:
+            deleted_ids.append(rid)
+            if base_hash is None:
+                continue  # added and deleted since the last version
+            op = "-"
+        elif base_hash is None:
+            op = "+"
+        elif hash_ == base_hash:
+            continue  # changed and changed back
+        else:
+            op = "~"
         if base_labels:
             packed_counts[base_labels] -= 1
+        line = [op + escape(rid), "", "", "", "", "", "", base_hash or "",
+                escape(base_labels or "")]
+        stored = False  # did this row close (store) this commit's open pack?
         if op == "-":
             result.removed += 1
-            pending.append(("-", rid, None, None, None, base_hash, base_labels, None))
-            continue
-        if op == "+":
-            result.added += 1
         else:
-            result.changed += 1
-        if labels:
-            packed_counts[labels] += 1
-        closed_before = len(packs.written)
-        where = packs.add(content.encode())
-        pending.append((op, rid, hash_, labels, media, base_hash, base_labels, where))
-        if len(packs.written) > closed_before:  # a pack was stored: its lines can go out
-            flush_pending()
+            if op == "+":
+                result.added += 1
+            else:
+                result.changed += 1
+            if labels:
+                packed_counts[labels] += 1
+            if pack is None:
+                closed_before = len(packs.written)
+                pack, offset, length = packs.add(content.encode())  # pack: its number
+                stored = len(packs.written) > closed_before
+            else:
+                reused.add(pack)
+            line[1:7] = (hash_, escape(labels), media or "", pack, str(offset), str(length))
+        if pending or isinstance(pack, int):
+            pending.append((rid, line))
+        else:
+            delta.write("\t".join(line) + "\n", rid)
+        if stored or len(pending) > PENDING_LINES:
+            packs.flush()  # (a no-op when stored) bounded memory when edits interleave
+            flush_pending()  # with rows a bulk import packed
         if progress and done % 10000 == 0:
             progress(done, 0)
     packs.flush()
@@ -125,17 +146,10 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
         label_counts={k: v for k, v in sorted(counts.items()) if v > 0},
         stored_bytes=delta_size + snapshot_size + sum(size for _, size in packs.written))
     digests = [d for d, _ in packs.written] + [delta_digest] + ([snapshot] if snapshot else [])
-    _finish(db, blobs, dataset_id, parent_id, (since, upto), version, digests)
+    _finish(db, blobs, dataset_id, parent_id, upto, version, digests, deleted_ids, reused)
     result.version = version
     return result
 
-
-def _operation(deleted: bool, hash_: str, base_hash: str | None) -> str | None:
-    if deleted:
-        return "-" if base_hash is not None else None
-    if base_hash is None:
-        return "+"
-    return "~" if hash_ != base_hash else None
 
 
 def _changed_rows(db: Database, dataset_id: int, since: int, upto: int) -> Iterator[tuple]:
@@ -144,7 +158,8 @@ def _changed_rows(db: Database, dataset_id: int, since: int, upto: int) -> Itera
     postgres = db.engine.dialect.name == "postgresql"
     mark = "%s" if postgres else "?"
     collate = ' COLLATE "C"' if postgres else ""
-    sql = ("SELECT record_id, content, hash, labels, media_sha, deleted, base_hash, base_labels "
+    sql = ("SELECT record_id, CASE WHEN pack IS NULL THEN content END, hash, labels, "
+           "media_sha, deleted, base_hash, base_labels, pack, pack_offset, pack_length "
            f"FROM dataset_records WHERE dataset_id = {mark} AND seq > {mark} AND seq <= {mark} "
            f"ORDER BY record_id{collate}")
     raw = db.engine.raw_connection()
@@ -173,30 +188,37 @@ def _maybe_snapshot(db, blobs, parent: DatasetVersion | None, delta_digest: str)
     return digest, size, 0
 
 
-def _finish(db, blobs, dataset_id, parent_id, seqs, version, digests) -> None:
-    since, upto = seqs
+def _finish(db, blobs, dataset_id, parent_id, upto, version, digests, deleted_ids,
+            reused) -> None:
+    """Record the version; rows up to ``upto`` become clean by ``committed_seq`` alone.
+    Packs an import wrote count in the stored bytes of the first version to list them."""
     with db.transaction() as session:
         dataset = _locked_dataset(session, dataset_id)
         if dataset.head_version != parent_id:
             raise Conflict("someone else committed this dataset while you did; commit again "
                            "(your draft changes are kept)")
         version.number = dataset.version_count + 1
+        for start in range(0, len(reused), 500):
+            for row in session.scalars(select(DatasetBlob).where(and_(
+                    DatasetBlob.digest.in_(sorted(reused)[start:start + 500]),
+                    DatasetBlob.kind == "draft"))):
+                version.stored_bytes += blobs.size(row.digest)
+                row.kind = "version"
         session.add(version)
         dataset.head_version, dataset.committed_seq = version.id, upto
         dataset.version_count += 1
         register_blobs(session, digests, "version")
-        in_commit = and_(DraftRecord.dataset_id == dataset_id, DraftRecord.seq > since,
-                         DraftRecord.seq <= upto)
-        session.execute(DraftRecord.__table__.delete().where(and_(in_commit,
-                                                                  DraftRecord.deleted)))
-        session.execute(update(DraftRecord).where(in_commit)
-                        .values(base_hash=DraftRecord.hash, base_labels=DraftRecord.labels))
+        for start in range(0, len(deleted_ids), 1000):
+            session.execute(DraftRecord.__table__.delete().where(and_(
+                DraftRecord.dataset_id == dataset_id, DraftRecord.seq <= upto,
+                DraftRecord.deleted, DraftRecord.record_id.in_(deleted_ids[start:start + 1000]))))
     _fix_bases_written_during_commit(db, blobs, dataset_id, upto, version)
 
 
 def _fix_bases_written_during_commit(db, blobs, dataset_id: int, upto: int, version) -> None:
     """Rows edited after the commit read them keep their new content, but their base
-    must be what the commit stored, or the next delta would misreport them."""
+    must be what the commit stored, or the next delta would misreport them (the edit
+    saw them as not yet committed and kept the older base)."""
     with db.transaction() as session:
         late = set(session.scalars(select(DraftRecord.record_id).where(and_(
             DraftRecord.dataset_id == dataset_id, DraftRecord.seq > upto))))

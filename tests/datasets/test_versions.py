@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from loophub.datasets import versions
-from loophub.datasets.models import DatasetVersion
+from loophub.datasets.models import DatasetBlob, DatasetVersion
 from loophub.datasets.service import Actor
 
 ADMIN = Actor("root", admin=True)
@@ -79,3 +79,113 @@ def test_gc_keeps_pinned_versions_of_deleted_datasets(service, alice, tmp_path):
     assert service.collect_garbage(ADMIN, grace_seconds=0)["deleted"] >= 2
     with pytest.raises(Exception, match=r"[0-9a-f]{64}"):
         service.materialize(ADMIN, "released", "jsonl", tmp_path / "gone", version="v1")
+
+
+def _text(record_id: str, text: str) -> dict:
+    return {"id": record_id, "text": text,
+            "annotations": [{"type": "text_class", "label": text[:2]}]}
+
+
+def _ids_and_texts(service, number: int) -> dict[str, str]:
+    return {json.loads(data)["id"]: json.loads(data)["text"] for data in versions.iter_records(
+        service.db, service.blobs, version(service, number))}
+
+
+def test_edits_made_while_a_commit_runs_go_to_the_next_version(service, alice, monkeypatch):
+    """A commit stores what it read; edits that land meanwhile (to rows it stored, to
+    clean rows, deletions of rows it added) are diffed against what it stored."""
+    service.create_dataset(alice, "busy")
+    for i in range(3):
+        service.put_record(alice, "busy", _text(f"r{i}", "aa"))
+    service.commit(alice, "busy", "v1")
+    service.put_record(alice, "busy", _text("r0", "bb"),
+                       service.get_record(alice, "busy", "r0")["revision"])
+    service.put_record(alice, "busy", _text("r3", "aa"))
+    reading = versions._changed_rows
+
+    def rows_then_edits(*args):
+        yield from reading(*args)
+        revision = service.get_record(alice, "busy", "r0")["revision"]
+        service.put_record(alice, "busy", _text("r0", "cc"), revision)  # stored by this commit
+        revision = service.get_record(alice, "busy", "r1")["revision"]
+        service.put_record(alice, "busy", _text("r1", "dd"), revision)  # clean row
+        service.delete_record(alice, "busy", "r3",
+                              service.get_record(alice, "busy", "r3")["revision"])
+    monkeypatch.setattr(versions, "_changed_rows", rows_then_edits)
+    service.commit(alice, "busy", "v2")
+    monkeypatch.setattr(versions, "_changed_rows", reading)
+    assert _ids_and_texts(service, 2) == {"r0": "bb", "r1": "aa", "r2": "aa", "r3": "aa"}
+    second = service.diff(alice, "busy", "v1", "v2")
+    assert (second["added_ids"], second["changed_ids"], second["removed_ids"]) == (
+        ["r3"], ["r0"], [])
+    assert service.get_dataset(alice, "busy")["uncommitted"]
+    service.commit(alice, "busy", "v3")
+    assert _ids_and_texts(service, 3) == {"r0": "cc", "r1": "dd", "r2": "aa"}
+    third = service.diff(alice, "busy", "v2", "v3")
+    assert (third["added_ids"], third["changed_ids"], third["removed_ids"]) == (
+        [], ["r0", "r1"], ["r3"])
+    assert third["label_change"] == {"aa": -2, "bb": -1, "cc": 1, "dd": 1}
+    with pytest.raises(Exception, match="nothing to commit"):
+        service.commit(alice, "busy", "v4")
+    # an edit back to the committed content is no change at all
+    service.put_record(alice, "busy", _text("r2", "zz"),
+                       service.get_record(alice, "busy", "r2")["revision"])
+    service.put_record(alice, "busy", _text("r2", "aa"),
+                       service.get_record(alice, "busy", "r2")["revision"])
+    with pytest.raises(Exception, match="nothing to commit"):
+        service.commit(alice, "busy", "v4")
+
+
+
+def _registered(service, kind: str | None = None) -> set[str]:
+    with service.db.session() as session:
+        stmt = select(DatasetBlob.digest)
+        if kind is not None:
+            stmt = stmt.where(DatasetBlob.kind == kind)
+        return set(session.scalars(stmt))
+
+
+def test_a_commit_lists_the_packs_a_bulk_import_wrote(service, alice, monkeypatch):
+    """Imported content is packed once, at import; the commit only lists it, counts its
+    bytes once, and a re-import of unchanged records packs nothing more."""
+    service.create_dataset(alice, "bulk")
+    service.import_data(alice, "bulk", "loophub", io.BytesIO(records(40, {})))
+    imported = _registered(service, "draft")
+    assert imported
+    first = service.commit(alice, "bulk", "v1")
+    assert _registered(service, "draft") == set()  # the packs now belong to a version
+    assert first["stored_bytes"] >= sum(service.blobs.size(d) for d in imported)
+    service.import_data(alice, "bulk", "loophub", io.BytesIO(records(40, {})))
+    assert _registered(service) == _registered(service, "version")  # nothing new packed
+    # edits and imported rows interleaved in id order, with tiny pending batches
+    monkeypatch.setattr(versions, "PENDING_LINES", 2)
+    service.import_data(alice, "bulk", "loophub", io.BytesIO(records(40, dict.fromkeys(
+        range(0, 40, 3), 1))))
+    for record_id in ("r001", "r007", "r020"):
+        item = service.get_record(alice, "bulk", record_id)
+        item["record"]["text"] = "edited"
+        service.put_record(alice, "bulk", item["record"], item["revision"])
+    second = service.commit(alice, "bulk", "v2")
+    assert (second["added"], second["changed"], second["removed"]) == (0, 17, 0)
+    texts = _ids_and_texts(service, 2)
+    assert [texts[f"r{i:03d}"] for i in (0, 1, 3, 7, 20, 39)] == [
+        "v1", "edited", "v1", "edited", "edited", "v1"]
+    assert texts["r002"] == "v0" and len(texts) == 40
+
+
+def test_gc_keeps_the_packs_an_uncommitted_import_needs(service, alice):
+    service.create_dataset(alice, "pending")
+    service.import_data(alice, "pending", "loophub", io.BytesIO(records(12, {})))
+    packs = _registered(service, "draft")
+    service.collect_garbage(ADMIN, grace_seconds=0)
+    assert all(service.blobs.exists(d) for d in packs)  # the draft still points into them
+    service.commit(alice, "pending", "v1")
+    assert len(_ids_and_texts(service, 1)) == 12
+    # a failed import leaves orphan packs that garbage collection removes
+    bad = records(30, {1: 5}) + b'{"id": "broken", "annotations": 3}\n'
+    with pytest.raises(Exception, match="broken|annotations"):
+        service.import_data(alice, "pending", "loophub", io.BytesIO(bad))
+    orphans = _registered(service, "draft")
+    service.collect_garbage(ADMIN, grace_seconds=0)
+    assert not any(service.blobs.exists(d) for d in orphans)
+    assert len(_ids_and_texts(service, 1)) == 12

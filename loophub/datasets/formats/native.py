@@ -49,7 +49,10 @@ def _infer_schema(path: Path) -> dict:
     # One streamed pass for the label names; the records are streamed again later.
     names: set[str] = set()
     for _, record in iter_jsonl(path):
-        names.update(all_labels_of(record))
+        try:
+            names.update(all_labels_of(record))
+        except (AttributeError, KeyError, TypeError):
+            continue  # malformed: validation names the record, its path and the rule
     return build_label_schema("mixed", sorted(names))
 
 
