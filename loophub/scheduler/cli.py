@@ -74,6 +74,9 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
                    help="cluster shape (default homogeneous for W1, openb for W2)")
     p.add_argument("--tenants", type=int, default=10, help="W2: number of synthetic tenants")
     p.add_argument("--zipf", type=float, default=1.1, help="W2: Zipf exponent over tenants")
+    p.add_argument("--full-trace", action="store_true",
+                   help="W1: keep the jobs arriving after the first per-VC-capped VC stops "
+                        "(a 2x overload then a drain; see docs/scheduler.md)")
 
 
 def _add_policy_options(p: argparse.ArgumentParser) -> None:
@@ -88,6 +91,16 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-runtimes", action="store_true",
                    help="hide job durations from the scheduler (no backfill, no estimates)")
     p.add_argument("--weights", default="", help="tenant weights: name=w,name=w")
+    p.add_argument("--aging-quantum", type=float,
+                   help="balanced-drf: seconds aged-started work is safe from preemption "
+                        "(default: the aging bound; inf: forever)")
+    p.add_argument("--aging-victims", choices=["more-served", "any"], default="more-served",
+                   help="balanced-drf: aged requests preempt only more-served tenants' work "
+                        "(default), or anyone's (holds the bound, costs fairness)")
+    p.add_argument("--max-reservations", type=int, default=SchedulerConfig.max_reservations,
+                   help="balanced-drf: aged requests served (reserved for) per pass")
+    p.add_argument("--restart-cost", type=float, default=0.0,
+                   help="seconds of work a preempted job loses (default 0: exact checkpoint)")
     p.add_argument("--validate", action="store_true", help="check invariants after each event")
 
 
@@ -97,7 +110,9 @@ def _config(args: argparse.Namespace) -> SchedulerConfig:
         name, _, value = part.partition("=")
         weights[name] = float(value)
     return SchedulerConfig(weights=weights, aging_bound=args.aging_bound,
-                           aging_order=args.aging_order,
+                           aging_order=args.aging_order, aging_quantum=args.aging_quantum,
+                           aging_victims=args.aging_victims,
+                           max_reservations=args.max_reservations,
                            preemption=args.preemption,
                            preempt_on_aging=not args.no_aging_preemption)
 
@@ -106,8 +121,7 @@ def _workload(args: argparse.Namespace) -> tuple[list, list, list[str]]:
     trace = args.trace or ""
     if trace.upper() in ("W1", "W2") and not Path(trace).exists():
         built = build(trace, args.load if args.load is not None else 1.0, args.seed, args.nodes,
-                      args.shape, **({"tenants": args.tenants, "zipf": args.zipf}
-                                     if trace.upper() == "W2" else {}))
+                      args.shape, args.full_trace, **_w2_options(trace, args))
         nodes = load_cluster(args.cluster) if args.cluster else built.nodes
         return built.jobs, nodes, built.assumptions
     if not args.cluster:
@@ -143,9 +157,9 @@ def run_sim(args: argparse.Namespace) -> int:
     results, rows = [], []
     for name in policies:
         res = simulate(jobs, nodes, name, _config(args), runtime_known=not args.no_runtimes,
-                       validate=args.validate)
+                       validate=args.validate, restart_cost=args.restart_cost)
         row = {**res.metrics, "load": args.load, "seed": args.seed,
-               "aging_bound": args.aging_bound}
+               "aging_bound": args.aging_bound, "aging_quantum": args.aging_quantum}
         rows.append(row)
         results.append((name, res))
         if args.json:
@@ -159,9 +173,9 @@ def run_sim(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    kw = {"tenants": args.tenants, "zipf": args.zipf} if args.workload.upper() == "W2" else {}
     try:
-        built = build(args.workload, args.load, args.seed, args.nodes, args.shape, **kw)
+        built = build(args.workload, args.load, args.seed, args.nodes, args.shape,
+                      args.full_trace, **_w2_options(args.workload, args))
     except (TracesMissing, ValueError) as exc:
         print(f"loophub sim build: {exc}", file=sys.stderr)
         return 2
@@ -173,6 +187,10 @@ def run_build(args: argparse.Namespace) -> int:
         write_cluster(built.nodes, args.cluster_out)
         print(f"wrote {len(built.nodes)} nodes to {args.cluster_out}")
     return 0
+
+
+def _w2_options(workload: str, args: argparse.Namespace) -> dict[str, float]:
+    return {"tenants": args.tenants, "zipf": args.zipf} if workload.upper() == "W2" else {}
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:

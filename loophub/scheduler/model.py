@@ -179,7 +179,13 @@ class SchedulerConfig:
     quotas: dict[str, dict[str, float]] = field(default_factory=dict)
     group_quotas: dict[str, dict[str, float]] = field(default_factory=dict)
     aging_bound: float = 4 * 3600.0       # balanced-drf: reserve for requests waiting this long
+    # balanced-drf: work started by an aged request may not be preempted for this long
+    # (None: aging_bound; math.inf: never, the rule before aging_quantum existed)
+    aging_quantum: float | None = None
     max_reservations: int = 4             # aged requests holding reservations at once
+    # balanced-drf: whose preemptible work an aged request may take: "more-served" tenants
+    # only (fairness first), or "any" tenant's (the bound first; see docs/scheduler.md)
+    aging_victims: str = "more-served"
     aging_order: str = "fair"             # aged requests: "fair" (by share) or "oldest" first
     preemption: bool = False              # preempt preemptible work for below-fair-share tenants
     preemption_grace: float = 300.0       # a request waits this long before it may preempt
@@ -197,6 +203,9 @@ class SchedulerConfig:
     score_sample: int = 128               # feasible nodes scored per unit, in node order
     balanced_stranding_weight: float = 4.0
     balanced_packing_weight: float = 4.0
+
+    def quantum(self) -> float:
+        return self.aging_bound if self.aging_quantum is None else self.aging_quantum
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.__dict__.items()}

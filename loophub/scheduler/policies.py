@@ -11,7 +11,7 @@ import bisect
 import heapq
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -108,9 +108,9 @@ class Policy(ABC):
     def next_wakeup(self, st: SchedulerState, now: float) -> float | None:
         return None
 
-    def protects(self, st: SchedulerState, item: Item, now: float) -> bool:
-        """Whether work starting now must never be chosen as a preemption victim."""
-        return False
+    def protected_until(self, st: SchedulerState, item: Item, now: float) -> float:
+        """Until when work starting now must not be chosen as a preemption victim."""
+        return -math.inf
 
     def advance(self, st: SchedulerState, now: float) -> None:
         """Time moves to ``now``; called before the event at ``now`` changes anything."""
@@ -432,14 +432,29 @@ class DrfPolicy(Policy):
 
 
 # ------------------------------------------------------------------ balanced DRF
+AGING_VICTIMS = ("more-served", "any")
+
+
+def _anyone(run: Running) -> bool:
+    return True
+
+
 class BalancedDrfPolicy(DrfPolicy):
     """This project's policy: DRF order (ties broken on the sorted share vector, YuniKorn
     style), balanced placement of the non-dominant resources, and aging: a request waiting
-    ``aging_bound`` seconds is served first, in submission order, and gets a node reservation
-    if it does not fit (preempting younger preemptible work when preemption is enabled)."""
+    ``aging_bound`` seconds at a stretch (since submission or its last preemption) is served
+    first and gets a node reservation if it does not fit, after preempting preemptible work of
+    more-served tenants (``preempt_on_aging``); work it starts is protected for
+    ``aging_quantum``."""
 
     name = "balanced-drf"
     scorer: Scorer = staticmethod(balanced_score)
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        super().__init__(config)
+        if config.aging_victims not in AGING_VICTIMS:
+            raise ValueError(f"aging_victims must be one of {AGING_VICTIMS}, "
+                             f"not {config.aging_victims!r}")
 
     def tenant_key(self, st: SchedulerState, tenant: str, extra: np.ndarray | None = None
                    ) -> tuple:
@@ -454,10 +469,12 @@ class BalancedDrfPolicy(DrfPolicy):
         return [(*row, t) for row, t in zip(ordered.tolist(), tenants, strict=True)]
 
     def is_aged(self, item: Item, now: float) -> bool:
-        return now - item.submit >= self.config.aging_bound - EPS
+        return now - item.waiting_since >= self.config.aging_bound - EPS
 
-    def protects(self, st: SchedulerState, item: Item, now: float) -> bool:
-        return self.is_aged(item, now)  # aged work is never preempted: no ping-pong
+    def protected_until(self, st: SchedulerState, item: Item, now: float) -> float:
+        """Aged work runs at least one quantum before it may be preempted again, so aged
+        requests cannot take turns preempting each other faster than that."""
+        return now + self.config.quantum() if self.is_aged(item, now) else -math.inf
 
     def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
         decisions = self._serve_aged(st, now)
@@ -481,7 +498,9 @@ class BalancedDrfPolicy(DrfPolicy):
                 decisions.append(started)
                 continue
             if cfg.preempt_on_aging:
-                freed = st.preempt_for(item, now, lambda r: True, self.scorer, ~taken)
+                victims = (self._more_served_than(st, item)
+                           if cfg.aging_victims == "more-served" else _anyone)
+                freed = st.preempt_for(item, now, victims, self.scorer, ~taken)
                 if freed and freed[-1].action == "start":
                     decisions.extend(freed)
                     continue
@@ -493,28 +512,49 @@ class BalancedDrfPolicy(DrfPolicy):
         st.set_reservations(reservations)
         return decisions
 
+    @staticmethod
+    def _more_served_than(st: SchedulerState, item: Item) -> Callable[[Running], bool]:
+        """Victims for an aged request: work of tenants holding a larger weighted dominant
+        share than its own tenant, so aging never takes from the less served."""
+        mine = st.weighted_share(item.tenant)
+        shares: dict[str, float] = {}
+
+        def ok(run: Running) -> bool:
+            other = run.item.tenant
+            if other not in shares:
+                shares[other] = st.weighted_share(other)
+            return shares[other] > mine + EPS
+
+        return ok
+
     def aged_in_service_order(self, st: SchedulerState, now: float) -> list[Item]:
         """Aged requests to serve first: the oldest (``aging_order="oldest"``), or each
         tenant's oldest aged request, least-served tenant first (``"fair"``)."""
         cfg = self.config
         cutoff = now - cfg.aging_bound + EPS
-        if not st._global or st._global[0][0] > cutoff:
-            return []  # the oldest queued request is not aged yet
+        by_age = st.by_age()
+        if not by_age or by_age[0][0] > cutoff:
+            return []  # the longest-waiting request is not aged yet
         if cfg.aging_order != "fair":
-            return [st.queued[rid] for sub, _, rid in st._global[:cfg.max_reservations * 4]
-                    if sub <= cutoff]
-        heads = [t for t in st.tenants_waiting() if st.tenant_queue(t)[0][0] <= cutoff]
+            return [st.queued[rid] for since, _, rid in by_age[:cfg.max_reservations * 4]
+                    if since <= cutoff]
+        heads = [t for t in st.tenants_waiting() if st.tenant_by_age(t)[0][0] <= cutoff]
         ranked = sorted(zip(self.tenant_keys(st, heads), heads, strict=True))
-        return [st.queued[st.tenant_queue(t)[0][2]] for _, t in ranked]
+        return [st.queued[st.tenant_by_age(t)[0][2]] for _, t in ranked]
 
     def next_wakeup(self, st: SchedulerState, now: float) -> float | None:
+        """The next request to age, or (while requests wait) the next protection to end."""
         bound = self.config.aging_bound
-        i = bisect.bisect_right(st._global, (now - bound + EPS, math.inf, ""))
-        return st._global[i][0] + bound if i < len(st._global) else None
+        by_age = st.by_age()
+        i = bisect.bisect_right(by_age, (now - bound + EPS, math.inf, ""))
+        times = [by_age[i][0] + bound] if i < len(by_age) else []
+        if st.queued and st.next_protection_end() is not None:
+            times.append(st.next_protection_end())
+        return min(times) if times else None
 
     def queue_order(self, st: SchedulerState, now: float) -> list[str]:
         cutoff = now - self.config.aging_bound + EPS
-        aged = [rid for sub, _, rid in st._global if sub <= cutoff]
+        aged = [rid for since, _, rid in st.by_age() if since <= cutoff]
         first = set(aged)
         return aged + [rid for rid in super().queue_order(st, now) if rid not in first]
 

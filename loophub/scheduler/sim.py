@@ -325,8 +325,11 @@ class SimResult:
 
 def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
              config: SchedulerConfig | None = None, runtime_known: bool = True,
-             validate: bool = False) -> SimResult:
-    """Replay ``jobs`` on ``nodes`` under ``policy``; returns the metrics of docs/scheduler.md."""
+             validate: bool = False, restart_cost: float = 0.0) -> SimResult:
+    """Replay ``jobs`` on ``nodes`` under ``policy``; returns the metrics of docs/scheduler.md.
+
+    ``restart_cost``: seconds of work a preempted job loses (progress since its last
+    checkpoint plus restart overhead), added to what it still has to run."""
     config = config or SchedulerConfig()
     st = SchedulerState(policy, config, nodes, validate=validate, auto_schedule=False)
     jobs = sorted(jobs, key=lambda j: (j.submit, j.job_id))
@@ -335,6 +338,8 @@ def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
     rec = _Recorder(list(st.keys), st.total_cap.copy(), grid=max(span, 1.0) / 2000)
     remaining = {j.job_id: j.duration for j in jobs}
     started_at: dict[str, float] = {}
+    waiting_since: dict[str, float] = {}  # start of the current stretch of waiting
+    longest_stretch = [0.0]
     first_start: dict[str, float] = {}
     token: dict[str, int] = {}
     finish_t: dict[str, float] = {}
@@ -357,13 +362,15 @@ def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
             if d.action == "start":
                 shapes[item_shape] -= 1
                 started_at[d.request_id] = t
+                longest_stretch[0] = max(longest_stretch[0], t - waiting_since.pop(d.request_id))
                 first_start.setdefault(d.request_id, t)
                 token[d.request_id] = token.get(d.request_id, 0) + 1
                 push(t + remaining[d.request_id], 0, d.request_id, token[d.request_id])
             elif d.action == "preempt":
                 counters["preemptions"] += 1
                 shapes[item_shape] += 1
-                remaining[d.request_id] -= t - started_at.pop(d.request_id)
+                remaining[d.request_id] -= t - started_at.pop(d.request_id) - restart_cost
+                waiting_since[d.request_id] = t
                 token[d.request_id] += 1  # its pending finish event is now stale
                 st.set_runtime(d.request_id, remaining[d.request_id] if runtime_known else None)
 
@@ -388,6 +395,7 @@ def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
                 rejected.append(job.job_id)
                 continue
             st.submit(request, t)
+            waiting_since[job.job_id] = t
             shapes[_shape_of(st, job.job_id)] += 1
             slice_iso[job.job_id] = _isolated_slowdown(st, job)
         tic = time.perf_counter()
@@ -403,6 +411,8 @@ def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
             break  # nothing can ever change: the rest is unschedulable
     metrics = _summarise(policy, jobs, by_id, finish_t, first_start, slice_iso, rejected, rec,
                          counters, sched_time, st)
+    metrics["wait_stretch_max"] = longest_stretch[0]
+    metrics["restart_cost"] = restart_cost
     return SimResult(metrics, rec.timeline, rec.keys, first_start, finish_t)
 
 

@@ -10,6 +10,7 @@ node is chosen; this module owns bookkeeping, placement mechanics, reservations 
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -56,6 +57,11 @@ class Item:
     runtime: float | None
     shape: tuple = ()
     row: int = -1  # index of its unit vector among the queue's distinct shapes
+    waiting_since: float = math.nan  # submission, or its last preemption (the aging clock)
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.waiting_since):
+            self.waiting_since = self.submit
 
     @property
     def id(self) -> str:
@@ -69,6 +75,10 @@ class Item:
     def order_key(self) -> tuple[float, int]:
         return (self.submit, self.seq)
 
+    @property
+    def age_entry(self) -> tuple[float, int, str]:
+        return (self.waiting_since, self.seq, self.id)
+
 
 @dataclass(slots=True, eq=False)
 class Running:
@@ -76,7 +86,11 @@ class Running:
     allocation: Allocation
     slots: list[int]
     start: float
-    protected: bool = False  # never chosen as a preemption victim (e.g. started after aging)
+    protected_until: float = -math.inf  # not a preemption victim before then (aged starts)
+
+    @property
+    def protected(self) -> bool:
+        return self.protected_until > -math.inf
 
     @property
     def expected_end(self) -> float:
@@ -131,6 +145,10 @@ class SchedulerState:
         self.queued: dict[str, Item] = {}
         self._global: list[tuple[float, int, str]] = []
         self._by_tenant: dict[str, list[tuple[float, int, str]]] = {}
+        # the same queue ordered by waiting_since (aging clock), globally and per tenant
+        self._by_age: list[tuple[float, int, str]] = []
+        self._age_by_tenant: dict[str, list[tuple[float, int, str]]] = {}
+        self._protection_ends: list[tuple[float, int, str]] = []  # heap: (until, seq, id)
         self.running: dict[str, Running] = {}
         self.held: dict[str, np.ndarray] = {}
         self.group_held: dict[str, np.ndarray] = {}
@@ -315,6 +333,16 @@ class SchedulerState:
     def tenant_queue(self, tenant: str) -> list[tuple[float, int, str]]:
         return self._by_tenant.get(tenant, [])
 
+    def by_age(self) -> list[tuple[float, int, str]]:
+        """Queued (waiting_since, seq, id), longest-waiting first."""
+        return self._by_age
+
+    def tenant_by_age(self, tenant: str) -> list[tuple[float, int, str]]:
+        return self._age_by_tenant.get(tenant, [])
+
+    def next_protection_end(self) -> float | None:
+        return self._protection_ends[0][0] if self._protection_ends else None
+
     def tenants_waiting(self) -> list[str]:
         return [t for t, q in self._by_tenant.items() if q]
 
@@ -395,19 +423,22 @@ class SchedulerState:
         self._add_held(item, total)
         alloc = Allocation(request_id=item.id, tenant=item.tenant, units=placed, start=now)
         run = Running(item=item, allocation=alloc, slots=list(slots), start=now,
-                      protected=self.policy.protects(self, item, now))
+                      protected_until=self.policy.protected_until(self, item, now))
         self.running[item.id] = run
         if item.request.preemptible and not run.protected:
-            for slot in slots:
-                self.victim_used[slot] += item.unit
+            self._count_victim(run, 1)
+        elif run.protected and math.isfinite(run.protected_until):
+            heapq.heappush(self._protection_ends, (run.protected_until, item.seq, item.id))
         self._version += 1
         self.policy.on_start(self, item, now)
         return Decision("start", item.id, alloc)
 
     def preempt(self, request_id: str, now: float, reason: str = "") -> Decision:
-        """Stop a running request and put it back in the queue at its original place."""
+        """Stop a running request and put it back in the queue at its original place; its
+        aging clock restarts now (aging bounds each stretch of waiting, not the total)."""
         run = self.running[request_id]
         self._release(request_id, now)
+        run.item.waiting_since = now
         self._enqueue(run.item)
         self.policy.on_submit(self, run.item, now)
         return Decision("preempt", request_id, run.allocation, reason)
@@ -619,6 +650,14 @@ class SchedulerState:
             raise InvariantError("global queue index out of sync")
         if sum(len(q) for q in self._by_tenant.values()) != len(self.queued):
             raise InvariantError("tenant queue index out of sync")
+        if sorted(e[2] for e in self._by_age) != sorted(self.queued) or sum(
+                len(q) for q in self._age_by_tenant.values()) != len(self.queued):
+            raise InvariantError("aging queue index out of sync")
+        for run in self.running.values():
+            if run.item.request.preemptible and not run.protected:
+                np.subtract.at(used, run.slots, run.item.unit)
+        if not np.allclose(used, self.cap - self.free - self.victim_used, atol=1e-6):
+            raise InvariantError("preemptible (victim) usage out of sync")
 
     # ---------------------------------------------------------------- internals
     def _advance(self, now: float | None) -> float:
@@ -627,7 +666,25 @@ class SchedulerState:
                 raise SchedulerError(f"time went backwards: {now} < {self.now}")
             self.policy.advance(self, float(now))  # before the event changes any holdings
             self.now = max(self.now, float(now))
+            self._expire_protection(self.now)
         return self.now
+
+    def _expire_protection(self, now: float) -> None:
+        """Work whose protection quantum has passed becomes a preemption victim again."""
+        ends = self._protection_ends
+        while ends and ends[0][0] <= now + EPS:
+            until, _, rid = heapq.heappop(ends)
+            run = self.running.get(rid)
+            if run is None or run.protected_until != until:
+                continue  # ended or restarted since
+            run.protected_until = -math.inf
+            if run.item.request.preemptible:
+                self._count_victim(run, 1)
+
+    def _count_victim(self, run: Running, sign: int) -> None:
+        for slot in run.slots:
+            if slot < len(self.active) and self.active[slot]:
+                self.victim_used[slot] += sign * run.item.unit
 
     def _after_event(self, now: float) -> list[Decision]:
         decisions = self.policy.schedule(self, now) if self.auto_schedule else []
@@ -719,6 +776,8 @@ class SchedulerState:
         self.queued[item.id] = item
         bisect.insort(self._global, entry)
         bisect.insort(self._by_tenant.setdefault(item.tenant, []), entry)
+        bisect.insort(self._by_age, item.age_entry)
+        bisect.insort(self._age_by_tenant.setdefault(item.tenant, []), item.age_entry)
         demand = self.queued_demand.setdefault(item.tenant, np.zeros(len(self.keys)))
         demand += item.unit * item.request.count
 
@@ -729,6 +788,8 @@ class SchedulerState:
         del self.queued[item.id]
         _remove_sorted(self._global, entry)
         _remove_sorted(self._by_tenant[item.tenant], entry)
+        _remove_sorted(self._by_age, item.age_entry)
+        _remove_sorted(self._age_by_tenant[item.tenant], item.age_entry)
         self.queued_demand[item.tenant] -= item.unit * item.request.count
         if any(r.request_id == item.id for r in self.reservations):
             self.set_reservations([r for r in self.reservations if r.request_id != item.id])
@@ -737,13 +798,12 @@ class SchedulerState:
         run = self.running.pop(request_id)
         self._version += 1
         self._free_grew += 1
-        victim = run.item.request.preemptible and not run.protected
+        if run.item.request.preemptible and not run.protected:
+            self._count_victim(run, -1)
         for slot, unit in zip(run.slots, run.allocation.units, strict=True):
             if slot >= len(self.active) or not self.active[slot]:
                 continue  # the node is gone; nothing to give back
             self.free[slot] += run.item.unit
-            if victim:
-                self.victim_used[slot] -= run.item.unit
             gpus = self._nodes.gpu_free[slot]
             gpus.extend(unit.gpus)
             gpus.sort()
@@ -892,13 +952,14 @@ class SchedulerState:
     @staticmethod
     def _item_dict(item: Item) -> dict[str, Any]:
         return {"request": item.request.to_dict(), "submit": item.submit, "seq": item.seq,
-                "runtime": item.runtime}
+                "runtime": item.runtime, "waiting_since": item.waiting_since}
 
     def _item_from_dict(self, entry: dict[str, Any]) -> Item:
         request = Request.from_dict(entry["request"])
         self._tenant_groups.setdefault(request.tenant, set()).update(request.groups)
         item = self._make_item(request, float(entry["submit"]), int(entry["seq"]))
         item.runtime = entry.get("runtime")
+        item.waiting_since = float(entry.get("waiting_since", item.submit))
         return item
 
 

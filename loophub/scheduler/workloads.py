@@ -114,8 +114,28 @@ def sample_cpu_mem(gpus: np.ndarray, profiles: dict[int, np.ndarray],
 
 
 # ------------------------------------------------------------------ W1
+def capped_window_end(jobs: Sequence[Job]) -> tuple[float, int, list[str]] | None:
+    """When the first tenant that hit the trace's per-tenant job cap stops arriving.
+
+    Gavel's per-VC Philly trace keeps at most a fixed number of jobs per VC, each VC's clock
+    starting at 0, so busy VCs run out of jobs early and later arrivals come only from the
+    quiet ones. The cap is taken as the largest per-tenant count when several tenants share
+    it. Returns (end time, cap, capped tenants), or None when no cap is visible.
+    """
+    counts: dict[str, int] = {}
+    last: dict[str, float] = {}
+    for j in jobs:
+        counts[j.tenant] = counts.get(j.tenant, 0) + 1
+        last[j.tenant] = max(last.get(j.tenant, 0.0), j.submit)
+    cap = max(counts.values())
+    capped = sorted(t for t, n in counts.items() if n == cap)
+    if len(capped) < 2:
+        return None
+    return min(last[t] for t in capped), cap, capped
+
+
 def build_w1(load: float = 1.0, seed: int = 0, nodes: int = 64,
-             shape: str = "homogeneous") -> Built:
+             shape: str = "homogeneous", full_trace: bool = False) -> Built:
     cluster, cluster_note = make_cluster(shape, nodes, seed)
     with open(trace_path(PHILLY), newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -126,10 +146,13 @@ def build_w1(load: float = 1.0, seed: int = 0, nodes: int = 64,
                 max(float(r["est_duration_s"]), 1.0), int(r["num_gpus"]), round(float(c), 3),
                 int(m * GIB), "job", True, None)
             for r, (c, m) in zip(rows, cpu_mem, strict=True)]
+    window_note = _keep_observed_window(jobs, full_trace)
+    jobs = [j for j in jobs if window_note[0] is None or j.submit <= window_note[0]]
     raw_load = offered_load(jobs, cluster)
     jobs = compress_to_load(jobs, cluster, load)
     notes = [
         f"W1: {len(jobs)} jobs of Philly (via Gavel), tenants = its 15 virtual clusters",
+        window_note[1],
         "W1: GPU count and duration are Philly's; durations are Gavel's reconstruction",
         "W1: each VC's arrival clock starts at 0 in the source (cross-VC alignment unknown); "
         "arrivals are used as given, then compressed",
@@ -140,6 +163,22 @@ def build_w1(load: float = 1.0, seed: int = 0, nodes: int = 64,
         f"load: offered load as given = {raw_load:.3f}; arrivals scaled to {load}",
     ]
     return Built(jobs, cluster, notes)
+
+
+def _keep_observed_window(jobs: Sequence[Job], full_trace: bool) -> tuple[float | None, str]:
+    """The arrival cut-off for W1 (None: keep all) and the assumption that explains it."""
+    window = capped_window_end(jobs)
+    if window is None:
+        return None, "W1: no per-VC job cap detected; the whole trace is used"
+    end, cap, capped = window
+    kept = sum(1 for j in jobs if j.submit <= end)
+    what = (f"{len(capped)} VCs hit the trace's cap of {cap} jobs per VC; the first of them "
+            f"stops arriving at {end:.0f} s (unscaled), after which the busiest tenants are "
+            "missing and the offered load collapses")
+    if full_trace:
+        return None, f"W1: {what}; --full-trace: all {len(jobs)} jobs kept anyway"
+    return end, (f"W1: {what}; only the {kept} of {len(jobs)} jobs arriving by then (every VC "
+                 "observed) are kept (--full-trace keeps all)")
 
 
 # ------------------------------------------------------------------ W2
@@ -191,9 +230,9 @@ def build_w2(load: float = 1.0, seed: int = 0, nodes: int = 128, shape: str = "o
 
 
 def build(name: str, load: float, seed: int, nodes: int | None = None,
-          shape: str | None = None, **kw: float) -> Built:
+          shape: str | None = None, full_trace: bool = False, **kw: float) -> Built:
     if name.upper() == "W1":
-        return build_w1(load, seed, nodes or 64, shape or "homogeneous")
+        return build_w1(load, seed, nodes or 64, shape or "homogeneous", full_trace)
     if name.upper() == "W2":
         return build_w2(load, seed, nodes or 128, shape or "openb", **kw)  # type: ignore[arg-type]
     raise ValueError(f"unknown workload {name!r}; use W1 or W2")

@@ -116,6 +116,44 @@ def test_aging_preempts_younger_preemptible_work():
     assert st.queue_position("b0") == 0
 
 
+def test_preempted_request_ages_from_its_preemption_and_protection_ends():
+    cfg = SchedulerConfig(aging_bound=30.0, aging_quantum=10.0)
+    state = SchedulerState("balanced-drf", cfg, [node("n", 8, 8)], auto_schedule=False)
+    state.submit(req("a", "A", cpu=8, preemptible=True, runtime=1000.0), 0.0)
+    assert started(state.tick(0.0)) == ["a"]
+    state.submit(req("b", "B", cpu=8, preemptible=True, runtime=1000.0), 1.0)
+    took = state.tick(31.0)  # b aged: preempts a (tenant A holds more than B)
+    assert [(d.action, d.request_id) for d in took] == [("preempt", "a"), ("start", "b")]
+    assert state.running["b"].protected and state.next_wakeup() == 41.0
+    assert state.tick(41.0) == []  # b's protection ended, but a has waited only 10 s again
+    assert not state.running["b"].protected and state.next_wakeup() == 61.0
+    took = state.tick(61.0)  # a aged again, from its preemption at 31
+    assert [(d.action, d.request_id) for d in took] == [("preempt", "b"), ("start", "a")]
+
+
+@pytest.mark.parametrize("victims", ["more-served", "any"])
+def test_aging_victims_decide_whether_the_most_served_may_preempt(victims):
+    """A's aged request may take B's preemptible work only with aging_victims="any":
+    A already holds more than B, so the fair default leaves B's work alone."""
+    cfg = SchedulerConfig(aging_bound=30.0, aging_victims=victims)
+    state = SchedulerState("balanced-drf", cfg, [node("n", 8, 8), node("m", 4, 4)],
+                           auto_schedule=False)
+    state.submit(req("a0", "A", cpu=8, runtime=1000.0), 0.0)
+    state.submit(req("b0", "B", cpu=4, preemptible=True, runtime=1000.0), 0.0)
+    assert sorted(started(state.tick(0.0))) == ["a0", "b0"]
+    state.submit(req("a1", "A", cpu=4, runtime=1000.0), 1.0)
+    took = [(d.action, d.request_id) for d in state.tick(31.0)]
+    if victims == "any":
+        assert took == [("preempt", "b0"), ("start", "a1")]
+    else:
+        assert took == [] and state.queue_position("a1") == 0
+
+
+def test_unknown_aging_victims_is_refused():
+    with pytest.raises(ValueError, match="aging_victims"):
+        SchedulerState("balanced-drf", SchedulerConfig(aging_victims="nobody"), [node("n", 1, 1)])
+
+
 def test_fair_share_preemption_when_enabled():
     st = fresh("drf", [node("n", 4, 16)], preemption=True, preemption_grace=0.0)
     for i in range(4):

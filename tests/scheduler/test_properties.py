@@ -152,3 +152,23 @@ def test_aging_bound_holds(small, bound, preempt):
     assert res.metrics["unfinished"] == 0 and res.metrics["jobs"] == len(jobs)
     slack = 0.0 if preempt else max(j.duration for j in jobs)
     assert res.first_start["big"] <= bound + slack + 1e-6
+
+
+@settings(max_examples=40, deadline=None)
+@given(bound=st.sampled_from([30.0, 100.0]), quantum=st.sampled_from([10.0, 30.0, 100.0, 250.0]),
+       gap=st.floats(1.0, 50.0), lengths=st.tuples(st.floats(3, 10), st.floats(3, 10)),
+       restart=st.sampled_from([0.0, 5.0]))
+def test_aging_bounds_every_stretch_of_waiting(bound, quantum, gap, lengths, restart):
+    """Two long whole-node preemptible jobs: once one runs as aged work, the other ages again
+    from its preemption and takes the node back when its protection quantum ends, so neither
+    waits longer than max(bound, quantum) at a stretch. (Aged work protected forever would
+    keep the other waiting until it finishes.)"""
+    long = (bound + quantum) * 2
+    jobs = [Job("a", "A", 0.0, long * lengths[0], 0, 8.0, 0, "job", True),
+            Job("b", "B", gap, long * lengths[1], 0, 8.0, 0, "job", True)]
+    cfg = SchedulerConfig(aging_bound=bound, aging_quantum=quantum)
+    res = simulate(jobs, [node("n", 8, 8)], "balanced-drf", cfg, validate=True,
+                   restart_cost=restart)
+    assert res.metrics["unfinished"] == 0
+    assert res.metrics["preemptions"] >= 2  # the node really changed hands back and forth
+    assert res.metrics["wait_stretch_max"] <= max(bound, quantum) + 1e-6

@@ -107,12 +107,17 @@ def test_build_w1_and_w2_from_the_traces(traces, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "15 virtual clusters" in text and "sampled (seed 0)" in text
     jobs, nodes = load_workload(out), load_cluster(cl)
-    assert len(jobs) == 15264 and len({j.tenant for j in jobs}) == 15
+    # only the window in which every VC is observed (before the first per-VC-capped VC stops)
+    assert "cap of 2000 jobs per VC" in text and "4887 of 15264 jobs" in text
+    assert len(jobs) == 4887 and len({j.tenant for j in jobs}) == 15
     assert offered_load(jobs, nodes) == pytest.approx(1.0, rel=1e-3)
     assert all(j.cpu > 0 and j.mem > 0 for j in jobs)
     again = tmp_path / "again.csv"
     main(["sim", "build", "W1", "--out", str(again), "--seed", "0"])
     assert again.read_text() == out.read_text()  # fixed seeds: identical output
+    full = tmp_path / "full.csv"
+    assert main(["sim", "build", "W1", "--out", str(full), "--full-trace"]) == 0
+    assert len(load_workload(full)) == 15264
     w2 = tmp_path / "w2.csv"
     assert main(["sim", "build", "W2", "--out", str(w2), "--cluster-out", str(cl)]) == 0
     jobs2 = load_workload(w2)
