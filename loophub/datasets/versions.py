@@ -158,10 +158,13 @@ def _changed_rows(db: Database, dataset_id: int, since: int, upto: int) -> Itera
     postgres = db.engine.dialect.name == "postgresql"
     mark = "%s" if postgres else "?"
     collate = ' COLLATE "C"' if postgres else ""
+    # The first commit reads every row: walking the primary key in id order beats
+    # SQLite's plan (the seq index, then sorting every row). PostgreSQL plans on stats.
+    seq = "+seq" if since == 0 and not postgres else "seq"
     sql = ("SELECT record_id, CASE WHEN pack IS NULL THEN content END, hash, labels, "
            "media_sha, deleted, base_hash, base_labels, pack, pack_offset, pack_length "
-           f"FROM dataset_records WHERE dataset_id = {mark} AND seq > {mark} AND seq <= {mark} "
-           f"ORDER BY record_id{collate}")
+           f"FROM dataset_records WHERE dataset_id = {mark} AND {seq} > {mark} "
+           f"AND {seq} <= {mark} ORDER BY record_id{collate}")
     raw = db.engine.raw_connection()
     try:
         cursor = raw.cursor(name="loophub_commit") if postgres else raw.cursor()
