@@ -8,9 +8,11 @@ the same format with only ``+`` lines. So ten 1% edits of a 1M-record dataset co
 ten small deltas, a diff against the parent reads only the delta, and reading any
 version reads one snapshot plus at most MAX_CHAIN deltas.
 
-Packs hold the canonical JSON of the records a commit added or changed, newline
-separated, zlib-compressed, up to PACK_BYTES each. A manifest line points into a
-pack by (digest, offset, length) of the uncompressed bytes.
+Packs hold the canonical JSON of the records an import or a commit added or changed,
+newline separated, compressed, up to PACK_BYTES each. A manifest line points into a
+pack by (digest, offset, length) of the uncompressed bytes. New packs and manifests are
+zstd level 1 (five times faster than zlib level 1, and smaller); zlib ones written
+before still read.
 """
 
 from __future__ import annotations
@@ -22,11 +24,15 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import zstandard
+
 from loophub.store.blobs import BlobStore
 
 MAGIC = b"LHM1"
 PACK_BYTES = 8 * 1024 * 1024
 MAX_CHAIN = 16
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+LEVEL = 1
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -65,13 +71,32 @@ class Change:
     old_labels: str
 
 
+# -- compression -------------------------------------------------------------------
+
+def compress(data: bytes) -> bytes:
+    return zstandard.ZstdCompressor(level=LEVEL).compress(data)
+
+
+def decompress(data: bytes) -> bytes:
+    if data[:4] == ZSTD_MAGIC:
+        return zstandard.ZstdDecompressor().decompress(data)
+    return zlib.decompress(data)
+
+
+def _decompressor(head: bytes):
+    """A streaming decompressor for data starting with ``head``."""
+    if head[:4] == ZSTD_MAGIC:
+        return zstandard.ZstdDecompressor().decompressobj()
+    return zlib.decompressobj()
+
+
 # -- packs -------------------------------------------------------------------------
 
 class PackWriter:
     """Appends record bytes to packs of at most PACK_BYTES, each stored as one blob."""
 
-    def __init__(self, blobs: BlobStore, *, level: int = 1) -> None:
-        self.blobs, self.level = blobs, level
+    def __init__(self, blobs: BlobStore) -> None:
+        self.blobs = blobs
         self.written: list[tuple[str, int]] = []  # (digest, compressed size) per closed pack
         self._parts: list[bytes] = []
         self._size = 0
@@ -90,7 +115,7 @@ class PackWriter:
     def flush(self) -> None:
         if not self._parts:
             return
-        data = zlib.compress(b"".join(self._parts), self.level)
+        data = compress(b"".join(self._parts))
         self.written.append((self.blobs.put_bytes(data), len(data)))
         self._parts, self._size = [], 0
 
@@ -105,7 +130,7 @@ class PackReader:
     def _pack(self, digest: str) -> bytes:
         data = self._cache.get(digest)
         if data is None:
-            data = zlib.decompress(self.blobs.get_bytes(digest))
+            data = decompress(self.blobs.get_bytes(digest))
             self._cache[digest] = data
             if len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
@@ -145,25 +170,23 @@ class ManifestWriter:
         self.blobs = blobs
         head = json.dumps(header).encode()
         self._parts = [MAGIC, struct.pack(">I", len(head)), head]
-        self._zip = zlib.compressobj(1)  # level 6 cost 3x the time for ~15% less
+        self._zip = zstandard.ZstdCompressor(level=LEVEL).compressobj()
         self._buffer: list[str] = []
-        self._buffered = 0
         self.count = 0
-        self.last_id: str | None = None
+        self.last_id = ""  # ids are non-empty: any id sorts after it
 
     def write(self, line: str, record_id: str) -> None:
-        if self.last_id is not None and record_id <= self.last_id:
+        if record_id <= self.last_id:
             raise ValueError(f"manifest ids out of order: {record_id!r} after {self.last_id!r}")
         self.last_id = record_id
-        self.count += 1
         self._buffer.append(line)
-        self._buffered += len(line)
-        if self._buffered > 1 << 20:
+        if len(self._buffer) >= 8192:
             self._drain()
 
     def _drain(self) -> None:
+        self.count += len(self._buffer)
         self._parts.append(self._zip.compress("".join(self._buffer).encode()))
-        self._buffer, self._buffered = [], 0
+        self._buffer = []
 
     def close(self) -> tuple[str, int]:
         self._drain()
@@ -183,7 +206,7 @@ def read_manifest(blobs: BlobStore, digest: str) -> tuple[dict, Iterator[str]]:
 
 
 def _lines(compressed: bytes) -> Iterator[str]:
-    unzip = zlib.decompressobj()
+    unzip = _decompressor(compressed)
     rest = ""
     step = 1 << 20
     for start in range(0, len(compressed), step):

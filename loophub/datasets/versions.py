@@ -69,56 +69,61 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
     packs = PackWriter(blobs)
     delta = ManifestWriter(blobs, {"kind": "delta", "version": version_id, "parent": parent_id})
     packed_counts: Counter = Counter()  # counted as packed strings, expanded once at the end
-    result = CommitResult(version=None)  # type: ignore[arg-type]
+    added = changed = removed = 0
     reused: set[str] = set()  # packs a bulk import wrote, listed by this version
     deleted_ids: list[str] = []  # removed from the draft once the version exists
     # lines in id order that wait for this commit's open pack to be stored and named
-    # (their pack field is its number until then)
-    pending: list[tuple[str, list]] = []
+    # (as field lists whose pack field is the pack's number until then)
+    pending: list[tuple[str, str | list]] = []
 
     def flush_pending() -> None:
         for rid, line in pending:
-            if isinstance(line[4], int):
-                line[4] = packs.written[line[4]][0]
-            delta.write("\t".join(line) + "\n", rid)
+            if not isinstance(line, str):
+                if isinstance(line[4], int):
+                    line[4] = packs.written[line[4]][0]
+                line = "\t".join(line) + "\n"
+            delta.write(line, rid)
         pending.clear()
 
-    for done, row in enumerate(_changed_rows(db, dataset_id, since, upto), 1):
-        rid, content, hash_, labels, media, deleted, base_hash, base_labels, pack, offset, \
-            length = row
+    rows = _changed_rows(db, dataset_id, since, upto)
+    for done, (rid, text, labels, base_labels, pack, content, hash_, media, deleted,
+               base_hash) in enumerate(rows, 1):
+        if text is not None:  # packed by a bulk import; the database wrote its line
+            if base_labels:
+                packed_counts[base_labels] -= 1
+            if labels:
+                packed_counts[labels] += 1
+            if text[0] == "+":
+                added += 1
+            else:
+                changed += 1
+            reused.add(pack)
+            if pending:
+                pending.append((rid, text))
+            else:
+                delta.write(text, rid)
+            continue
+        op = _operation(deleted, hash_, base_hash)
         if deleted:
             deleted_ids.append(rid)
-            if base_hash is None:
-                continue  # added and deleted since the last version
-            op = "-"
-        elif base_hash is None:
-            op = "+"
-        elif hash_ == base_hash:
-            continue  # changed and changed back
-        else:
-            op = "~"
+        if op is None:
+            continue
         if base_labels:
             packed_counts[base_labels] -= 1
+        if op != "-" and labels:
+            packed_counts[labels] += 1
         line = [op + escape(rid), "", "", "", "", "", "", base_hash or "",
                 escape(base_labels or "")]
         stored = False  # did this row close (store) this commit's open pack?
         if op == "-":
-            result.removed += 1
+            removed += 1
         else:
-            if op == "+":
-                result.added += 1
-            else:
-                result.changed += 1
-            if labels:
-                packed_counts[labels] += 1
-            if pack is None:
-                closed_before = len(packs.written)
-                pack, offset, length = packs.add(content.encode())  # pack: its number
-                stored = len(packs.written) > closed_before
-            else:
-                reused.add(pack)
-            line[1:7] = (hash_, escape(labels), media or "", pack, str(offset), str(length))
-        if pending or isinstance(pack, int):
+            added, changed = (added + 1, changed) if op == "+" else (added, changed + 1)
+            closed_before = len(packs.written)
+            number, offset, length = packs.add(content.encode())
+            stored = len(packs.written) > closed_before
+            line[1:7] = (hash_, escape(labels), media or "", number, str(offset), str(length))
+        if pending or op != "-":
             pending.append((rid, line))
         else:
             delta.write("\t".join(line) + "\n", rid)
@@ -129,6 +134,7 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
             progress(done, 0)
     packs.flush()
     flush_pending()
+    result = CommitResult(None, added, changed, removed)  # type: ignore[arg-type]
     if parent and not (result.added or result.changed or result.removed):
         raise InvalidInput(f"nothing to commit: the draft equals version {parent.number}; "
                            "edit or import records first")
@@ -151,20 +157,50 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
     return result
 
 
+def _operation(deleted: bool, hash_: str, base_hash: str | None) -> str | None:
+    """What a row not packed by an import does to the head: add, change, remove, nothing."""
+    if deleted:
+        return "-" if base_hash is not None else None
+    if base_hash is None:
+        return "+"
+    return "~" if hash_ != base_hash else None
+
+
+
+def _escaped(column: str) -> str:
+    """SQL for manifest.escape() of a text column: backslash, tab, newline, return."""
+    return (f"replace(replace(replace(replace({column}, '\\', '\\\\'), '\t', '\\t'), "
+            "'\n', '\\n'), '\r', '\\r')")
+
+
+# The manifest line of a row a bulk import packed, written by the database (a third of
+# the Python work of a first commit); the same fields as manifest.format_line.
+_PACKED_LINE = " || '\t' || ".join((
+    f"(CASE WHEN base_hash IS NULL THEN '+' ELSE '~' END) || {_escaped('record_id')}",
+    "hash", _escaped("labels"), "coalesce(media_sha, '')", "pack",
+    "CAST(pack_offset AS TEXT)", "CAST(pack_length AS TEXT)", "coalesce(base_hash, '')",
+    _escaped("coalesce(base_labels, '')"))) + " || '\n'"
+
 
 def _changed_rows(db: Database, dataset_id: int, since: int, upto: int) -> Iterator[tuple]:
     """Draft rows written in (since, upto], in code-point id order, as plain tuples from a
-    streaming DB-API cursor (the ORM's row objects cost a third of a 1M-record commit)."""
+    streaming DB-API cursor (the ORM's row objects cost a third of a 1M-record commit):
+    (id, line, labels, base_labels, pack, content, hash, media, deleted, base_hash) where
+    rows a bulk import packed have their manifest line and None from content on, and
+    other rows have no line. Packed rows equal to the head are left out."""
     postgres = db.engine.dialect.name == "postgresql"
     mark = "%s" if postgres else "?"
     collate = ' COLLATE "C"' if postgres else ""
     # The first commit reads every row: walking the primary key in id order beats
     # SQLite's plan (the seq index, then sorting every row). PostgreSQL plans on stats.
     seq = "+seq" if since == 0 and not postgres else "seq"
-    sql = ("SELECT record_id, CASE WHEN pack IS NULL THEN content END, hash, labels, "
-           "media_sha, deleted, base_hash, base_labels, pack, pack_offset, pack_length "
-           f"FROM dataset_records WHERE dataset_id = {mark} AND {seq} > {mark} "
-           f"AND {seq} <= {mark} ORDER BY record_id{collate}")
+    unpacked = [f"CASE WHEN pack IS NULL THEN {c} END"
+                for c in ("content", "hash", "media_sha", "deleted", "base_hash")]
+    sql = (f"SELECT record_id, CASE WHEN pack IS NOT NULL THEN {_PACKED_LINE} END, labels, "
+           f"base_labels, pack, {', '.join(unpacked)} FROM dataset_records "
+           f"WHERE dataset_id = {mark} AND {seq} > {mark} AND {seq} <= {mark} "
+           "AND NOT (pack IS NOT NULL AND base_hash IS NOT NULL AND base_hash = hash) "
+           f"ORDER BY record_id{collate}")
     raw = db.engine.raw_connection()
     try:
         cursor = raw.cursor(name="loophub_commit") if postgres else raw.cursor()

@@ -189,3 +189,23 @@ def test_gc_keeps_the_packs_an_uncommitted_import_needs(service, alice):
     service.collect_garbage(ADMIN, grace_seconds=0)
     assert not any(service.blobs.exists(d) for d in orphans)
     assert len(_ids_and_texts(service, 1)) == 12
+
+
+def test_packs_and_manifests_written_with_zlib_still_read(service):
+    """Versions stored before manifests and packs moved to zstd stay readable."""
+    import struct
+    import zlib
+
+    from loophub.datasets import manifest
+    pack = service.blobs.put_bytes(zlib.compress(b'{"id":"a"}\n{"id":"b"}\n', 1))
+    lines = "".join(manifest.format_line("+", manifest.Entry(rid, "h" + rid, "", "", pack,
+                                                             offset, 10), rid)
+                    for rid, offset in (("a", 0), ("b", 11)))
+    head = json.dumps({"kind": "snapshot"}).encode()
+    digest = service.blobs.put_bytes(manifest.MAGIC + struct.pack(">I", len(head)) + head
+                                     + zlib.compress(lines.encode(), 6))
+    entries = list(manifest.snapshot_entries(service.blobs, digest))
+    assert [e.record_id for e in entries] == ["a", "b"]
+    reader = manifest.PackReader(service.blobs)
+    assert [reader.read(e) for e in entries] == [b'{"id":"a"}', b'{"id":"b"}']
+    assert manifest.compress(b"x")[:4] == manifest.ZSTD_MAGIC  # what is written now
