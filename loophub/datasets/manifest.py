@@ -183,6 +183,16 @@ class ManifestWriter:
         if len(self._buffer) >= 8192:
             self._drain()
 
+    def write_block(self, text: str, first_id: str, last_id: str, count: int) -> None:
+        """Append ``count`` finished lines whose ids run from ``first_id`` to ``last_id``
+        in order (the caller's query sorted them)."""
+        if first_id <= self.last_id or last_id < first_id:
+            raise ValueError(f"manifest ids out of order: {first_id!r} after {self.last_id!r}")
+        self._drain()
+        self.last_id = last_id
+        self.count += count
+        self._parts.append(self._zip.compress(text.encode()))
+
     def _drain(self) -> None:
         self.count += len(self._buffer)
         self._parts.append(self._zip.compress("".join(self._buffer).encode()))

@@ -66,81 +66,27 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
         label_schema = dataset.label_schema
         parent = session.get(DatasetVersion, parent_id) if parent_id else None
     version_id = uuid.uuid4().hex
-    packs = PackWriter(blobs)
     delta = ManifestWriter(blobs, {"kind": "delta", "version": version_id, "parent": parent_id})
-    packed_counts: Counter = Counter()  # counted as packed strings, expanded once at the end
-    added = changed = removed = 0
-    reused: set[str] = set()  # packs a bulk import wrote, listed by this version
-    deleted_ids: list[str] = []  # removed from the draft once the version exists
-    # lines in id order that wait for this commit's open pack to be stored and named
-    # (as field lists whose pack field is the pack's number until then)
-    pending: list[tuple[str, str | list]] = []
-
-    def flush_pending() -> None:
-        for rid, line in pending:
-            if not isinstance(line, str):
-                if isinstance(line[4], int):
-                    line[4] = packs.written[line[4]][0]
-                line = "\t".join(line) + "\n"
-            delta.write(line, rid)
-        pending.clear()
-
-    rows = _changed_rows(db, dataset_id, since, upto)
-    for done, (rid, text, labels, base_labels, pack, content, hash_, media, deleted,
-               base_hash) in enumerate(rows, 1):
-        if text is not None:  # packed by a bulk import; the database wrote its line
-            if base_labels:
-                packed_counts[base_labels] -= 1
-            if labels:
-                packed_counts[labels] += 1
-            if text[0] == "+":
-                added += 1
-            else:
-                changed += 1
-            reused.add(pack)
-            if pending:
-                pending.append((rid, text))
-            else:
-                delta.write(text, rid)
-            continue
-        op = _operation(deleted, hash_, base_hash)
-        if deleted:
-            deleted_ids.append(rid)
-        if op is None:
-            continue
-        if base_labels:
-            packed_counts[base_labels] -= 1
-        if op != "-" and labels:
-            packed_counts[labels] += 1
-        line = [op + escape(rid), "", "", "", "", "", "", base_hash or "",
-                escape(base_labels or "")]
-        stored = False  # did this row close (store) this commit's open pack?
-        if op == "-":
-            removed += 1
-        else:
-            added, changed = (added + 1, changed) if op == "+" else (added, changed + 1)
-            closed_before = len(packs.written)
-            number, offset, length = packs.add(content.encode())
-            stored = len(packs.written) > closed_before
-            line[1:7] = (hash_, escape(labels), media or "", number, str(offset), str(length))
-        if pending or op != "-":
-            pending.append((rid, line))
-        else:
-            delta.write("\t".join(line) + "\n", rid)
-        if stored or len(pending) > PENDING_LINES:
-            packs.flush()  # (a no-op when stored) bounded memory when edits interleave
-            flush_pending()  # with rows a bulk import packed
-        if progress and done % 10000 == 0:
+    writer = _DeltaWriter(PackWriter(blobs), delta)
+    done = 0
+    for batch in _changed_batches(db, dataset_id, since, upto):
+        if writer.pending or not all(row[1] for row in batch):
+            for row in batch:
+                writer.row(*row)
+        else:  # the usual bulk case: every row already packed by an import
+            writer.listed(batch)
+        done += len(batch)
+        if progress:
             progress(done, 0)
-    packs.flush()
-    flush_pending()
-    result = CommitResult(None, added, changed, removed)  # type: ignore[arg-type]
+    writer.close()
+    packs, result, reused, deleted_ids = writer.packs, writer.result, writer.reused, \
+        writer.deleted_ids
     if parent and not (result.added or result.changed or result.removed):
         raise InvalidInput(f"nothing to commit: the draft equals version {parent.number}; "
                            "edit or import records first")
     delta_digest, delta_size = delta.close()
     counts = Counter(parent.label_counts if parent else {})
-    for packed, number in packed_counts.items():
+    for packed, number in writer.packed_counts.items():
         for label in unpack_labels(packed):
             counts[label] += number
     record_count = (parent.record_count if parent else 0) + result.added - result.removed
@@ -157,6 +103,102 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
     return result
 
 
+class _DeltaWriter:
+    """Writes a commit's delta manifest from draft rows in id order: rows a bulk import
+    packed are only listed; other rows are packed here, their lines waiting (``pending``)
+    until their pack is stored and has a digest."""
+
+    def __init__(self, packs: PackWriter, delta: ManifestWriter) -> None:
+        self.packs, self.delta = packs, delta
+        self.result = CommitResult(None)  # type: ignore[arg-type]
+        self.packed_counts: Counter = Counter()  # label strings, expanded once at the end
+        self.reused: set[str] = set()  # import packs this version lists
+        self.deleted_ids: list[str] = []  # removed from the draft once the version exists
+        self.pending: list[tuple[str, str | list]] = []  # (id, line or its fields)
+
+    def listed(self, rows: list[tuple]) -> None:
+        """A batch of rows that all point into import packs (none pending before them)."""
+        text = "".join([f"{'~' if bh else '+'}{rid}\t{h}\t{lab}\t{media or ''}\t{pack}\t"
+                        f"{offset}\t{length}\t{bh or ''}\t{bl or ''}\n"
+                        for rid, pack, h, lab, media, offset, length, bh, bl, _, _ in rows])
+        # only ids and labels are free text: if no field held a tab, newline, carriage
+        # return or backslash, the batch needs no escaping (else format it line by line)
+        if (text.count("\t") != 8 * len(rows) or text.count("\n") != len(rows)
+                or "\\" in text or "\r" in text):
+            text = "".join(self._line(*row[:9]) for row in rows)
+        self.delta.write_block(text, rows[0][0], rows[-1][0], len(rows))
+        changed = sum(1 for row in rows if row[7])
+        self.result.changed += changed
+        self.result.added += len(rows) - changed
+        self.packed_counts.update(row[3] for row in rows if row[3])
+        self.packed_counts.subtract([row[8] for row in rows if row[8]])
+        self.reused.update(row[1] for row in rows)
+
+    @staticmethod
+    def _line(rid, pack, hash_, labels, media, offset, length, base_hash, base_labels) -> str:
+        return "\t".join((("~" if base_hash else "+") + escape(rid), hash_, escape(labels),
+                          media or "", pack, str(offset), str(length), base_hash or "",
+                          escape(base_labels or ""))) + "\n"
+
+    def row(self, rid, pack, hash_, labels, media, offset, length, base_hash, base_labels,
+            content, deleted) -> None:
+        if pack is not None:
+            self._write(rid, self._line(rid, pack, hash_, labels, media, offset, length,
+                                        base_hash, base_labels))
+            self.result.added += base_hash is None
+            self.result.changed += base_hash is not None
+            if labels:
+                self.packed_counts[labels] += 1
+            if base_labels:
+                self.packed_counts[base_labels] -= 1
+            self.reused.add(pack)
+            return
+        op = _operation(deleted, hash_, base_hash)
+        if deleted:
+            self.deleted_ids.append(rid)
+        if op is None:
+            return
+        if base_labels:
+            self.packed_counts[base_labels] -= 1
+        line = [op + escape(rid), "", "", "", "", "", "", base_hash or "",
+                escape(base_labels or "")]
+        if op == "-":
+            self.result.removed += 1
+            self._write(rid, "\t".join(line) + "\n")
+            return
+        self.result.added += op == "+"
+        self.result.changed += op == "~"
+        if labels:
+            self.packed_counts[labels] += 1
+        closed_before = len(self.packs.written)
+        number, offset, length = self.packs.add(content.encode())
+        line[1:7] = (hash_, escape(labels), media or "", number, str(offset), str(length))
+        self.pending.append((rid, line))
+        if len(self.packs.written) > closed_before:  # stored: the waiting lines can go out
+            self._flush_pending()
+
+    def _write(self, rid: str, line: str) -> None:
+        if not self.pending:
+            self.delta.write(line, rid)
+            return
+        self.pending.append((rid, line))
+        if len(self.pending) > PENDING_LINES:  # bounded memory when edits interleave
+            self.packs.flush()  # with rows a bulk import packed
+            self._flush_pending()
+
+    def _flush_pending(self) -> None:
+        for rid, line in self.pending:
+            if not isinstance(line, str):
+                line[4] = self.packs.written[line[4]][0]
+                line = "\t".join(line) + "\n"
+            self.delta.write(line, rid)
+        self.pending.clear()
+
+    def close(self) -> None:
+        self.packs.flush()
+        self._flush_pending()
+
+
 def _operation(deleted: bool, hash_: str, base_hash: str | None) -> str | None:
     """What a row not packed by an import does to the head: add, change, remove, nothing."""
     if deleted:
@@ -167,38 +209,23 @@ def _operation(deleted: bool, hash_: str, base_hash: str | None) -> str | None:
 
 
 
-def _escaped(column: str) -> str:
-    """SQL for manifest.escape() of a text column: backslash, tab, newline, return."""
-    return (f"replace(replace(replace(replace({column}, '\\', '\\\\'), '\t', '\\t'), "
-            "'\n', '\\n'), '\r', '\\r')")
-
-
-# The manifest line of a row a bulk import packed, written by the database (a third of
-# the Python work of a first commit); the same fields as manifest.format_line.
-_PACKED_LINE = " || '\t' || ".join((
-    f"(CASE WHEN base_hash IS NULL THEN '+' ELSE '~' END) || {_escaped('record_id')}",
-    "hash", _escaped("labels"), "coalesce(media_sha, '')", "pack",
-    "CAST(pack_offset AS TEXT)", "CAST(pack_length AS TEXT)", "coalesce(base_hash, '')",
-    _escaped("coalesce(base_labels, '')"))) + " || '\n'"
-
-
-def _changed_rows(db: Database, dataset_id: int, since: int, upto: int) -> Iterator[tuple]:
-    """Draft rows written in (since, upto], in code-point id order, as plain tuples from a
-    streaming DB-API cursor (the ORM's row objects cost a third of a 1M-record commit):
-    (id, line, labels, base_labels, pack, content, hash, media, deleted, base_hash) where
-    rows a bulk import packed have their manifest line and None from content on, and
-    other rows have no line. Packed rows equal to the head are left out."""
+def _changed_batches(db: Database, dataset_id: int, since: int, upto: int
+                     ) -> Iterator[list[tuple]]:
+    """Draft rows written in (since, upto], in code-point id order, in batches of plain
+    tuples from a streaming DB-API cursor (the ORM's row objects cost a third of a
+    1M-record commit): (id, pack, hash, labels, media, offset, length, base_hash,
+    base_labels, content, deleted); content only for rows no import packed. Packed
+    rows equal to the head are left out."""
     postgres = db.engine.dialect.name == "postgresql"
     mark = "%s" if postgres else "?"
     collate = ' COLLATE "C"' if postgres else ""
     # The first commit reads every row: walking the primary key in id order beats
     # SQLite's plan (the seq index, then sorting every row). PostgreSQL plans on stats.
     seq = "+seq" if since == 0 and not postgres else "seq"
-    unpacked = [f"CASE WHEN pack IS NULL THEN {c} END"
-                for c in ("content", "hash", "media_sha", "deleted", "base_hash")]
-    sql = (f"SELECT record_id, CASE WHEN pack IS NOT NULL THEN {_PACKED_LINE} END, labels, "
-           f"base_labels, pack, {', '.join(unpacked)} FROM dataset_records "
-           f"WHERE dataset_id = {mark} AND {seq} > {mark} AND {seq} <= {mark} "
+    sql = ("SELECT record_id, pack, hash, labels, media_sha, pack_offset, pack_length, "
+           "base_hash, base_labels, CASE WHEN pack IS NULL THEN content END, deleted "
+           f"FROM dataset_records WHERE dataset_id = {mark} AND {seq} > {mark} "
+           f"AND {seq} <= {mark} "
            "AND NOT (pack IS NOT NULL AND base_hash IS NOT NULL AND base_hash = hash) "
            f"ORDER BY record_id{collate}")
     raw = db.engine.raw_connection()
@@ -208,7 +235,7 @@ def _changed_rows(db: Database, dataset_id: int, since: int, upto: int) -> Itera
             cursor.itersize = 10000
         cursor.execute(sql, (dataset_id, since, upto))
         while batch := cursor.fetchmany(10000):
-            yield from batch
+            yield batch
         cursor.close()
     finally:
         raw.close()

@@ -101,7 +101,7 @@ def test_edits_made_while_a_commit_runs_go_to_the_next_version(service, alice, m
     service.put_record(alice, "busy", _text("r0", "bb"),
                        service.get_record(alice, "busy", "r0")["revision"])
     service.put_record(alice, "busy", _text("r3", "aa"))
-    reading = versions._changed_rows
+    reading = versions._changed_batches
 
     def rows_then_edits(*args):
         yield from reading(*args)
@@ -111,9 +111,9 @@ def test_edits_made_while_a_commit_runs_go_to_the_next_version(service, alice, m
         service.put_record(alice, "busy", _text("r1", "dd"), revision)  # clean row
         service.delete_record(alice, "busy", "r3",
                               service.get_record(alice, "busy", "r3")["revision"])
-    monkeypatch.setattr(versions, "_changed_rows", rows_then_edits)
+    monkeypatch.setattr(versions, "_changed_batches", rows_then_edits)
     service.commit(alice, "busy", "v2")
-    monkeypatch.setattr(versions, "_changed_rows", reading)
+    monkeypatch.setattr(versions, "_changed_batches", reading)
     assert _ids_and_texts(service, 2) == {"r0": "bb", "r1": "aa", "r2": "aa", "r3": "aa"}
     second = service.diff(alice, "busy", "v1", "v2")
     assert (second["added_ids"], second["changed_ids"], second["removed_ids"]) == (
@@ -209,3 +209,22 @@ def test_packs_and_manifests_written_with_zlib_still_read(service):
     reader = manifest.PackReader(service.blobs)
     assert [reader.read(e) for e in entries] == [b'{"id":"a"}', b'{"id":"b"}']
     assert manifest.compress(b"x")[:4] == manifest.ZSTD_MAGIC  # what is written now
+
+
+def test_ids_and_labels_with_tabs_newlines_and_backslashes_survive_a_bulk_commit(service,
+                                                                                   alice):
+    odd = ["back\\slash", "new\nline", "tab\there", "plain"]
+    data = "".join(json.dumps({"id": rid, "text": rid, "annotations": [
+        {"type": "text_class", "label": "la\\bel" if "\\" in rid else "lab\tel"}]}) + "\n"
+        for rid in odd).encode()
+    service.create_dataset(alice, "odd")
+    service.import_data(alice, "odd", "loophub", io.BytesIO(data))
+    first = service.commit(alice, "odd", "v1")
+    assert first["label_counts"] == {"la\\bel": 1, "lab\tel": 3}
+    assert sorted(_ids_and_texts(service, 1)) == sorted(odd)
+    item = service.get_record(alice, "odd", "tab\there")
+    item["record"]["text"] = "edited"
+    service.put_record(alice, "odd", item["record"], item["revision"])
+    service.commit(alice, "odd", "v2")
+    assert service.diff(alice, "odd", "v1", "v2")["changed_ids"] == ["tab\there"]
+    assert _ids_and_texts(service, 2)["tab\there"] == "edited"
