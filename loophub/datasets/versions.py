@@ -80,8 +80,7 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
         if progress:
             progress(done, 0)
     writer.close()
-    packs, result, reused, deleted_ids = writer.packs, writer.result, writer.reused, \
-        writer.deleted_ids
+    result, packs = writer.result, writer.packs
     if parent and not (result.added or result.changed or result.removed):
         raise InvalidInput(f"nothing to commit: the draft equals version {parent.number}; "
                            "edit or import records first")
@@ -99,7 +98,8 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
         label_counts={k: v for k, v in sorted(counts.items()) if v > 0},
         stored_bytes=delta_size + snapshot_size + sum(size for _, size in packs.written))
     digests = [d for d, _ in packs.written] + [delta_digest] + ([snapshot] if snapshot else [])
-    _finish(db, blobs, dataset_id, parent_id, upto, version, digests, deleted_ids, reused)
+    _finish(db, blobs, dataset_id, parent_id, upto, version, digests, writer.deleted_ids,
+            writer.reused)
     result.version = version
     return result
 
