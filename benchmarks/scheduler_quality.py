@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workloads", default="W1,W2")
     ap.add_argument("--policies", default=POLICIES)
     ap.add_argument("--aging-bound", type=float, default=SchedulerConfig.aging_bound)
-    ap.add_argument("--aging-quantum", type=float,
-                    help="balanced-drf protection quantum (default: the aging bound)")
+    ap.add_argument("--aging-quantum", type=float, default=SchedulerConfig.aging_quantum,
+                    help="balanced-drf protection quantum, seconds (default %(default)s)")
     ap.add_argument("--restart-cost", type=float, default=0.0,
                     help="seconds of work a preempted job loses (default 0)")
     ap.add_argument("--full-trace", action="store_true",

@@ -91,9 +91,9 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-runtimes", action="store_true",
                    help="hide job durations from the scheduler (no backfill, no estimates)")
     p.add_argument("--weights", default="", help="tenant weights: name=w,name=w")
-    p.add_argument("--aging-quantum", type=float,
+    p.add_argument("--aging-quantum", type=float, default=SchedulerConfig.aging_quantum,
                    help="balanced-drf: seconds aged-started work is safe from preemption "
-                        "(default: the aging bound; inf: forever)")
+                        "(default %(default)s; inf: forever)")
     p.add_argument("--aging-victims", choices=["more-served", "any"], default="more-served",
                    help="balanced-drf: aged requests preempt only more-served tenants' work "
                         "(default), or anyone's (holds the bound, costs fairness)")

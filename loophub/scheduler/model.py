@@ -181,10 +181,11 @@ class SchedulerConfig:
     aging_bound: float = 4 * 3600.0       # balanced-drf: reserve for requests waiting this long
     # balanced-drf: work started by an aged request may not be preempted for this long
     # (None: aging_bound; math.inf: never, the rule before aging_quantum existed)
-    aging_quantum: float | None = None
+    aging_quantum: float | None = 1800.0
     max_reservations: int = 4             # aged requests holding reservations at once
-    # balanced-drf: whose preemptible work an aged request may take: "more-served" tenants
-    # only (fairness first), or "any" tenant's (the bound first; see docs/scheduler.md)
+    # balanced-drf: whose preemptible work an aged request may take: its own tenant's or
+    # more-served tenants' ("more-served": fairness first), or any tenant's ("any": the
+    # bound first; see docs/scheduler.md)
     aging_victims: str = "more-served"
     aging_order: str = "fair"             # aged requests: "fair" (by share) or "oldest" first
     preemption: bool = False              # preempt preemptible work for below-fair-share tenants

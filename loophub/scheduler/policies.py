@@ -515,12 +515,16 @@ class BalancedDrfPolicy(DrfPolicy):
     @staticmethod
     def _more_served_than(st: SchedulerState, item: Item) -> Callable[[Running], bool]:
         """Victims for an aged request: work of tenants holding a larger weighted dominant
-        share than its own tenant, so aging never takes from the less served."""
+        share than its own tenant, so aging never takes from the less served, and its own
+        tenant's work (a swap that changes no share: a heavy tenant's old request need not
+        wait behind its own newer ones)."""
         mine = st.weighted_share(item.tenant)
         shares: dict[str, float] = {}
 
         def ok(run: Running) -> bool:
             other = run.item.tenant
+            if other == item.tenant:
+                return True
             if other not in shares:
                 shares[other] = st.weighted_share(other)
             return shares[other] > mine + EPS

@@ -149,6 +149,21 @@ def test_aging_victims_decide_whether_the_most_served_may_preempt(victims):
         assert took == [] and state.queue_position("a1") == 0
 
 
+def test_an_aged_request_may_swap_out_its_own_tenants_newer_work():
+    """The most-served tenant's aged request takes its own tenant's preemptible work (no
+    share changes hands), never a less-served tenant's."""
+    cfg = SchedulerConfig(aging_bound=30.0)
+    state = SchedulerState("balanced-drf", cfg, [node("n", 8, 8), node("m", 2, 2)],
+                           auto_schedule=False)
+    state.submit(req("a0", "A", cpu=8, preemptible=True, runtime=1000.0), 0.0)
+    state.submit(req("b0", "B", cpu=2, preemptible=True, runtime=1000.0), 0.0)
+    assert sorted(started(state.tick(0.0))) == ["a0", "b0"]
+    state.submit(req("a1", "A", cpu=8, runtime=1000.0), 1.0)
+    took = [(d.action, d.request_id) for d in state.tick(31.0)]
+    assert took == [("preempt", "a0"), ("start", "a1")]
+    assert "b0" in state.running
+
+
 def test_unknown_aging_victims_is_refused():
     with pytest.raises(ValueError, match="aging_victims"):
         SchedulerState("balanced-drf", SchedulerConfig(aging_victims="nobody"), [node("n", 1, 1)])
