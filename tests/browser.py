@@ -37,7 +37,8 @@ def hub_login(page, hub_url: str, user: str, password: str) -> None:
     page.goto(f"{hub_url}/hub/login")
     page.fill("#username_input", user)
     page.fill("#password_input", password)
-    page.click("#login_submit")
+    with page.expect_navigation(timeout=60_000):  # the POST's answer, not the old form
+        page.click("#login_submit")
 
 
 def screenshot(page, name: str) -> Path:
