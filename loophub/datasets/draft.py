@@ -63,17 +63,21 @@ def saved_base(committed: int) -> dict:
 UNPACKED = {"pack": None, "pack_offset": None, "pack_length": None}
 
 
-def row_values(record: dict, seq: int, actor: str) -> dict:
+def record_columns(record: dict) -> dict:
+    """The draft columns a record's content determines."""
     content = canonical_bytes(record)
-    labels = labels_of(record)
     media = record.get("media") or {}
     return {
         "record_id": record["id"], "content": content.decode(), "hash": record_hash(content),
-        "split": record.get("split"), "labels": pack_labels(labels),
+        "split": record.get("split"), "labels": pack_labels(labels_of(record)),
         "annotated": is_annotated(record),
         "annotators": pack_labels(annotators_of(record)), "media_sha": media.get("sha256"),
-        "deleted": False, "seq": seq, "updated_by": actor, "updated_at": utcnow(), **UNPACKED,
     }
+
+
+def row_values(record: dict, seq: int, actor: str) -> dict:
+    return {**record_columns(record), "deleted": False, "seq": seq, "updated_by": actor,
+            "updated_at": utcnow(), **UNPACKED}
 
 
 COLUMNS = ("dataset_id", "record_id", "revision", "content", "hash", "split", "labels",
@@ -137,7 +141,7 @@ class _RowWriter:
         self.waiting: list[tuple[list, tuple[int, int, int]]] = []
 
     def add(self, record: dict) -> None:
-        v = row_values(record, 0, "")
+        v = record_columns(record)
         self.batch.append([self.dataset_id, v["record_id"], 1, v["content"], v["hash"],
                            v["split"], v["labels"], v["annotated"], v["annotators"],
                            v["media_sha"], False, *self.fixed, None, None, None])

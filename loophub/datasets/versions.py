@@ -24,7 +24,6 @@ from loophub.datasets.manifest import (
     PackWriter,
     apply,
     compose,
-    escape,
     format_line,
     iter_changes,
     read_manifest,
@@ -118,7 +117,8 @@ class _DeltaWriter:
         self.packed_counts: Counter = Counter()  # label strings, expanded once at the end
         self.reused: set[str] = set()  # import packs this version lists
         self.deleted_ids: list[str] = []  # removed from the draft once the version exists
-        self.pending: list[tuple[str, str | list]] = []  # (id, line or its fields)
+        # (id, line) or, until its pack is stored, (id, (op, fields with the pack's number))
+        self.pending: list[tuple[str, str | tuple]] = []
 
     def listed(self, rows: list[tuple]) -> None:
         """A batch of rows that all point into import packs (none pending before them)."""
@@ -129,7 +129,7 @@ class _DeltaWriter:
         # return or backslash, the batch needs no escaping (else format it line by line)
         if (text.count("\t") != 8 * len(rows) or text.count("\n") != len(rows)
                 or "\\" in text or "\r" in text):
-            text = "".join(self._line(*row[:9]) for row in rows)
+            text = "".join(self._packed_line(*row[:9]) for row in rows)
         self.delta.write_block(text, rows[0][0], rows[-1][0], len(rows))
         # C-level passes over the batch (itemgetter, Counter, set) instead of Python loops
         added = list(map(_BASE_HASH, rows)).count(None)
@@ -141,16 +141,17 @@ class _DeltaWriter:
         self.reused.update(map(_PACK, rows))
 
     @staticmethod
-    def _line(rid, pack, hash_, labels, media, offset, length, base_hash, base_labels) -> str:
-        return "\t".join((("~" if base_hash else "+") + escape(rid), hash_, escape(labels),
-                          media or "", pack, str(offset), str(length), base_hash or "",
-                          escape(base_labels or ""))) + "\n"
+    def _packed_line(rid, pack, hash_, labels, media, offset, length, base_hash,
+                     base_labels) -> str:
+        entry = Entry(rid, hash_, labels, media or "", pack, offset, length)
+        return format_line("~" if base_hash else "+", entry, rid, base_hash or "",
+                           base_labels or "")
 
     def row(self, rid, pack, hash_, labels, media, offset, length, base_hash, base_labels,
             content, deleted) -> None:
         if pack is not None:
-            self._write(rid, self._line(rid, pack, hash_, labels, media, offset, length,
-                                        base_hash, base_labels))
+            self._write(rid, self._packed_line(rid, pack, hash_, labels, media, offset, length,
+                                               base_hash, base_labels))
             self.result.added += base_hash is None
             self.result.changed += base_hash is not None
             if labels:
@@ -166,11 +167,9 @@ class _DeltaWriter:
             return
         if base_labels:
             self.packed_counts[base_labels] -= 1
-        line = [op + escape(rid), "", "", "", "", "", "", base_hash or "",
-                escape(base_labels or "")]
         if op == "-":
             self.result.removed += 1
-            self._write(rid, "\t".join(line) + "\n")
+            self._write(rid, format_line("-", None, rid, base_hash, base_labels or ""))
             return
         self.result.added += op == "+"
         self.result.changed += op == "~"
@@ -178,8 +177,8 @@ class _DeltaWriter:
             self.packed_counts[labels] += 1
         closed_before = len(self.packs.written)
         number, offset, length = self.packs.add(content.encode())
-        line[1:7] = (hash_, escape(labels), media or "", number, str(offset), str(length))
-        self.pending.append((rid, line))
+        self.pending.append((rid, (op, hash_, labels, media or "", number, offset, length,
+                                   base_hash or "", base_labels or "")))
         if len(self.packs.written) > closed_before:  # stored: the waiting lines can go out
             self._flush_pending()
 
@@ -195,8 +194,10 @@ class _DeltaWriter:
     def _flush_pending(self) -> None:
         for rid, line in self.pending:
             if not isinstance(line, str):
-                line[4] = self.packs.written[line[4]][0]
-                line = "\t".join(line) + "\n"
+                op, hash_, labels, media, number, offset, length, old_hash, old_labels = line
+                entry = Entry(rid, hash_, labels, media, self.packs.written[number][0], offset,
+                              length)
+                line = format_line(op, entry, rid, old_hash, old_labels)
             self.delta.write(line, rid)
         self.pending.clear()
 
