@@ -110,3 +110,6 @@ def test_online_cli(hub, shared, tmp_path):
     assert bad.returncode == 2 and "missing.txt" in bad.stderr
     diff = data("diff", "cli-ner", "1")
     assert diff.returncode == 0 and "v1 -> v1: 0 added, 0 removed, 0 changed" in diff.stdout
+    uncommitted = data("diff", "cli-ner", "1", "draft")
+    assert uncommitted.returncode == 0, uncommitted.stderr
+    assert "v1 -> draft: 0 added, 0 removed, 0 changed" in uncommitted.stdout

@@ -7,19 +7,16 @@ Everything goes through the client SDK.
 from __future__ import annotations
 
 import base64
-import json
-import tempfile
 from html import escape
-from pathlib import Path
 
 import ipywidgets as w
 
 from loophub import errors
-from loophub.datasets.records import canonical_bytes, labels_of
+from loophub.datasets.records import labels_of
 from loophub.labeling.client import Labeling
 from loophub.widgets.charts import bars, change_bars
 
-DRAFT_COMPARE_LIMIT = 20_000  # above this the draft view shows counts, not record lists
+DRAFT_COMPARE_LIMIT = 20_000  # a first draft above this shows counts, not record ids
 STYLE = """<style>
 .lh-versions table { border-collapse: collapse; font-size: 12px; }
 .lh-versions th, .lh-versions td { border-bottom: 1px solid #ddd; padding: 2px 8px;
@@ -35,10 +32,11 @@ STYLE = """<style>
 </style>"""
 
 
-def _ids(title: str, ids: list[str], css: str, limit: int = 12) -> str:
+def _ids(title: str, ids: list[str], css: str, limit: int = 12, total: int = 0) -> str:
     if not ids:
         return ""
-    more = f" … and {len(ids) - limit} more" if len(ids) > limit else ""
+    total = max(total, len(ids))
+    more = f" … and {total - limit} more" if total > limit else ""
     return (f"<div class='{css}'><b>{escape(title)}</b> "
             f"{escape(', '.join(ids[:limit]))}{more}</div>")
 
@@ -115,40 +113,27 @@ class VersionBrowser(w.VBox):
         self.draft_view.value = self._draft_html(self.draft_changes)
 
     def _draft_changes(self) -> dict:
-        """Records added, removed and changed in the draft since the head version."""
-        draft = {e["record"]["id"]: e["record"] for e in self.api.datasets.records(self.dataset)}
-        draft_labels = _label_counts(draft.values())
-        if not self.versions:
-            return {"added": sorted(draft), "removed": [], "changed": [],
-                    "base_labels": {}, "draft_labels": draft_labels}
-        head = self.versions[0]
-        if head["records"] > DRAFT_COMPARE_LIMIT:
-            return {"added": [], "removed": [], "changed": [], "too_large": True,
-                    "base_labels": head["label_counts"], "draft_labels": draft_labels}
-        with tempfile.TemporaryDirectory() as tmp:
-            path = self.api.datasets.export(self.dataset, Path(tmp) / "head.jsonl",
-                                            version=head["number"])
-            base = {}
-            with open(path, encoding="utf-8") as stream:
-                for line in stream:
-                    record = json.loads(line)
-                    base[record["id"]] = canonical_bytes(record)
-        return {"added": sorted(set(draft) - set(base)),
-                "removed": sorted(set(base) - set(draft)),
-                "changed": sorted(rid for rid in set(draft) & set(base)
-                                  if canonical_bytes(draft[rid]) != base[rid]),
-                "base_labels": head["label_counts"], "draft_labels": draft_labels}
+        """What committing now would change, as the server's diff to ``draft`` says (the
+        first 1,000 ids of each kind, the counts in full)."""
+        if self.versions:
+            result = self.api.datasets.diff(self.dataset, "head", "draft")
+            head = self.versions[0]["label_counts"]
+            after = {k: head.get(k, 0) + result["label_change"].get(k, 0)
+                     for k in head.keys() | result["label_change"].keys()}
+            return {**result, "base_labels": head,
+                    "draft_labels": {k: v for k, v in sorted(after.items()) if v}}
+        # nothing committed yet: every draft record is new
+        total = self.info["draft_records"]
+        records = ([e["record"] for e in self.api.datasets.records(self.dataset)]
+                   if total <= DRAFT_COMPARE_LIMIT else [])
+        return {"added": total, "removed": 0, "changed": 0,
+                "added_ids": sorted(r["id"] for r in records), "removed_ids": [],
+                "changed_ids": [], "base_labels": {}, "draft_labels": _label_counts(records)}
 
     @staticmethod
     def _draft_html(changes: dict) -> str:
-        counts = (f"<div><span class='lh-added'>+{len(changes['added'])} added</span> · "
-                  f"<span class='lh-removed'>-{len(changes['removed'])} removed</span> · "
-                  f"<span class='lh-changed'>~{len(changes['changed'])} changed</span></div>")
-        return (counts + _ids("added:", changes["added"], "lh-added")
-                + _ids("removed:", changes["removed"], "lh-removed")
-                + _ids("changed:", changes["changed"], "lh-changed")
-                + change_bars(changes["base_labels"], changes["draft_labels"],
-                              base_name="head", target_name="draft"))
+        return _diff_html("head → draft", changes, changes["base_labels"],
+                          changes["draft_labels"], "head", "draft")
 
     # -- actions ----------------------------------------------------------------------
 
@@ -175,17 +160,23 @@ class VersionBrowser(w.VBox):
         counts = {v["number"]: v["label_counts"] for v in self.versions}
         before = counts.get(result["base_number"], {})
         after = counts.get(result["target_number"], {})
-        self.diff_view.value = (
-            f"<div><b>v{result['base_number']} → v{result['target_number']}</b>: "
+        self.diff_view.value = _diff_html(
+            f"v{result['base_number']} → v{result['target_number']}", result, before, after,
+            f"v{result['base_number']}", f"v{result['target_number']}")
+        return result
+
+
+def _diff_html(title: str, result: dict, before: dict, after: dict, base_name: str,
+               target_name: str) -> str:
+    """Counts, the first ids of each kind and the label-count change of a diff."""
+    return (f"<div><b>{escape(title)}</b>: "
             f"<span class='lh-added'>+{result['added']} added</span> · "
             f"<span class='lh-removed'>-{result['removed']} removed</span> · "
             f"<span class='lh-changed'>~{result['changed']} changed</span></div>"
-            + _ids("added:", result["added_ids"], "lh-added")
-            + _ids("removed:", result["removed_ids"], "lh-removed")
-            + _ids("changed:", result["changed_ids"], "lh-changed")
-            + change_bars(before, after, base_name=f"v{result['base_number']}",
-                          target_name=f"v{result['target_number']}"))
-        return result
+            + _ids("added:", result["added_ids"], "lh-added", total=result["added"])
+            + _ids("removed:", result["removed_ids"], "lh-removed", total=result["removed"])
+            + _ids("changed:", result["changed_ids"], "lh-changed", total=result["changed"])
+            + change_bars(before, after, base_name=base_name, target_name=target_name))
 
 
 def _label_counts(records) -> dict[str, int]:

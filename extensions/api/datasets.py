@@ -353,7 +353,7 @@ class CommitsHandler(DatasetHandler):
 
 class DiffHandler(DatasetHandler):
     openapi = {"get": {"summary": "Diff two versions ?base=&target=head (numbers, v<n>, tags, "
-                                  "ids)"}}
+                                  "ids; target=draft: the uncommitted changes)"}}
 
     async def get(self, name: str) -> None:
         base = self.get_argument("base", None)

@@ -144,7 +144,8 @@ def handle_log(args: argparse.Namespace) -> int:
 
 def handle_diff(args: argparse.Namespace) -> int:
     diff = _client(args).datasets.diff(args.name, args.base, args.target)
-    print(f"v{diff['base_number']} -> v{diff['target_number']}: "
+    target = "draft" if diff["target"] == "draft" else f"v{diff['target_number']}"
+    print(f"v{diff['base_number']} -> {target}: "
           f"{len(diff['added_ids'])} added, {len(diff['removed_ids'])} removed, "
           f"{len(diff['changed_ids'])} changed")
     for label, change in sorted((diff.get("label_change") or {}).items()):
@@ -177,6 +178,7 @@ def register_online(actions) -> None:
     dif = _online(actions.add_parser("diff", help="diff two versions (online)"))
     dif.add_argument("name")
     dif.add_argument("base")
-    dif.add_argument("target", nargs="?", default="head")
+    dif.add_argument("target", nargs="?", default="head",
+                     help="a version, or 'draft' for the uncommitted changes (default: head)")
     dif.set_defaults(func=_guarded(handle_diff))
 

@@ -547,16 +547,21 @@ class DatasetService:
     def diff(self, actor: Actor, name: str, base: str, target: str = "head", *,
              limit: int = 1000) -> dict:
         """Added, removed and changed record ids (first ``limit`` of each) and the change
-        in label counts between two versions."""
+        in label counts between two versions; ``target="draft"`` compares with the working
+        draft (what a commit would store now)."""
+        if base == "draft":
+            raise InvalidInput("'draft' can only be the target of a diff: diff VERSION draft")
         with self.db.session() as session:
             dataset = self._readable(session, actor, name)
-            old, new = self._resolve(session, dataset, base), self._resolve(session, dataset,
-                                                                             target)
-        result = versions.diff(self.db, self.blobs, old, new)
+            old = self._resolve(session, dataset, base)
+            head, changes = (versions.draft_changes(session, dataset) if target == "draft"
+                             else (None, None))
+            new = self._resolve(session, dataset, head or target)
+        result = versions.diff(self.db, self.blobs, old, new, changes)
         out = result.summary()
-        out.update(base_number=old.number, target_number=new.number,
-                   added_ids=result.added[:limit], removed_ids=result.removed[:limit],
-                   changed_ids=result.changed[:limit])
+        out.update(base_number=old.number, target_number=None if changes is not None
+                   else new.number, added_ids=result.added[:limit],
+                   removed_ids=result.removed[:limit], changed_ids=result.changed[:limit])
         return out
 
     def tag(self, actor: Actor, name: str, tag: str, version: str = "head") -> dict:

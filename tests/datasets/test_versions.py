@@ -12,6 +12,7 @@ from sqlalchemy import select
 from loophub.datasets import versions
 from loophub.datasets.models import DatasetBlob, DatasetVersion
 from loophub.datasets.service import Actor
+from loophub.errors import InvalidInput, NotFound
 
 ADMIN = Actor("root", admin=True)
 
@@ -228,3 +229,50 @@ def test_ids_and_labels_with_tabs_newlines_and_backslashes_survive_a_bulk_commit
     service.commit(alice, "odd", "v2")
     assert service.diff(alice, "odd", "v1", "v2")["changed_ids"] == ["tab\there"]
     assert _ids_and_texts(service, 2)["tab\there"] == "edited"
+
+
+@pytest.mark.parametrize("fold", [True, False], ids=["folded-deltas", "snapshot-merge"])
+def test_diff_against_the_draft_is_what_the_next_commit_will_show(service, alice, monkeypatch,
+                                                                   fold):
+    """``target="draft"`` lists the uncommitted changes on top of the head, against the
+    head or an older version, by every diff method; committing then gives the same diff."""
+    monkeypatch.setattr(versions, "MAX_CHAIN", 2)
+    if not fold:  # force the snapshot/delta-chain methods instead of folding the path
+        monkeypatch.setattr(versions, "_first_parent_path", lambda *args: None)
+    service.create_dataset(alice, "wip")
+    with pytest.raises(NotFound, match="no versions yet"):
+        service.diff(alice, "wip", "head", "draft")
+    for i in range(5):
+        service.put_record(alice, "wip", _text(f"r{i}", "aa"))
+    service.commit(alice, "wip", "v1")
+
+    def edit(record_id: str, text: str | None) -> None:
+        revision = service.get_record(alice, "wip", record_id)["revision"]
+        if text is None:
+            service.delete_record(alice, "wip", record_id, revision)
+        else:
+            service.put_record(alice, "wip", _text(record_id, text), revision)
+    edit("r1", "bb")
+    edit("r2", None)
+    service.put_record(alice, "wip", _text("r9", "aa"))
+    service.commit(alice, "wip", "v2")
+    assert service.diff(alice, "wip", "v2", "draft")["changed"] == 0  # nothing uncommitted
+    edit("r3", "cc")
+    edit("r9", None)  # added in v2, removed in the draft
+    service.put_record(alice, "wip", _text("r10", "aa"))
+    edit("r4", "dd")
+    edit("r4", "aa")  # edited back: no change
+    against_head = service.diff(alice, "wip", "v2", "draft")
+    assert (against_head["added_ids"], against_head["removed_ids"],
+            against_head["changed_ids"]) == (["r10"], ["r9"], ["r3"])
+    assert (against_head["target"], against_head["target_number"]) == ("draft", None)
+    against_v1 = service.diff(alice, "wip", "v1", "draft")
+    assert (against_v1["added_ids"], against_v1["removed_ids"], against_v1["changed_ids"]) == (
+        ["r10"], ["r2"], ["r1", "r3"])
+    with pytest.raises(InvalidInput, match="only be the target"):
+        service.diff(alice, "wip", "draft", "v1")
+    service.commit(alice, "wip", "v3")
+    for base, before in (("v2", against_head), ("v1", against_v1)):
+        after = service.diff(alice, "wip", base, "v3")
+        for key in ("added_ids", "removed_ids", "changed_ids", "label_change"):
+            assert after[key] == before[key], (base, key)

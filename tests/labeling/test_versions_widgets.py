@@ -8,15 +8,16 @@ from tests.labeling.test_widgets import FrontEnd, image_dataset
 def test_commit_tag_and_diff_with_label_chart(api, tmp_path):
     image_dataset(api.client("ann"), "pets", tmp_path / "pets", count=4)
     browser = VersionBrowser("pets", labeling=api.labeling("ann"))
-    assert browser.draft_changes["added"] == ["img00", "img01", "img02", "img03"]
+    assert browser.draft_changes["added_ids"] == ["img00", "img01", "img02", "img03"]
+    assert "+4 added" in browser.draft_view.value
     first = browser.commit("import four images")
-    assert first["number"] == 1 and browser.draft_changes["added"] == []
+    assert first["number"] == 1 and browser.draft_changes["added"] == 0
     labeler = ImageClassifier("pets", labeling=api.labeling("ann"))
     fe = FrontEnd(labeler)
     fe.op("img00", action="set_labels", labels=["cat"])
     fe.op("img01", action="set_labels", labels=["dog"])
     browser.refresh()
-    assert browser.draft_changes["changed"] == ["img00", "img01"]
+    assert browser.draft_changes["changed_ids"] == ["img00", "img01"]
     assert "head" in browser.draft_view.value and "0→1 (+1)" in browser.draft_view.value
     browser.commit("first labels")
     browser.tag("baseline", 1)
