@@ -82,8 +82,9 @@ def _add_build_options(p: argparse.ArgumentParser) -> None:
 def _add_policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aging-bound", type=float, default=SchedulerConfig.aging_bound,
                    help="balanced-drf: seconds before a waiting request gets a reservation")
-    p.add_argument("--aging-order", choices=["fair", "oldest"], default="fair",
-                   help="balanced-drf: serve aged requests least-served tenant first, or oldest")
+    p.add_argument("--aging-reserve-at", type=float, default=None,
+                   help="balanced-drf: seconds of waiting after which a request is served "
+                        "first and reserved for, without preempting (default: half the bound)")
     p.add_argument("--preemption", action="store_true",
                    help="preempt preemptible work for tenants below their fair share")
     p.add_argument("--no-aging-preemption", action="store_true",
@@ -110,7 +111,8 @@ def _config(args: argparse.Namespace) -> SchedulerConfig:
         name, _, value = part.partition("=")
         weights[name] = float(value)
     return SchedulerConfig(weights=weights, aging_bound=args.aging_bound,
-                           aging_order=args.aging_order, aging_quantum=args.aging_quantum,
+                           aging_quantum=args.aging_quantum,
+                           aging_reserve_at=args.aging_reserve_at,
                            aging_victims=args.aging_victims,
                            max_reservations=args.max_reservations,
                            preemption=args.preemption,

@@ -187,7 +187,10 @@ class SchedulerConfig:
     # more-served tenants' ("more-served": fairness first), or any tenant's ("any": the
     # bound first; see docs/scheduler.md)
     aging_victims: str = "more-served"
-    aging_order: str = "fair"             # aged requests: "fair" (by share) or "oldest" first
+    aging_attempts: int = 64              # balanced-drf: aged requests tried per pass
+    # balanced-drf: from this many seconds of waiting a request is served before DRF order and
+    # reserved for, but preempts only from aging_bound (None: half of aging_bound)
+    aging_reserve_at: float | None = None
     preemption: bool = False              # preempt preemptible work for below-fair-share tenants
     preemption_grace: float = 300.0       # a request waits this long before it may preempt
     preempt_on_aging: bool = True         # balanced-drf: aged requests preempt preemptible work

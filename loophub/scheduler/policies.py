@@ -442,10 +442,11 @@ def _anyone(run: Running) -> bool:
 class BalancedDrfPolicy(DrfPolicy):
     """This project's policy: DRF order (ties broken on the sorted share vector, YuniKorn
     style), balanced placement of the non-dominant resources, and aging: a request waiting
-    ``aging_bound`` seconds at a stretch (since submission or its last preemption) is served
-    first and gets a node reservation if it does not fit, after preempting preemptible work of
-    more-served tenants (``preempt_on_aging``); work it starts is protected for
-    ``aging_quantum``."""
+    ``aging_reserve_at`` seconds at a stretch (since submission or its last preemption; half
+    the bound by default) is served before DRF order and gets a node reservation if it does
+    not fit; from ``aging_bound`` it also preempts preemptible work of more-served tenants
+    (``preempt_on_aging``), and work it starts is protected for ``aging_quantum``. Every aged
+    request is served, in DRF order among the aged (see ``_serve_aged``)."""
 
     name = "balanced-drf"
     scorer: Scorer = staticmethod(balanced_score)
@@ -455,6 +456,7 @@ class BalancedDrfPolicy(DrfPolicy):
         if config.aging_victims not in AGING_VICTIMS:
             raise ValueError(f"aging_victims must be one of {AGING_VICTIMS}, "
                              f"not {config.aging_victims!r}")
+        self.swap_guard: dict[str, float] = {}  # request id -> not swapped for own before
 
     def tenant_key(self, st: SchedulerState, tenant: str, extra: np.ndarray | None = None
                    ) -> tuple:
@@ -476,44 +478,112 @@ class BalancedDrfPolicy(DrfPolicy):
         requests cannot take turns preempting each other faster than that."""
         return now + self.config.quantum() if self.is_aged(item, now) else -math.inf
 
+    def on_start(self, st: SchedulerState, item: Item, now: float) -> None:
+        """Work started by a request past ``aging_reserve_at`` is not swapped out for another
+        request of its own tenant for one quantum (no churn inside a tenant's share)."""
+        if now - item.waiting_since >= self.reserve_at() - EPS:
+            self.swap_guard[item.id] = now + self.config.quantum()
+
+    def on_release(self, st: SchedulerState, run: Running, now: float) -> None:
+        self.swap_guard.pop(run.item.id, None)
+
+    def _swappable(self, run: Running, now: float) -> bool:
+        return self.swap_guard.get(run.item.id, -math.inf) <= now + EPS
+
+    def export(self) -> dict[str, Any]:
+        return {"swap_guard": dict(self.swap_guard)} if self.swap_guard else {}
+
+    def restore(self, data: dict[str, Any]) -> None:
+        self.swap_guard = {k: float(v) for k, v in data.get("swap_guard", {}).items()}
+
     def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
         decisions = self._serve_aged(st, now)
         return decisions + self.drf_pass(st, now)
 
-    def _serve_aged(self, st: SchedulerState, now: float) -> list[Decision]:
+    def _serve_one_aged(self, st: SchedulerState, item: Item, now: float, taken: np.ndarray,
+                        decisions: list[Decision], preempt: bool) -> Reservation | bool:
+        """Start an aged request (preempting the configured victims if ``preempt``), else
+        reserve nodes for it. True: started; a Reservation; False: neither."""
         cfg = self.config
+        started = st.try_start(item, now, self.scorer, ~taken)
+        if started:
+            decisions.append(started)
+            return True
+        if cfg.preempt_on_aging and preempt:
+            victims = (self._more_served_than(st, item, now)
+                       if cfg.aging_victims == "more-served" else _anyone)
+            freed = st.preempt_for(item, now, victims, self.scorer, ~taken)
+            decisions.extend(freed)
+            if freed and freed[-1].action == "start":
+                return True
+        res = st.reservation_for(item, now, self.scorer, exclude=taken)
+        return res if res is not None else False
+
+    def reserve_at(self) -> float:
+        cfg = self.config
+        if cfg.aging_reserve_at is None:
+            return cfg.aging_bound / 2
+        return min(cfg.aging_reserve_at, cfg.aging_bound)
+
+    def _serve_aged(self, st: SchedulerState, now: float) -> list[Decision]:
+        """Every aged request, in DRF order among the aged (the tenant with the smallest
+        share, counting what its aged requests served so far in this pass were granted or
+        reserved, goes next; within a tenant, longest-waiting first), until
+        ``max_reservations`` reservations are made or ``aging_attempts`` requests tried.
+        Requests past ``aging_reserve_at`` but not yet ``aging_bound`` come after all those
+        past the bound and do not preempt: most reservations drain before the bound."""
+        cfg = self.config
+        bound_cut = now - cfg.aging_bound + EPS
+        cutoff = now - self.reserve_at() + EPS
+        by_age = st.by_age()
+        if not by_age or by_age[0][0] > cutoff:
+            st.set_reservations([])
+            return []
+        aged: dict[str, list[tuple[float, int, str]]] = {}
+        for tenant in st.tenants_waiting():
+            queue = st.tenant_by_age(tenant)
+            n = bisect.bisect_right(queue, (cutoff, math.inf, ""))
+            if n:
+                aged[tenant] = queue[:n]
+        cap = np.where(st.total_cap > 0, st.total_cap, np.inf)
+        pending = {t: np.zeros(len(st.keys)) for t in aged}  # reserved, not yet held
+        pos = dict.fromkeys(aged, 0)
+
+        def key(tenant: str) -> tuple:
+            held = st.held.get(tenant, np.zeros(len(st.keys)))
+            tier = 0 if aged[tenant][pos[tenant]][0] <= bound_cut else 1
+            return (tier, *self.tenant_key(st, tenant, (held + pending[tenant]) / cap))
+
+        heap = [(key(t), t) for t in aged]
+        heapq.heapify(heap)
         reservations: list[Reservation] = []
         decisions: list[Decision] = []
         taken = np.zeros(len(st.active), dtype=bool)
-        aged = self.aged_in_service_order(st, now)
-        served = 0
-        for item in aged:
-            if served >= cfg.max_reservations:
-                break
-            if st._quota_excess(item):
-                continue
-            served += 1
-            started = st.try_start(item, now, self.scorer, ~taken)
-            if started:
-                decisions.append(started)
-                continue
-            if cfg.preempt_on_aging:
-                victims = (self._more_served_than(st, item)
-                           if cfg.aging_victims == "more-served" else _anyone)
-                freed = st.preempt_for(item, now, victims, self.scorer, ~taken)
-                if freed and freed[-1].action == "start":
-                    decisions.extend(freed)
-                    continue
-                decisions.extend(freed)
-            res = st.reservation_for(item, now, self.scorer, exclude=taken)
-            if res is not None:
-                reservations.append(res)
-                taken |= res.mask
+        attempts = 0
+        while heap and len(reservations) < cfg.max_reservations and (
+                attempts < cfg.aging_attempts):
+            _, tenant = heapq.heappop(heap)
+            entries = aged[tenant]
+            since, _, rid = entries[pos[tenant]]
+            pos[tenant] += 1
+            item = st.queued.get(rid)
+            if item is not None and not st._quota_excess(item):
+                attempts += 1
+                outcome = self._serve_one_aged(st, item, now, taken, decisions,
+                                               preempt=since <= bound_cut)
+                if isinstance(outcome, Reservation):
+                    reservations.append(outcome)
+                    taken |= outcome.mask
+                    pending[tenant] += item.unit * item.request.count
+            while pos[tenant] < len(entries) and entries[pos[tenant]][2] not in st.queued:
+                pos[tenant] += 1
+            if pos[tenant] < len(entries):
+                heapq.heappush(heap, (key(tenant), tenant))
         st.set_reservations(reservations)
         return decisions
 
-    @staticmethod
-    def _more_served_than(st: SchedulerState, item: Item) -> Callable[[Running], bool]:
+    def _more_served_than(self, st: SchedulerState, item: Item, now: float
+                          ) -> Callable[[Running], bool]:
         """Victims for an aged request: work of tenants holding a larger weighted dominant
         share than its own tenant, so aging never takes from the less served, and its own
         tenant's work (a swap that changes no share: a heavy tenant's old request need not
@@ -524,40 +594,28 @@ class BalancedDrfPolicy(DrfPolicy):
         def ok(run: Running) -> bool:
             other = run.item.tenant
             if other == item.tenant:
-                return True
+                return self._swappable(run, now)
             if other not in shares:
                 shares[other] = st.weighted_share(other)
             return shares[other] > mine + EPS
 
         return ok
 
-    def aged_in_service_order(self, st: SchedulerState, now: float) -> list[Item]:
-        """Aged requests to serve first: the oldest (``aging_order="oldest"``), or each
-        tenant's oldest aged request, least-served tenant first (``"fair"``)."""
-        cfg = self.config
-        cutoff = now - cfg.aging_bound + EPS
-        by_age = st.by_age()
-        if not by_age or by_age[0][0] > cutoff:
-            return []  # the longest-waiting request is not aged yet
-        if cfg.aging_order != "fair":
-            return [st.queued[rid] for since, _, rid in by_age[:cfg.max_reservations * 4]
-                    if since <= cutoff]
-        heads = [t for t in st.tenants_waiting() if st.tenant_by_age(t)[0][0] <= cutoff]
-        ranked = sorted(zip(self.tenant_keys(st, heads), heads, strict=True))
-        return [st.queued[st.tenant_by_age(t)[0][2]] for _, t in ranked]
-
     def next_wakeup(self, st: SchedulerState, now: float) -> float | None:
         """The next request to age, or (while requests wait) the next protection to end."""
-        bound = self.config.aging_bound
+        thresholds = {self.config.aging_bound, self.reserve_at()}
         by_age = st.by_age()
-        i = bisect.bisect_right(by_age, (now - bound + EPS, math.inf, ""))
-        times = [by_age[i][0] + bound] if i < len(by_age) else []
+        times = []
+        for bound in thresholds:
+            i = bisect.bisect_right(by_age, (now - bound + EPS, math.inf, ""))
+            if i < len(by_age):
+                times.append(by_age[i][0] + bound)
         if st.queued and st.next_protection_end() is not None:
             times.append(st.next_protection_end())
         return min(times) if times else None
 
     def queue_order(self, st: SchedulerState, now: float) -> list[str]:
-        cutoff = now - self.config.aging_bound + EPS
+        cutoff = now - self.reserve_at() + EPS
         aged = [rid for since, _, rid in st.by_age() if since <= cutoff]
         first = set(aged)
         return aged + [rid for rid in super().queue_order(st, now) if rid not in first]

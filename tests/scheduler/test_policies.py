@@ -126,9 +126,65 @@ def test_preempted_request_ages_from_its_preemption_and_protection_ends():
     assert [(d.action, d.request_id) for d in took] == [("preempt", "a"), ("start", "b")]
     assert state.running["b"].protected and state.next_wakeup() == 41.0
     assert state.tick(41.0) == []  # b's protection ended, but a has waited only 10 s again
-    assert not state.running["b"].protected and state.next_wakeup() == 61.0
+    assert not state.running["b"].protected and state.next_wakeup() == 46.0
+    assert state.tick(46.0) == []  # half the bound: a goes first with a reservation, no more
+    assert [r.request_id for r in state.reservations] == ["a"] and state.next_wakeup() == 61.0
     took = state.tick(61.0)  # a aged again, from its preemption at 31
     assert [(d.action, d.request_id) for d in took] == [("preempt", "b"), ("start", "a")]
+
+
+def test_every_aged_request_of_a_tenant_is_served_in_one_pass():
+    """Aged requests are served in DRF order among the aged, not one per tenant per pass: a
+    burst of one tenant's requests that age together starts together (here by swapping out
+    that tenant's newer preemptible work)."""
+    state = SchedulerState("balanced-drf", SchedulerConfig(aging_bound=100.0),
+                           [node("n", 4, 8)], validate=True, auto_schedule=False)
+    for rid in ("a-old1", "a-old2"):
+        state.submit(req(rid, "a", cpu=1, runtime=1000.0), 0)
+    state.tick(0)
+    for i in range(2):
+        state.submit(req(f"a-new{i}", "a", cpu=1, runtime=1000.0, preemptible=True), 1)
+    state.tick(1)  # the pool is full
+    for rid in ("a-aged1", "a-aged2"):
+        state.submit(req(rid, "a", cpu=1, runtime=50.0), 2)
+    assert sorted(started(state.tick(102))) == ["a-aged1", "a-aged2"]
+
+
+def test_half_way_to_the_bound_a_request_is_reserved_for_without_preempting():
+    cfg = SchedulerConfig(aging_bound=100.0)  # aging_reserve_at: half the bound
+    state = SchedulerState("balanced-drf", cfg, [node("n", 4, 8)], validate=True,
+                           auto_schedule=False)
+    state.submit(req("b-run", "b", cpu=4, runtime=500.0, preemptible=True), 0)
+    state.tick(0)
+    state.submit(req("a-wait", "a", cpu=4, runtime=10.0), 1)
+    state.tick(1)
+    assert state.next_wakeup() == 51.0  # half the bound, then the bound
+    assert state.tick(51) == [] and [r.request_id for r in state.reservations] == ["a-wait"]
+    assert state.next_wakeup() == 101.0
+    took = state.tick(101)  # at the bound it takes the more-served tenant's work
+    assert [(d.action, d.request_id) for d in took] == [("preempt", "b-run"), ("start", "a-wait")]
+
+
+def test_work_started_from_a_reservation_is_not_swapped_for_its_own_tenant_at_once():
+    """A request that started from its early reservation runs one quantum before an aged
+    request of its own tenant may swap it out (no churn inside a tenant's share); the guard
+    survives export and restore."""
+    cfg = SchedulerConfig(aging_bound=100.0, aging_reserve_at=10.0, aging_quantum=500.0)
+    state = SchedulerState("balanced-drf", cfg, [node("n", 2, 8)], validate=True,
+                           auto_schedule=False)
+    state.submit(req("a1", "a", cpu=2, runtime=20.0), 0)
+    state.tick(0)
+    state.submit(req("a2", "a", cpu=2, runtime=1000.0, preemptible=True), 1)
+    state.tick(11)  # reserved
+    state.finish("a1", 20)
+    assert started(state.tick(20)) == ["a2"]
+    assert state.policy.swap_guard == {"a2": 520.0}
+    state.submit(req("a3", "a", cpu=2, runtime=10.0), 21)
+    copy = SchedulerState.from_export(state.export_state(), validate=True)
+    assert copy.policy.swap_guard == state.policy.swap_guard
+    assert copy.tick(121) == []  # a3 aged, but a2 is guarded against its own tenant
+    took = copy.tick(520)
+    assert [(d.action, d.request_id) for d in took] == [("preempt", "a2"), ("start", "a3")]
 
 
 @pytest.mark.parametrize("victims", ["more-served", "any"])

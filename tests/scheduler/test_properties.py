@@ -136,8 +136,9 @@ def test_weights_respected(weights, unit, pool, policy):
 @settings(max_examples=40, deadline=None)
 @given(small=st.lists(st.tuples(st.integers(0, 2), st.floats(0, 300), st.floats(5, 60),
                                 st.sampled_from([1, 2, 4])), min_size=5, max_size=40),
-       bound=st.sampled_from([30.0, 100.0]), preempt=st.booleans())
-def test_aging_bound_holds(small, bound, preempt):
+       bound=st.sampled_from([30.0, 100.0]), preempt=st.booleans(),
+       reserve_at=st.sampled_from([None, 10.0, 1e9]))
+def test_aging_bound_holds(small, bound, preempt, reserve_at):
     """The request that ages first is never kept waiting past the bound plus the longest
     runtime of the work in its way (reservation); with preemption of preemptible work it
     starts at the bound at the latest. Everything else still finishes."""
@@ -147,7 +148,8 @@ def test_aging_bound_holds(small, bound, preempt):
     jobs.sort(key=lambda j: (j.submit, j.job_id != "big"))
     if min(jobs[1:], key=lambda j: j.submit).submit == 0.0:
         jobs = [jobs[0], *(j for j in jobs[1:] if j.submit > 0)]
-    cfg = SchedulerConfig(aging_bound=bound, preempt_on_aging=preempt)
+    cfg = SchedulerConfig(aging_bound=bound, preempt_on_aging=preempt,
+                          aging_reserve_at=reserve_at)  # 1e9: no early reservation
     res = simulate(jobs, [node("n", 8, 8)], "balanced-drf", cfg, validate=True)
     assert res.metrics["unfinished"] == 0 and res.metrics["jobs"] == len(jobs)
     slack = 0.0 if preempt else max(j.duration for j in jobs)
@@ -157,8 +159,9 @@ def test_aging_bound_holds(small, bound, preempt):
 @settings(max_examples=40, deadline=None)
 @given(bound=st.sampled_from([30.0, 100.0]), quantum=st.sampled_from([10.0, 30.0, 100.0, 250.0]),
        gap=st.floats(1.0, 50.0), lengths=st.tuples(st.floats(3, 10), st.floats(3, 10)),
-       restart=st.sampled_from([0.0, 5.0]))
-def test_aging_bounds_every_stretch_of_waiting(bound, quantum, gap, lengths, restart):
+       restart=st.sampled_from([0.0, 5.0]), reserve_at=st.sampled_from([None, 10.0, 1e9]))
+def test_aging_bounds_every_stretch_of_waiting(bound, quantum, gap, lengths, restart,
+                                               reserve_at):
     """Two long whole-node preemptible jobs: once one runs as aged work, the other ages again
     from its preemption and takes the node back when its protection quantum ends, so neither
     waits longer than max(bound, quantum) at a stretch. (Aged work protected forever would
@@ -166,7 +169,7 @@ def test_aging_bounds_every_stretch_of_waiting(bound, quantum, gap, lengths, res
     long = (bound + quantum) * 2
     jobs = [Job("a", "A", 0.0, long * lengths[0], 0, 8.0, 0, "job", True),
             Job("b", "B", gap, long * lengths[1], 0, 8.0, 0, "job", True)]
-    cfg = SchedulerConfig(aging_bound=bound, aging_quantum=quantum)
+    cfg = SchedulerConfig(aging_bound=bound, aging_quantum=quantum, aging_reserve_at=reserve_at)
     res = simulate(jobs, [node("n", 8, 8)], "balanced-drf", cfg, validate=True,
                    restart_cost=restart)
     assert res.metrics["unfinished"] == 0
