@@ -276,3 +276,40 @@ def test_diff_against_the_draft_is_what_the_next_commit_will_show(service, alice
         after = service.diff(alice, "wip", base, "v3")
         for key in ("added_ids", "removed_ids", "changed_ids", "label_change"):
             assert after[key] == before[key], (base, key)
+
+
+def test_merge_diff_matches_a_naive_diff_of_every_version_pair(service, alice, monkeypatch):
+    """The windowed merge-join agrees with comparing the two versions' full (id, hash)
+    maps, for ids that need escaping, records added after the last id and removals."""
+    import random
+
+    monkeypatch.setattr(versions, "MAX_CHAIN", 2)  # snapshots and delta chains
+    rng = random.Random(7)
+    pool = [f"id{i:02d}" for i in range(40)] + ["tab\there", "back\\slash", "new\nline", "zz"]
+    service.create_dataset(alice, "pairs")
+    live: dict[str, str] = {}
+    for number in range(1, 6):
+        for record_id in rng.sample(pool, 12):
+            if record_id in live and rng.random() < 0.3:
+                service.delete_record(alice, "pairs", record_id, service.get_record(
+                    alice, "pairs", record_id)["revision"])
+                del live[record_id]
+                continue
+            revision = (service.get_record(alice, "pairs", record_id)["revision"]
+                        if record_id in live else None)
+            live[record_id] = f"t{number}{rng.random():.3f}"
+            service.put_record(alice, "pairs", _text(record_id, live[record_id]), revision)
+        service.commit(alice, "pairs", f"v{number}")
+    states = {n: {e.record_id: e.hash for e in versions.iter_entries(
+        service.db, service.blobs, version(service, n))} for n in range(1, 6)}
+    for a in range(1, 6):
+        for b in range(1, 6):
+            got = versions.Diff("a", "b")
+            versions._merge_diff(got, versions._id_hashes(service.blobs, versions.chain_to_snapshot(
+                service.db, version(service, a))), versions._id_hashes(
+                service.blobs, versions.chain_to_snapshot(service.db, version(service, b))))
+            old, new = states[a], states[b]
+            assert got.removed == sorted(old.keys() - new.keys()), (a, b)
+            assert got.added == sorted(new.keys() - old.keys()), (a, b)
+            assert got.changed == sorted(k for k in old.keys() & new.keys()
+                                         if old[k] != new[k]), (a, b)
