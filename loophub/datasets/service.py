@@ -551,15 +551,15 @@ class DatasetService:
         draft (what a commit would store now)."""
         if base == "draft":
             raise InvalidInput("'draft' can only be the target of a diff: diff VERSION draft")
-        with self.db.session() as session:
+        to_draft = target == "draft"
+        with self.db.session() as session:  # the draft is streamed from this session
             dataset = self._readable(session, actor, name)
             old = self._resolve(session, dataset, base)
-            head, changes = (versions.draft_changes(session, dataset) if target == "draft"
-                             else (None, None))
-            new = self._resolve(session, dataset, head or target)
-        result = versions.diff(self.db, self.blobs, old, new, changes)
+            changes = versions.draft_changes(session, dataset) if to_draft else None
+            new = self._resolve(session, dataset, "head" if to_draft else target)
+            result = versions.diff(self.db, self.blobs, old, new, changes)
         out = result.summary()
-        out.update(base_number=old.number, target_number=None if changes is not None
+        out.update(base_number=old.number, target_number=None if to_draft
                    else new.number, added_ids=result.added[:limit],
                    removed_ids=result.removed[:limit], changed_ids=result.changed[:limit])
         return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -378,56 +378,68 @@ def _first_parent_path(db: Database, base: DatasetVersion, target: DatasetVersio
 
 
 def diff(db: Database, blobs: BlobStore, base: DatasetVersion, target: DatasetVersion,
-         draft: list[Change] | None = None) -> Diff:
+         draft: Iterable[Change] | None = None) -> Diff:
     """Records added, removed and changed from ``base`` to ``target``; with ``draft`` (the
-    uncommitted changes on top of ``target``, the head) to the working draft instead."""
+    uncommitted changes on top of ``target``, the head, in id order) to the working draft."""
     counts = Counter(target.label_counts)
     counts.subtract(base.label_counts)
-    if draft is not None:
-        for change in draft:
-            counts.update(unpack_labels(change.new.labels) if change.new else ())
-            counts.subtract(unpack_labels(change.old_labels))
-    result = Diff(base.id, "draft" if draft is not None else target.id,
-                  label_change={k: v for k, v in sorted(counts.items()) if v})
-    on_top = [draft] if draft is not None else []
-    path = _first_parent_path(db, base, target)
-    if path is not None:
-        combined = compose([*(iter_changes(blobs, v.delta) for v in path), *on_top])
-        for record_id in sorted(combined):
-            _classify(result, combined[record_id])
-        return result
-    base_path, target_path = chain_to_snapshot(db, base), chain_to_snapshot(db, target)
-    if base_path[0].id == target_path[0].id:  # same snapshot: compare the two delta chains
-        result.method = "deltas"
-        _deltas_diff(result, compose(iter_changes(blobs, v.delta) for v in base_path[1:]),
-                     compose([*(iter_changes(blobs, v.delta) for v in target_path[1:]),
-                              *on_top]))
-        return result
-    result.method = "merge"
-    _merge_diff(result, _id_hashes(blobs, base_path), _id_hashes(blobs, target_path, on_top))
+    result = Diff(base.id, "draft" if draft is not None else target.id)
+    on_top = [_counting_labels(draft, counts)] if draft is not None else []
+    _diff_into(result, db, blobs, base, target, on_top)
+    result.label_change = {k: v for k, v in sorted(counts.items()) if v}
     return result
 
 
-def draft_changes(session, dataset: Dataset) -> tuple[str, list[Change]]:
-    """(head version id, what committing now would change against it), in id order,
-    read in the caller's session. New entries name no pack: their records are not in a
+def _diff_into(result: Diff, db: Database, blobs: BlobStore, base: DatasetVersion,
+               target: DatasetVersion, on_top: list[Iterable[Change]]) -> None:
+    path = _first_parent_path(db, base, target)
+    if path == [] and on_top:  # the head against the draft: streamed, nothing composed
+        for change in on_top[0]:
+            _classify(result, change)
+    elif path is not None:
+        combined = compose([*(iter_changes(blobs, v.delta) for v in path), *on_top])
+        for record_id in sorted(combined):
+            _classify(result, combined[record_id])
+    else:
+        base_path, target_path = chain_to_snapshot(db, base), chain_to_snapshot(db, target)
+        if base_path[0].id == target_path[0].id:  # same snapshot: compare the delta chains
+            result.method = "deltas"
+            _deltas_diff(result, compose(iter_changes(blobs, v.delta) for v in base_path[1:]),
+                         compose([*(iter_changes(blobs, v.delta) for v in target_path[1:]),
+                                  *on_top]))
+        else:
+            result.method = "merge"
+            _merge_diff(result, _id_hashes(blobs, base_path),
+                        _id_hashes(blobs, target_path, on_top))
+
+
+def _counting_labels(changes: Iterable[Change], counts: Counter) -> Iterator[Change]:
+    """``changes``, adding each one's label-count change to ``counts`` as it passes."""
+    for change in changes:
+        if change.new is not None:
+            counts.update(unpack_labels(change.new.labels))
+        counts.subtract(unpack_labels(change.old_labels))
+        yield change
+
+
+def draft_changes(session, dataset: Dataset) -> Iterator[Change]:
+    """What committing now would change against the head (``dataset.head_version``), in
+    code-point id order, streamed from the caller's session (read lazily: consume it
+    before the session closes). New entries name no pack: their records are not in a
     version yet."""
-    if dataset.head_version is None:
-        raise NotFound(f"dataset {dataset.name!r} has no versions yet: the whole draft is "
-                       "new; commit first")
+    postgres = session.bind.dialect.name == "postgresql"
+    order = DraftRecord.record_id.collate("C") if postgres else DraftRecord.record_id
     rows = session.execute(select(
         DraftRecord.record_id, DraftRecord.hash, DraftRecord.labels, DraftRecord.media_sha,
         DraftRecord.deleted, DraftRecord.base_hash, DraftRecord.base_labels).where(and_(
             DraftRecord.dataset_id == dataset.id, DraftRecord.seq > dataset.committed_seq,
-            DraftRecord.seq <= dataset.seq)))
-    changes = []
+            DraftRecord.seq <= dataset.seq)).order_by(order).execution_options(
+                yield_per=10_000))
     for rid, hash_, labels, media, deleted, base_hash, base_labels in rows:
         op = _operation(deleted, hash_, base_hash)
         if op is not None:
             new = None if op == "-" else Entry(rid, hash_, labels, media or "", "", 0, 0)
-            changes.append(Change(op, rid, new, base_hash or "", base_labels or ""))
-    changes.sort(key=lambda change: change.record_id)  # code-point order on any database
-    return dataset.head_version, changes
+            yield Change(op, rid, new, base_hash or "", base_labels or "")
 
 
 def _deltas_diff(result: Diff, old: dict[str, Change], new: dict[str, Change]) -> None:
@@ -449,7 +461,7 @@ def _deltas_diff(result: Diff, old: dict[str, Change], new: dict[str, Change]) -
 
 
 def _id_hashes(blobs: BlobStore, path: list[DatasetVersion],
-               on_top: Sequence[list[Change]] = ()) -> Iterator[tuple[str, str]]:
+               on_top: Sequence[Iterable[Change]] = ()) -> Iterator[tuple[str, str]]:
     """(id, hash) of a version (with changes ``on_top``) in id order, parsing only the
     first two fields of a line."""
     combined = compose([*(iter_changes(blobs, v.delta) for v in path[1:]), *on_top])
