@@ -525,6 +525,18 @@ class BalancedDrfPolicy(DrfPolicy):
             return cfg.aging_bound / 2
         return min(cfg.aging_reserve_at, cfg.aging_bound)
 
+    @staticmethod
+    def _aged_by_tenant(st: SchedulerState, cutoff: float
+                        ) -> dict[str, list[tuple[float, int, str]]]:
+        """Each waiting tenant's requests waiting since ``cutoff`` or longer, oldest first."""
+        aged = {}
+        for tenant in st.tenants_waiting():
+            queue = st.tenant_by_age(tenant)
+            n = bisect.bisect_right(queue, (cutoff, math.inf, ""))
+            if n:
+                aged[tenant] = queue[:n]
+        return aged
+
     def _serve_aged(self, st: SchedulerState, now: float) -> list[Decision]:
         """Every aged request, in DRF order among the aged (the tenant with the smallest
         share, counting what its aged requests served so far in this pass were granted or
@@ -539,12 +551,7 @@ class BalancedDrfPolicy(DrfPolicy):
         if not by_age or by_age[0][0] > cutoff:
             st.set_reservations([])
             return []
-        aged: dict[str, list[tuple[float, int, str]]] = {}
-        for tenant in st.tenants_waiting():
-            queue = st.tenant_by_age(tenant)
-            n = bisect.bisect_right(queue, (cutoff, math.inf, ""))
-            if n:
-                aged[tenant] = queue[:n]
+        aged = self._aged_by_tenant(st, cutoff)
         cap = np.where(st.total_cap > 0, st.total_cap, np.inf)
         pending = {t: np.zeros(len(st.keys)) for t in aged}  # reserved, not yet held
         pos = dict.fromkeys(aged, 0)
