@@ -49,6 +49,17 @@ def test_blob_roundtrip_dedup_and_layout(tmp_path):
     assert store.size(digest) == 5
 
 
+@pytest.mark.parametrize("where", ["folder", "memory"])
+def test_blob_from_parts_is_the_blob_of_their_concatenation(tmp_path, where):
+    url = str(tmp_path / "blobs") if where == "folder" else f"memory://parts-{tmp_path.name}"
+    store = BlobStore(url)
+    info = store.put_parts([b"he", b"", b"llo"])
+    assert (info.digest, info.size, info.created) == (sha256_bytes(b"hello"), 5, True)
+    assert store.get_bytes(info.digest) == b"hello"
+    assert store.put_parts([b"hello"]).created is False
+    assert store.put_bytes(b"hello") == info.digest
+
+
 def test_blob_stream_large_file_in_chunks(tmp_path):
     store = BlobStore(str(tmp_path / "blobs"))
     payload = os.urandom(3 * 1024 * 1024 + 17)

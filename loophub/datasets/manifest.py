@@ -201,8 +201,8 @@ class ManifestWriter:
     def close(self) -> tuple[str, int]:
         self._drain()
         self._parts.append(self._zip.flush())
-        data = b"".join(self._parts)
-        return self.blobs.put_bytes(data), len(data)
+        info = self.blobs.put_parts(self._parts)
+        return info.digest, info.size
 
 
 def read_manifest(blobs: BlobStore, digest: str) -> tuple[dict, Iterator[str]]:

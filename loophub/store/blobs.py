@@ -14,7 +14,7 @@ import io
 import os
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -108,29 +108,37 @@ class BlobStore:
     # -- writing ---------------------------------------------------------------
 
     def put_bytes(self, data: bytes) -> str:
-        return self._put(data, sha256_bytes(data)).digest
+        return self._put((data,), sha256_bytes(data)).digest
+
+    def put_parts(self, parts: Sequence[bytes]) -> BlobInfo:
+        """Store the concatenation of ``parts`` (a large blob built piece by piece, like a
+        manifest) without joining them into one more copy in memory."""
+        hasher = hashlib.sha256()
+        for part in parts:
+            hasher.update(part)
+        return self._put(parts, hasher.hexdigest())
 
     def put_many(self, blobs: Iterable[bytes]) -> list[str]:
         """Store many small blobs (records); the local fast path skips fsspec overhead."""
-        return [self._put(data, sha256_bytes(data)).digest for data in blobs]
+        return [self._put((data,), sha256_bytes(data)).digest for data in blobs]
 
-    def _put(self, data: bytes, digest: str) -> BlobInfo:
-        final = self.path(digest)
+    def _put(self, parts: Sequence[bytes], digest: str) -> BlobInfo:
+        final, size = self.path(digest), sum(map(len, parts))
         if self.local:
             if os.path.exists(final):
-                return BlobInfo(digest, len(data), False)
+                return BlobInfo(digest, size, False)
             tmp = f"{self._tmp_dir}/{uuid.uuid4().hex}"
             with open(tmp, "wb") as out:
-                out.write(data)
+                out.writelines(parts)
             os.makedirs(os.path.dirname(final), exist_ok=True)
             os.replace(tmp, final)
-            return BlobInfo(digest, len(data), True)
+            return BlobInfo(digest, size, True)
         if self.fs.exists(final):
-            return BlobInfo(digest, len(data), False)
+            return BlobInfo(digest, size, False)
         tmp = f"{self._tmp_dir}/{uuid.uuid4().hex}"
-        self.fs.pipe_file(tmp, data)
+        self.fs.pipe_file(tmp, parts[0] if len(parts) == 1 else b"".join(parts))
         self._move_into_place(tmp, final)
-        return BlobInfo(digest, len(data), True)
+        return BlobInfo(digest, size, True)
 
     def put_stream(self, stream: BinaryIO, *, max_bytes: int | None = None) -> BlobInfo:
         """Store a stream of any size, hashing while writing; ``max_bytes`` bounds it."""
