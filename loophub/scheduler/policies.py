@@ -25,6 +25,7 @@ from loophub.scheduler.state import (
     Running,
     Scorer,
     first_fit,
+    stranded_shares,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def balanced_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
     ref = state.stranding_ref
     if ref is not None:
         k = len(idx)
-        both = _stranded(np.concatenate([after, before]), np.concatenate([inv, inv]), ref)
+        both = stranded_shares(np.concatenate([after, before]), np.concatenate([inv, inv]), ref)
         stranding = both[:k] - both[k:]
     else:
         needs = d > 0
@@ -64,21 +65,6 @@ def balanced_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
     score = (spread + cfg.balanced_stranding_weight * stranding
              - cfg.balanced_packing_weight * mean_util)
     return int(np.argmin(score))
-
-
-def _stranded(free: np.ndarray, inv: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    """Per node: free capacity (share of the node) no queued unit could use."""
-    out = np.zeros(len(free))
-    for r in range(ref.shape[0]):
-        row = ref[r]
-        if np.isnan(row[0]):
-            continue  # nothing queued needs r
-        blocked = np.zeros(len(free), dtype=bool)
-        for c in range(ref.shape[1]):
-            if c != r and row[c] > 0:
-                blocked |= free[:, c] < row[c] - EPS
-        out += np.where(blocked, free[:, r] * inv[:, r], 0.0)
-    return out
 
 
 def alignment_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
@@ -510,9 +496,9 @@ class BalancedDrfPolicy(DrfPolicy):
             decisions.append(started)
             return True
         if cfg.preempt_on_aging and preempt:
-            victims = (self._more_served_than(st, item, now)
-                       if cfg.aging_victims == "more-served" else _anyone)
-            freed = st.preempt_for(item, now, victims, self.scorer, ~taken)
+            tenants, victim_ok = (self._more_served_than(st, item, now)
+                                  if cfg.aging_victims == "more-served" else (None, _anyone))
+            freed = st.preempt_for(item, now, victim_ok, self.scorer, ~taken, tenants)
             decisions.extend(freed)
             if freed and freed[-1].action == "start":
                 return True
@@ -590,23 +576,19 @@ class BalancedDrfPolicy(DrfPolicy):
         return decisions
 
     def _more_served_than(self, st: SchedulerState, item: Item, now: float
-                          ) -> Callable[[Running], bool]:
+                          ) -> tuple[list[str], Callable[[Running], bool]]:
         """Victims for an aged request: work of tenants holding a larger weighted dominant
         share than its own tenant, so aging never takes from the less served, and its own
         tenant's work (a swap that changes no share: a heavy tenant's old request need not
-        wait behind its own newer ones)."""
+        wait behind its own newer ones). Returns those tenants and the per-run test."""
         mine = st.weighted_share(item.tenant)
-        shares: dict[str, float] = {}
+        tenants = [t for t in st.victim_tenants()
+                   if t == item.tenant or st.weighted_share(t) > mine + EPS]
 
         def ok(run: Running) -> bool:
-            other = run.item.tenant
-            if other == item.tenant:
-                return self._swappable(run, now)
-            if other not in shares:
-                shares[other] = st.weighted_share(other)
-            return shares[other] > mine + EPS
+            return run.item.tenant != item.tenant or self._swappable(run, now)
 
-        return ok
+        return tenants, ok
 
     def next_wakeup(self, st: SchedulerState, now: float) -> float | None:
         """The next request to age, or (while requests wait) the next protection to end."""

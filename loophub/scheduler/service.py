@@ -256,6 +256,7 @@ class SchedulerService:
         if new == (cfg.weights, cfg.group_weights, cfg.quotas, cfg.group_quotas):
             return []
         cfg.weights, cfg.group_weights, cfg.quotas, cfg.group_quotas = (dict(x) for x in new)
+        self.state.config_changed()
         return self.tick()
 
     def release_missing(self, kind: str, alive_keys: set[str], *, grace: float = 60

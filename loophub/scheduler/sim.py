@@ -229,6 +229,7 @@ class _Recorder:
     last_used: np.ndarray | None = None
     last_busy: bool = False
     last_jain: float | None = None
+    jain_key: int = -1
     last_queued: bool = False
     contended_busy: float = 0.0  # time with a non-empty queue, and the usage integral then
     contended_used: np.ndarray | None = None
@@ -263,7 +264,10 @@ class _Recorder:
         self.last_used = used
         self.last_busy = bool(st.running or st.queued)
         self.last_queued = bool(st.queued)
-        self.last_jain = self._jain(st) if st.queued else None
+        if not st.queued:
+            self.last_jain = None
+        elif (key := st.change_count()) != self.jain_key or self.last_jain is None:
+            self.jain_key, self.last_jain = key, self._jain(st)  # holdings or queue moved
         if st.queued and t >= self.next_strand_t:
             self.next_strand_t = t + self.grid
             value = stranded_share(st, queued_shapes)
@@ -281,9 +285,10 @@ class _Recorder:
             return 1.0
         cap = np.where(st.total_cap > 0, st.total_cap, np.inf)
         zero = np.zeros(len(st.keys))
-        dom = np.array([float((st.held.get(t, zero) / cap).max()) for t in tenants])
-        demand = np.array([min(1.0, float(((st.held.get(t, zero) + st.queued_demand.get(t, zero))
-                                          / cap).max())) for t in tenants])
+        held = np.array([st.held.get(t, zero) for t in tenants])
+        queued = np.array([st.queued_demand.get(t, zero) for t in tenants])
+        dom = (held / cap).max(axis=1)
+        demand = np.minimum(1.0, ((held + queued) / cap).max(axis=1))
         weights = np.array([st.tenant_weight(t) for t in tenants])
         fair = water_fill(weights, demand)
         x = np.divide(dom, fair, out=np.ones_like(dom), where=fair > 0)

@@ -87,6 +87,7 @@ class Running:
     slots: list[int]
     start: float
     protected_until: float = -math.inf  # not a preemption victim before then (aged starts)
+    order: int = 0  # starts so far when this one started
 
     @property
     def protected(self) -> bool:
@@ -105,6 +106,40 @@ class Reservation:
     request_id: str
     mask: np.ndarray
     est_start: float | None
+
+
+@dataclass(slots=True)
+class _Releases:
+    """Running work in expected-end order, one row per unit, and the same rows grouped by
+    node (release order kept inside a node) with the capacity each node has regained
+    after each of its releases."""
+
+    runs: list[Running]
+    slots: np.ndarray  # node of each unit row
+    vecs: np.ndarray  # its demand
+    run_of_unit: np.ndarray  # index in ``runs`` (non-decreasing)
+    by_node: np.ndarray  # row order grouping the rows by node
+    first: np.ndarray  # in that order: a node's first row
+    regained: np.ndarray  # in that order: cumulative demand released on the row's node
+
+    @classmethod
+    def of(cls, runs: list[Running], width: int) -> _Releases:
+        if not runs:
+            empty = np.zeros(0, dtype=int)
+            return cls([], empty, np.zeros((0, width)), empty, empty,
+                       np.zeros(0, dtype=bool), np.zeros((0, width)))
+        counts = [len(r.slots) for r in runs]
+        slots = np.fromiter((s for r in runs for s in r.slots), dtype=int, count=sum(counts))
+        vecs = np.repeat(np.array([r.item.unit for r in runs]), counts, axis=0)
+        by_node = np.argsort(slots, kind="stable")
+        node = slots[by_node]
+        first = np.r_[True, node[1:] != node[:-1]]
+        regained = np.cumsum(vecs[by_node], axis=0)
+        starts = np.flatnonzero(first)
+        before = np.vstack([np.zeros((1, width)), regained[starts[1:] - 1]])
+        regained -= np.repeat(before, np.diff(np.r_[starts, len(node)]), axis=0)
+        return cls(runs, slots, vecs, np.repeat(np.arange(len(runs)), counts), by_node, first,
+                   regained)
 
 
 @dataclass(slots=True)
@@ -142,6 +177,7 @@ class SchedulerState:
         self._slot: dict[str, int] = {}
         self._type_masks: dict[frozenset[str] | None, np.ndarray] = {}
         self._seq = 0
+        self._starts = 0
         self.queued: dict[str, Item] = {}
         self._global: list[tuple[float, int, str]] = []
         self._by_tenant: dict[str, list[tuple[float, int, str]]] = {}
@@ -150,13 +186,17 @@ class SchedulerState:
         self._age_by_tenant: dict[str, list[tuple[float, int, str]]] = {}
         self._protection_ends: list[tuple[float, int, str]] = []  # heap: (until, seq, id)
         self.running: dict[str, Running] = {}
+        self._by_end: list[tuple[float, int, str]] = []  # running, by (expected end, seq)
         self.held: dict[str, np.ndarray] = {}
+        self._weighted: dict[str, float] = {}  # weighted dominant share per tenant (cache)
         self.group_held: dict[str, np.ndarray] = {}
         self.queued_demand: dict[str, np.ndarray] = {}
         self._tenant_groups: dict[str, set[str]] = {}
         self.reservations: list[Reservation] = []
         self.victim_used = np.zeros((0, len(self.keys)))  # held by preemptible, unprotected work
+        self._victims: dict[str, dict[str, Running]] = {}  # that work, per tenant
         self._version = 0  # bumped whenever free capacity changes; keys the caches below
+        self._changes = 0  # bumped when the queue changes (with _version: change_count)
         self._topology = 0  # bumped when nodes or resource keys change
         self._release_cache: tuple[int, Any] | None = None
         self._reservation_cache: dict[str, tuple[int, bytes, Reservation | None]] = {}
@@ -167,6 +207,8 @@ class SchedulerState:
         self._fits_empty_pool: dict[tuple, bool] = {}
         self._window_rows: dict[str, tuple[int, ...]] = {}
         self.stranding_ref: np.ndarray | None = None  # set by FitTracker for the scorers
+        self._shapes_changed = 0  # bumped when a distinct queued shape appears or goes
+        self._stranding_key = -1  # _shapes_changed when stranding_ref was computed
         # distinct queued unit vectors with their counts: "can anything still fit?" in one test
         self._shape_row: dict[tuple, int] = {}
         self._shape_mat = np.zeros((16, len(self.keys)))
@@ -184,6 +226,7 @@ class SchedulerState:
             raise SchedulerError(reason)
         self._enqueue(self._make_item(request, now, self._next_seq()))
         self._tenant_groups.setdefault(request.tenant, set()).update(request.groups)
+        self._weighted.pop(request.tenant, None)  # its groups, so its weight, may change
         self.policy.on_submit(self, self.queued[request.id], now)
         return self._after_event(now)
 
@@ -237,7 +280,13 @@ class SchedulerState:
     def set_runtime(self, request_id: str, runtime: float | None) -> None:
         """Update the expected runtime (e.g. what remains after a preemption)."""
         item = self._item(request_id)
+        run = self.running.get(request_id)
+        if run is not None:
+            _remove_sorted(self._by_end, (run.expected_end, item.seq, item.id))
         item.runtime = runtime
+        if run is not None:
+            bisect.insort(self._by_end, (run.expected_end, item.seq, item.id))
+            self._version += 1  # reservations are computed from expected ends
 
     # ------------------------------------------------------------ introspection
     def fits_ever(self, request: Request) -> str | None:
@@ -283,6 +332,10 @@ class SchedulerState:
         res = self.reservation_for(item, self.now, first_fit)
         return None if res is None else res.est_start
 
+    def change_count(self) -> int:
+        """Grows with every change to the queue, the holdings or the pool (a cache key)."""
+        return self._changes + self._version
+
     def next_wakeup(self) -> float | None:
         """The next time a pass could decide differently with no event (aging, priorities)."""
         return self.policy.next_wakeup(self, self.now)
@@ -303,8 +356,16 @@ class SchedulerState:
                          where=self.total_cap > 0)
 
     def weighted_share(self, tenant: str) -> float:
-        s = self.shares(tenant)
-        return (float(s.max()) if s.size else 0.0) / self.tenant_weight(tenant)
+        value = self._weighted.get(tenant)
+        if value is None:  # kept until the tenant's holdings, weight or the pool change
+            s = self.shares(tenant)
+            value = (float(s.max()) if s.size else 0.0) / self.tenant_weight(tenant)
+            self._weighted[tenant] = value
+        return value
+
+    def config_changed(self) -> None:
+        """Weights or quotas in ``config`` were edited in place: forget what used them."""
+        self._weighted.clear()
 
     def node_names(self) -> list[str]:
         return [n for n, s in self._slot.items() if self.active[s]]
@@ -342,6 +403,10 @@ class SchedulerState:
 
     def next_protection_end(self) -> float | None:
         return self._protection_ends[0][0] if self._protection_ends else None
+
+    def victim_tenants(self) -> list[str]:
+        """Tenants holding preemptible work that is not protected now."""
+        return [t for t, pool in self._victims.items() if pool]
 
     def tenants_waiting(self) -> list[str]:
         return [t for t, q in self._by_tenant.items() if q]
@@ -422,9 +487,12 @@ class SchedulerState:
         total = item.unit * item.request.count
         self._add_held(item, total)
         alloc = Allocation(request_id=item.id, tenant=item.tenant, units=placed, start=now)
+        self._starts += 1
         run = Running(item=item, allocation=alloc, slots=list(slots), start=now,
-                      protected_until=self.policy.protected_until(self, item, now))
+                      protected_until=self.policy.protected_until(self, item, now),
+                      order=self._starts)
         self.running[item.id] = run
+        bisect.insort(self._by_end, (run.expected_end, item.seq, item.id))
         if item.request.preemptible and not run.protected:
             self._count_victim(run, 1)
         elif run.protected and math.isfinite(run.protected_until):
@@ -491,17 +559,12 @@ class SchedulerState:
         self._reservation_cache[item.id] = (self._topology, ex_key, res)
         return res
 
-    def _releases(self) -> tuple[list[Running], np.ndarray, np.ndarray, np.ndarray]:
-        """Running work in expected-end order, flattened to one row per unit (cached)."""
+    def _releases(self) -> _Releases:
+        """Running work in expected-end order (cached until allocations change)."""
         if self._release_cache and self._release_cache[0] == self._version:
             return self._release_cache[1]
-        runs = sorted(self.running.values(), key=lambda r: (r.expected_end, r.item.seq))
-        counts = [len(r.slots) for r in runs]
-        slots = np.fromiter((s for r in runs for s in r.slots), dtype=int, count=sum(counts))
-        vecs = (np.repeat(np.array([r.item.unit for r in runs]), counts, axis=0) if runs
-                else np.zeros((0, len(self.keys))))
-        run_of_unit = np.repeat(np.arange(len(runs)), counts)
-        value = (runs, slots, vecs, run_of_unit)
+        runs = [self.running[rid] for _, _, rid in self._by_end]
+        value = _Releases.of(runs, len(self.keys))
         self._release_cache = (self._version, value)
         return value
 
@@ -510,20 +573,23 @@ class SchedulerState:
         mask = self.eligible(item.types)
         if exclude is not None:
             mask = mask & ~exclude
-        runs, slot_arr, unit_vecs, run_of_unit = self._releases()
-        if not runs:
+        rel = self._releases()
+        if not rel.runs:
             return None
 
         def free_after(k: int) -> np.ndarray:
             free = self.free.copy()
-            n = int(np.searchsorted(run_of_unit, k))
-            np.add.at(free, slot_arr[:n], unit_vecs[:n])
+            n = int(np.searchsorted(rel.run_of_unit, k))
+            np.add.at(free, rel.slots[:n], rel.vecs[:n])
             return free
 
-        if self.place(item, free_after(len(runs)), mask, first_fit) is None:
+        lo = _releases_until_fit(self.free, mask, item.unit, item.request.count, rel)
+        if lo is None:
             return None
-        lo, hi = 0, len(runs)
-        while lo < hi:
+        hi = len(rel.runs)
+        if self.place(item, free_after(lo), mask, first_fit) is not None:
+            hi = lo  # the usual case: the count agrees with placing unit by unit
+        while lo < hi:  # rounding at a boundary: search the rest unit by unit
             mid = (lo + hi) // 2
             if self.place(item, free_after(mid), mask, first_fit) is None:
                 lo = mid + 1
@@ -532,12 +598,14 @@ class SchedulerState:
         slots = self.place(item, free_after(lo), mask, scorer) or []
         res_mask = np.zeros(len(self.active), dtype=bool)
         res_mask[slots] = True
-        end = runs[lo - 1].expected_end if lo > 0 else now
+        end = rel.runs[lo - 1].expected_end if lo > 0 else now
         return Reservation(item.id, res_mask, None if math.isinf(end) else max(end, now))
 
     def preempt_for(self, item: Item, now: float, victim_ok: Callable[[Running], bool],
-                    scorer: Scorer, allowed: np.ndarray | None = None) -> list[Decision]:
-        """Free room for ``item`` by preempting whole gangs that ``victim_ok`` accepts.
+                    scorer: Scorer, allowed: np.ndarray | None = None,
+                    tenants: Iterable[str] | None = None) -> list[Decision]:
+        """Free room for ``item`` by preempting whole gangs that ``victim_ok`` accepts, of
+        ``tenants`` only when given (a cheap prefilter: most work is ruled out per tenant).
 
         Nodes are chosen on the capacity that preempting could reclaim; on each chosen node the
         victims are taken from the most over-served tenant first, newest first.
@@ -549,10 +617,12 @@ class SchedulerState:
             mask = mask & allowed
         if self.place(item, self.free + self.victim_used, mask, first_fit) is None:
             return []  # even every eligible victim would not make room
-        victims = [r for r in self.running.values()
-                   if r.item.request.preemptible and not r.protected and victim_ok(r)]
+        pools = self._victims.values() if tenants is None else (
+            self._victims[t] for t in tenants if t in self._victims)
+        victims = [run for pool in pools for run in pool.values() if victim_ok(run)]
         if not victims:
             return []
+        victims.sort(key=_started_order)  # a fixed summation order: reproducible floats
         reclaimable = self.free.copy()
         for run in victims:
             for slot in run.slots:
@@ -560,19 +630,24 @@ class SchedulerState:
         slots = self.place(item, reclaimable, mask, scorer)
         if slots is None:
             return []
-        need = np.zeros_like(self.free)
+        deficit = {slot: -self.free[slot] for slot in slots}  # what each chosen node lacks
         for slot in slots:
-            need[slot] += item.unit
-        deficit = need - self.free
-        victims.sort(key=lambda r: (-self.weighted_share(r.item.tenant), -r.start, r.item.id))
+            deficit[slot] = deficit[slot] + item.unit
+        victims = [run for run in victims if not deficit.keys().isdisjoint(run.slots)]
+        share = {t: self.weighted_share(t) for t in {run.item.tenant for run in victims}}
+        victims.sort(key=lambda r: (-share[r.item.tenant], -r.start, r.item.id))
         chosen: list[str] = []
+        short = {slot for slot, lack in deficit.items() if (lack > EPS).any()}
         for run in victims:
-            if not (deficit[slots] > EPS).any():
+            if not short:
                 break
-            if any((deficit[s] > EPS).any() for s in run.slots):
+            if not short.isdisjoint(run.slots):
                 chosen.append(run.item.id)
                 for slot in run.slots:
-                    deficit[slot] -= run.item.unit
+                    if slot in deficit:
+                        deficit[slot] = deficit[slot] - run.item.unit
+                        if not (deficit[slot] > EPS).any():
+                            short.discard(slot)
         decisions = [self.preempt(rid, now, reason=f"for {item.id}") for rid in chosen]
         started = self.try_start(item, now, scorer, allowed)
         if started is None:  # cannot happen when the arithmetic above holds; stay safe
@@ -658,6 +733,15 @@ class SchedulerState:
                 np.subtract.at(used, run.slots, run.item.unit)
         if not np.allclose(used, self.cap - self.free - self.victim_used, atol=1e-6):
             raise InvariantError("preemptible (victim) usage out of sync")
+        if self._by_end != sorted((r.expected_end, r.item.seq, rid)
+                                  for rid, r in self.running.items()):
+            raise InvariantError("expected-end index out of sync")
+        victims = {rid for rid, run in self.running.items()
+                   if run.item.request.preemptible and not run.protected}
+        indexed = [(t, rid) for t, pool in self._victims.items() for rid in pool]
+        if {rid for _, rid in indexed} != victims or len(indexed) != len(victims) or any(
+                self.running[rid].item.tenant != t for t, rid in indexed):
+            raise InvariantError("preemptible (victim) index out of sync")
 
     # ---------------------------------------------------------------- internals
     def _advance(self, now: float | None) -> float:
@@ -682,6 +766,11 @@ class SchedulerState:
                 self._count_victim(run, 1)
 
     def _count_victim(self, run: Running, sign: int) -> None:
+        pool = self._victims.setdefault(run.item.tenant, {})
+        if sign > 0:
+            pool[run.item.id] = run
+        else:
+            pool.pop(run.item.id, None)
         for slot in run.slots:
             if slot < len(self.active) and self.active[slot]:
                 self.victim_used[slot] += sign * run.item.unit
@@ -760,6 +849,8 @@ class SchedulerState:
             self._shape_mat[row] = item.unit
         item.row = row
         self._shape_cnt[row] += delta
+        if self._shape_cnt[row] == (1 if delta > 0 else 0):  # a shape came or went
+            self._shapes_changed += 1
 
     def window_rows(self, tenant: str, length: int) -> tuple[int, ...]:
         """Shape rows of the tenant's first ``length`` queued requests (cached per tenant)."""
@@ -770,6 +861,7 @@ class SchedulerState:
         return rows
 
     def _enqueue(self, item: Item) -> None:
+        self._changes += 1
         entry = (item.submit, item.seq, item.id)
         self._window_rows.pop(item.tenant, None)
         self._count_shape(item, 1)
@@ -782,6 +874,7 @@ class SchedulerState:
         demand += item.unit * item.request.count
 
     def _dequeue(self, item: Item) -> None:
+        self._changes += 1
         entry = (item.submit, item.seq, item.id)
         self._window_rows.pop(item.tenant, None)
         self._count_shape(item, -1)
@@ -796,6 +889,7 @@ class SchedulerState:
 
     def _release(self, request_id: str, now: float) -> None:
         run = self.running.pop(request_id)
+        _remove_sorted(self._by_end, (run.expected_end, run.item.seq, run.item.id))
         self._version += 1
         self._free_grew += 1
         if run.item.request.preemptible and not run.protected:
@@ -815,6 +909,7 @@ class SchedulerState:
         self.policy.on_release(self, run, now)
 
     def _add_held(self, item: Item, delta: np.ndarray) -> None:
+        self._weighted.pop(item.tenant, None)
         held = self.held.setdefault(item.tenant, np.zeros(len(self.keys)))
         held += delta
         np.maximum(held, 0.0, out=held)
@@ -904,6 +999,7 @@ class SchedulerState:
 
     def _topology_changed(self) -> None:
         self._topology += 1
+        self._weighted.clear()
         self._version += 1
         self._free_grew += 1
         self._type_masks.clear()
@@ -936,6 +1032,7 @@ class SchedulerState:
             item.shape = (tuple(item.unit.tolist()), item.request.count, item.types)
         self._shape_row = {}
         self._window_rows = {}
+        self._shapes_changed += 1
         self._shape_mat = np.zeros((16, len(self.keys)))
         self._shape_cnt = np.zeros(16, dtype=np.int64)
         for item in self.queued.values():
@@ -957,6 +1054,7 @@ class SchedulerState:
     def _item_from_dict(self, entry: dict[str, Any]) -> Item:
         request = Request.from_dict(entry["request"])
         self._tenant_groups.setdefault(request.tenant, set()).update(request.groups)
+        self._weighted.pop(request.tenant, None)
         item = self._make_item(request, float(entry["submit"]), int(entry["seq"]))
         item.runtime = entry.get("runtime")
         item.waiting_since = float(entry.get("waiting_since", item.submit))
@@ -984,7 +1082,9 @@ class FitTracker:
             live[self.rows] = self.table.any(axis=1)
         self.live = live
         self.fitting: list[bool] = live.tolist()
-        st.stranding_ref = self._stranding_reference(st, n)
+        if st._stranding_key != st._shapes_changed:  # the set of queued shapes moved
+            st.stranding_ref = self._stranding_reference(st, n)
+            st._stranding_key = st._shapes_changed
 
     @staticmethod
     def _stranding_reference(st: SchedulerState, n: int) -> np.ndarray | None:
@@ -1017,6 +1117,24 @@ class FitTracker:
             self.fitting = self.live.tolist()
 
 
+def stranded_shares(free: np.ndarray, inv: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Per node: free capacity (share of the node) no queued unit could use. ``ref`` is
+    the stranding reference (FitTracker._stranding_reference). A loop over the few
+    resources: cheaper than one broadcast over nodes x resources x resources."""
+    out = np.zeros(len(free))
+    for r, row in enumerate(ref.tolist()):
+        if math.isnan(row[0]):
+            continue  # nothing queued needs r
+        blocked = None
+        for c, least in enumerate(row):
+            if c != r and least > 0:
+                short = free[:, c] < least - EPS
+                blocked = short if blocked is None else blocked | short
+        if blocked is not None:
+            out += np.where(blocked, free[:, r] * inv[:, r], 0.0)
+    return out
+
+
 def _fits(free: np.ndarray, need: np.ndarray, cols: list[int], mask: np.ndarray) -> np.ndarray:
     """Nodes in ``mask`` with at least ``need`` free, testing only the columns in ``cols``
     (column by column: cheaper than a row-wise all() over a handful of resources)."""
@@ -1024,6 +1142,40 @@ def _fits(free: np.ndarray, need: np.ndarray, cols: list[int], mask: np.ndarray)
     for r in cols:
         ok &= free[:, r] >= need[r]
     return ok
+
+
+def _releases_until_fit(free: np.ndarray, mask: np.ndarray, unit: np.ndarray, count: int,
+                        rel: _Releases) -> int | None:
+    """The fewest runs (in release order) whose end lets ``count`` units fit on ``mask``.
+
+    A node holds floor(free / unit) units (the least over the resources the unit needs);
+    the gang fits once those counts, capped at ``count``, add up to ``count``. Each release
+    adds to one node, so the counts after every release follow from the capacity each node
+    regains (``rel.regained``): the totals in release order come out at once, with no
+    repeated placement. None: not even after every release."""
+    cols = np.flatnonzero(unit > EPS)
+    d = unit[cols]
+
+    def units(avail: np.ndarray) -> np.ndarray:
+        return np.minimum(np.floor((avail + EPS) / d).min(axis=1), count)
+
+    base = units(free[mask][:, cols]).sum() if mask.any() else 0.0
+    if base >= count:
+        return 0
+    on = mask[rel.slots[rel.by_node]]  # rows on usable nodes (whole node groups)
+    if not on.any():
+        return None
+    node_free = free[rel.slots[rel.by_node[on]]][:, cols]
+    after = units(node_free + rel.regained[on][:, cols])
+    before = np.where(rel.first[on], units(node_free), np.r_[0.0, after[:-1]])
+    gain = np.zeros(len(rel.slots))
+    gain[rel.by_node[on]] = after - before
+    reached = np.flatnonzero(base + np.cumsum(gain) >= count)
+    return None if reached.size == 0 else int(rel.run_of_unit[reached[0]]) + 1
+
+
+def _started_order(run: Running) -> int:
+    return run.order
 
 
 def _remove_sorted(entries: list, entry: tuple) -> None:

@@ -175,3 +175,41 @@ def test_aging_bounds_every_stretch_of_waiting(bound, quantum, gap, lengths, res
     assert res.metrics["unfinished"] == 0
     assert res.metrics["preemptions"] >= 2  # the node really changed hands back and forth
     assert res.metrics["wait_stretch_max"] <= max(bound, quantum) + 1e-6
+
+
+@FAST
+@given(pool=pools, stream=st.lists(requests, min_size=1, max_size=25), probe=requests,
+       excluded=st.lists(st.booleans(), max_size=6))
+def test_release_count_for_a_reservation_matches_placing_unit_by_unit(pool, stream, probe,
+                                                                      excluded):
+    """The counted shortcut (_releases_until_fit) finds the same number of releases as
+    placing the gang unit by unit after each release, on any pool and any running set."""
+    from loophub.scheduler.state import _releases_until_fit, first_fit
+
+    state = SchedulerState("fifo", SchedulerConfig(), make_pool(pool), auto_schedule=False)
+    for n, (tenant, cpu, mem, gpu, count, pre, gtype, rt) in enumerate(stream):
+        r = req(f"r{n}", f"t{tenant}", cpu=cpu, mem_gib=mem, gpu=gpu, count=count,
+                preemptible=pre, gpu_type=gtype, runtime=rt)
+        if state.fits_ever(r) is None:
+            state.submit(r, 0.0)
+            state.tick(0.0)
+    tenant, cpu, mem, gpu, count, _, gtype, _ = probe
+    r = req("probe", "tp", cpu=cpu, mem_gib=mem, gpu=gpu, count=count, gpu_type=gtype)
+    if state.fits_ever(r) is not None:
+        return
+    state.submit(r, 0.0)
+    item = state.queued["probe"]
+    mask = state.eligible(item.types) & ~np.array(
+        (excluded + [False] * len(state.active))[:len(state.active)], dtype=bool)
+    rel = state._releases()
+
+    def fits_after(k: int) -> bool:
+        free = state.free.copy()
+        for run in rel.runs[:k]:
+            for slot in run.slots:
+                free[slot] += run.item.unit
+        return state.place(item, free, mask, first_fit) is not None
+
+    expected = next((k for k in range(len(rel.runs) + 1) if fits_after(k)), None)
+    got = _releases_until_fit(state.free, mask, item.unit, item.request.count, rel)
+    assert got == expected
