@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -77,6 +78,9 @@ class DraftRecord(Base):
     __table_args__ = (
         Index("ix_dataset_records_seq", "dataset_id", "seq"),
         Index("ix_dataset_records_annotated", "dataset_id", "annotated"),
+        # a commit's stream of rows no import packed (migration 0006)
+        Index("ix_dataset_records_unpacked", "dataset_id", "seq",
+              sqlite_where=text("pack IS NULL"), postgresql_where=text("pack IS NULL")),
     )
 
 

@@ -2,14 +2,19 @@
 
 A commit streams the draft rows written since the last commit in id order, packs
 their content, writes a delta manifest (and a snapshot every MAX_CHAIN versions)
-and records the version, never holding the whole dataset in memory.
+and records the version, never holding the whole dataset in memory. Rows a bulk
+import packed arrive as text and are listed a block of lines at a time; the others
+(single edits, deletions, checkout writes) come in a second sorted stream, merged in.
 """
 
 from __future__ import annotations
 
+import gc
 import uuid
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from operator import itemgetter
 
@@ -67,18 +72,13 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
         parent = session.get(DatasetVersion, parent_id) if parent_id else None
     version_id = uuid.uuid4().hex
     delta = ManifestWriter(blobs, {"kind": "delta", "version": version_id, "parent": parent_id})
-    writer = _DeltaWriter(PackWriter(blobs), delta)
-    done = 0
-    for batch in _changed_batches(db, dataset_id, since, upto):
-        if writer.pending or None in map(_PACK, batch):
-            for row in batch:
-                writer.row(*row)
-        else:  # the usual bulk case: every row already packed by an import
-            writer.listed(batch)
-        done += len(batch)
-        if progress:
-            progress(done, 0)
-    writer.close()
+    # before the first version no row has a base (one is saved only for rows at or below
+    # committed_seq, then 0): every line adds a record
+    based = parent is not None
+    writer = _DeltaWriter(PackWriter(blobs), delta, based)
+    with (_collector_paused(),
+          closing(_changed_runs(db, dataset_id, since, upto, based)) as runs):
+        _write_delta(writer, runs, progress)
     result, packs = writer.result, writer.packs
     if parent and not (result.added or result.changed or result.removed):
         raise InvalidInput(f"nothing to commit: the draft equals version {parent.number}; "
@@ -103,36 +103,82 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
     return result
 
 
-_PACK, _LABELS, _BASE_HASH = itemgetter(1), itemgetter(3), itemgetter(7)
+def _write_delta(writer: _DeltaWriter, runs: Iterable[list[tuple] | tuple],
+                 progress: Callable[[int, int], None] | None) -> None:
+    done = reported = 0
+    for run in runs:
+        if isinstance(run, list):  # rows an import packed, with no other row among them
+            writer.listed(run)
+            done += len(run)
+        else:
+            writer.row(*run)
+            done += 1
+        if progress and done - reported >= 10_000:
+            progress(done, 0)
+            reported = done
+    writer.close()
+    if progress and done > reported:
+        progress(done, 0)
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Fetched rows are tuples, which the cyclic garbage collector tracks: reading 1M
+    of them set off over a thousand collections (about 5% of the commit). Tuples of strings
+    and numbers make no cycles; reference counting frees them all the same."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+# Rows an import packed, as the commit reads them (all text): without a parent
+# (id, hash, labels, media, pack, offset, length); with one, the id is prefixed by its
+# op and (base hash, base labels) follow, "" for none.
+_LABELS, _PACK, _BASE_HASH = itemgetter(2), itemgetter(4), itemgetter(7)
+
+
+def _prefixed_id(row: tuple) -> str:
+    return row[0][1:]
 
 
 class _DeltaWriter:
-    """Writes a commit's delta manifest from draft rows in id order: rows a bulk import
-    packed are only listed; other rows are packed here, their lines waiting (``pending``)
-    until their pack is stored and has a digest."""
+    """Writes a commit's delta manifest in id order from runs of rows an import packed
+    (only listed, a block at a time) and single rows it packs itself. Their lines wait
+    (``pending``) until the pack is stored and has a digest, and whatever follows them
+    waits too."""
 
-    def __init__(self, packs: PackWriter, delta: ManifestWriter) -> None:
-        self.packs, self.delta = packs, delta
+    def __init__(self, packs: PackWriter, delta: ManifestWriter, based: bool) -> None:
+        self.packs, self.delta, self.based = packs, delta, based
+        self.record_id = _prefixed_id if based else itemgetter(0)
         self.result = CommitResult(None)  # type: ignore[arg-type]
         self.packed_counts: Counter = Counter()  # label strings, expanded once at the end
         self.reused: set[str] = set()  # import packs this version lists
         self.deleted_ids: list[str] = []  # removed from the draft once the version exists
-        # (id, line) or, until its pack is stored, (id, (op, fields with the pack's number))
-        self.pending: list[tuple[str, str | tuple]] = []
+        # (first id, last id, lines, text) or, for a line whose pack is not stored yet,
+        # (id, id, 1, (op, fields with the pack's number))
+        self.pending: list[tuple[str, str, int, str | tuple]] = []
+        self.pending_lines = 0
 
     def listed(self, rows: list[tuple]) -> None:
-        """A batch of rows that all point into import packs (none pending before them)."""
-        text = "".join([f"{'~' if bh else '+'}{rid}\t{h}\t{lab}\t{media or ''}\t{pack}\t"
-                        f"{offset}\t{length}\t{bh or ''}\t{bl or ''}\n"
-                        for rid, pack, h, lab, media, offset, length, bh, bl, _, _ in rows])
+        """A run of packed rows in id order with no other changed row among them."""
+        if self.based:
+            text = "\n".join(map("\t".join, rows)) + "\n"
+        else:  # every line adds a record: "+" and no old hash or labels
+            text = "+" + "\t\t\n+".join(map("\t".join, rows)) + "\t\t\n"
         # only ids and labels are free text: if no field held a tab, newline, carriage
-        # return or backslash, the batch needs no escaping (else format it line by line)
+        # return or backslash, the run needs no escaping (else format it line by line)
         if (text.count("\t") != 8 * len(rows) or text.count("\n") != len(rows)
                 or "\\" in text or "\r" in text):
-            text = "".join(self._packed_line(*row[:9]) for row in rows)
-        self.delta.write_block(text, rows[0][0], rows[-1][0], len(rows))
-        # C-level passes over the batch (itemgetter, Counter, set) instead of Python loops
-        added = list(map(_BASE_HASH, rows)).count(None)
+            text = "".join(map(self._escaped_line, rows))
+        # a whole run may wait: no pack is added within it, so the commit's packs end
+        # where they would if its lines had waited one by one
+        self._emit((self.record_id(rows[0]), self.record_id(rows[-1]), len(rows), text))
+        # C-level passes over the run (itemgetter, Counter, set), no Python loop per row
+        added = list(map(_BASE_HASH, rows)).count("") if self.based else len(rows)
         self.result.added += added
         self.result.changed += len(rows) - added
         self.packed_counts.update(map(_LABELS, rows))  # "" expands to no label
@@ -140,26 +186,14 @@ class _DeltaWriter:
             self.packed_counts.subtract([row[8] for row in rows if row[8]])
         self.reused.update(map(_PACK, rows))
 
-    @staticmethod
-    def _packed_line(rid, pack, hash_, labels, media, offset, length, base_hash,
-                     base_labels) -> str:
-        entry = Entry(rid, hash_, labels, media or "", pack, offset, length)
-        return format_line("~" if base_hash else "+", entry, rid, base_hash or "",
-                           base_labels or "")
+    def _escaped_line(self, row: tuple) -> str:
+        op, rid = (row[0][0], row[0][1:]) if self.based else ("+", row[0])
+        hash_, labels, media, pack, offset, length = row[1:7]
+        entry = Entry(rid, hash_, labels, media, pack, int(offset), int(length))
+        return format_line(op, entry, rid, *row[7:9])
 
-    def row(self, rid, pack, hash_, labels, media, offset, length, base_hash, base_labels,
-            content, deleted) -> None:
-        if pack is not None:
-            self._write(rid, self._packed_line(rid, pack, hash_, labels, media, offset, length,
-                                               base_hash, base_labels))
-            self.result.added += base_hash is None
-            self.result.changed += base_hash is not None
-            if labels:
-                self.packed_counts[labels] += 1
-            if base_labels:
-                self.packed_counts[base_labels] -= 1
-            self.reused.add(pack)
-            return
+    def row(self, rid, hash_, labels, media, base_hash, base_labels, content, deleted) -> None:
+        """A row no import packed: an edit, a deletion, a checkout's write."""
         op = _operation(deleted, hash_, base_hash)
         if deleted:
             self.deleted_ids.append(rid)
@@ -169,7 +203,7 @@ class _DeltaWriter:
             self.packed_counts[base_labels] -= 1
         if op == "-":
             self.result.removed += 1
-            self._write(rid, format_line("-", None, rid, base_hash, base_labels or ""))
+            self._emit((rid, rid, 1, format_line("-", None, rid, base_hash, base_labels or "")))
             return
         self.result.added += op == "+"
         self.result.changed += op == "~"
@@ -177,29 +211,38 @@ class _DeltaWriter:
             self.packed_counts[labels] += 1
         closed_before = len(self.packs.written)
         number, offset, length = self.packs.add(content.encode())
-        self.pending.append((rid, (op, hash_, labels, media or "", number, offset, length,
-                                   base_hash or "", base_labels or "")))
+        self.pending.append((rid, rid, 1, (op, hash_, labels, media or "", number, offset,
+                                           length, base_hash or "", base_labels or "")))
+        self.pending_lines += 1
         if len(self.packs.written) > closed_before:  # stored: the waiting lines can go out
             self._flush_pending()
 
-    def _write(self, rid: str, line: str) -> None:
+    def _emit(self, lines: tuple[str, str, int, str]) -> None:
         if not self.pending:
-            self.delta.write(line, rid)
+            self._write(*lines)
             return
-        self.pending.append((rid, line))
-        if len(self.pending) > PENDING_LINES:  # bounded memory when edits interleave
+        self.pending.append(lines)
+        self.pending_lines += lines[2]
+        if self.pending_lines > PENDING_LINES:  # bounded memory when edits interleave
             self.packs.flush()  # with rows a bulk import packed
             self._flush_pending()
 
+    def _write(self, first_id: str, last_id: str, count: int, text: str) -> None:
+        if count == 1:  # buffered: a block per line would compress line by line
+            self.delta.write(text, first_id)
+        else:
+            self.delta.write_block(text, first_id, last_id, count)
+
     def _flush_pending(self) -> None:
-        for rid, line in self.pending:
-            if not isinstance(line, str):
-                op, hash_, labels, media, number, offset, length, old_hash, old_labels = line
-                entry = Entry(rid, hash_, labels, media, self.packs.written[number][0], offset,
-                              length)
-                line = format_line(op, entry, rid, old_hash, old_labels)
-            self.delta.write(line, rid)
+        for first_id, last_id, count, text in self.pending:
+            if not isinstance(text, str):
+                op, hash_, labels, media, number, offset, length, old_hash, old_labels = text
+                entry = Entry(first_id, hash_, labels, media, self.packs.written[number][0],
+                              offset, length)
+                text = format_line(op, entry, first_id, old_hash, old_labels)
+            self._write(first_id, last_id, count, text)
         self.pending.clear()
+        self.pending_lines = 0
 
     def close(self) -> None:
         self.packs.flush()
@@ -215,37 +258,88 @@ def _operation(deleted: bool, hash_: str, base_hash: str | None) -> str | None:
     return "~" if hash_ != base_hash else None
 
 
-
-def _changed_batches(db: Database, dataset_id: int, since: int, upto: int
-                     ) -> Iterator[list[tuple]]:
-    """Draft rows written in (since, upto], in code-point id order, in batches of plain
-    tuples from a streaming DB-API cursor (the ORM's row objects cost a third of a
-    1M-record commit): (id, pack, hash, labels, media, offset, length, base_hash,
-    base_labels, content, deleted); content only for rows no import packed. Packed
-    rows equal to the head are left out."""
+def _changed_runs(db: Database, dataset_id: int, since: int, upto: int, based: bool
+                  ) -> Iterator[list[tuple] | tuple]:
+    """Draft rows written in (since, upto], in code-point id order, read from one
+    snapshot as two sorted streams merged here: runs (lists) of rows an import packed,
+    all text, in the shape ``_DeltaWriter.listed`` takes (``based``: the head exists),
+    leaving out those equal to the head; and single rows (tuples) no import packed:
+    (id, hash, labels, media, base_hash, base_labels, content, deleted). Plain DB-API
+    cursors: the ORM's row objects cost a third of a 1M-record commit, and each column
+    of a row costs, so packed rows bring only what their lines need."""
     postgres = db.engine.dialect.name == "postgresql"
+    params = (dataset_id, since, upto)
+    raw = db.engine.raw_connection()
+    try:
+        # both streams must see the same rows (PostgreSQL reads a snapshot per statement)
+        raw.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ" if postgres
+                             else "BEGIN")
+        packed = _cursor(raw, postgres, "loophub_packed", _packed_sql(postgres, since, based),
+                         params)
+        unpacked = _cursor(raw, postgres, "loophub_unpacked", _unpacked_sql(postgres), params)
+        batches = iter(lambda: packed.fetchmany(10_000), [])
+        yield from _merged(batches, iter(unpacked), _prefixed_id if based else itemgetter(0))
+    finally:
+        raw.rollback()
+        raw.close()
+
+
+def _cursor(raw, postgres: bool, name: str, sql: str, params: tuple):
+    cursor = raw.cursor(name=name) if postgres else raw.cursor()  # streamed, not fetched
+    if postgres:
+        cursor.itersize = 10_000
+    cursor.execute(sql, params)
+    return cursor
+
+
+def _range(postgres: bool, seq: str = "seq") -> str:
     mark = "%s" if postgres else "?"
-    collate = ' COLLATE "C"' if postgres else ""
+    return f"FROM dataset_records WHERE dataset_id = {mark} AND {seq} > {mark} AND {seq} <= {mark}"
+
+
+def _ordered(postgres: bool) -> str:
+    return ' ORDER BY record_id COLLATE "C"' if postgres else " ORDER BY record_id"
+
+
+def _packed_sql(postgres: bool, since: int, based: bool) -> str:
     # The first commit reads every row: walking the primary key in id order beats
     # SQLite's plan (the seq index, then sorting every row). PostgreSQL plans on stats.
     seq = "+seq" if since == 0 and not postgres else "seq"
-    sql = ("SELECT record_id, pack, hash, labels, media_sha, pack_offset, pack_length, "
-           "base_hash, base_labels, CASE WHEN pack IS NULL THEN content END, deleted "
-           f"FROM dataset_records WHERE dataset_id = {mark} AND {seq} > {mark} "
-           f"AND {seq} <= {mark} "
-           "AND NOT (pack IS NOT NULL AND base_hash IS NOT NULL AND base_hash = hash) "
-           f"ORDER BY record_id{collate}")
-    raw = db.engine.raw_connection()
-    try:
-        cursor = raw.cursor(name="loophub_commit") if postgres else raw.cursor()
-        if postgres:
-            cursor.itersize = 10000
-        cursor.execute(sql, (dataset_id, since, upto))
-        while batch := cursor.fetchmany(10000):
-            yield batch
-        cursor.close()
-    finally:
-        raw.close()
+    head = ("CASE WHEN base_hash IS NULL THEN '+' ELSE '~' END || record_id" if based
+            else "record_id")
+    tail = ", coalesce(base_hash, ''), coalesce(base_labels, '')" if based else ""
+    return (f"SELECT {head}, hash, labels, coalesce(media_sha, ''), pack, "
+            f"CAST(pack_offset AS TEXT), CAST(pack_length AS TEXT){tail} "
+            f"{_range(postgres, seq)} AND pack IS NOT NULL "
+            "AND (base_hash IS NULL OR base_hash <> hash)" + _ordered(postgres))
+
+
+def _unpacked_sql(postgres: bool) -> str:
+    # served by the partial index ix_dataset_records_unpacked: cheap when there are none
+    return ("SELECT record_id, hash, labels, media_sha, base_hash, base_labels, content, "
+            f"deleted {_range(postgres)} AND pack IS NULL" + _ordered(postgres))
+
+
+def _merged(packed: Iterable[list[tuple]], unpacked: Iterator[tuple],
+            record_id: Callable[[tuple], str]) -> Iterator[list[tuple] | tuple]:
+    """Merge batches of packed rows with unpacked rows (no id is in both) by id: the
+    batches are cut only where an unpacked row falls inside one."""
+    edit = next(unpacked, None)
+    for batch in packed:
+        start = 0
+        while edit is not None:
+            end = bisect_left(batch, edit[0], start, key=record_id)
+            if end == len(batch):
+                break
+            if end > start:
+                yield batch[start:end]
+            yield edit
+            edit, start = next(unpacked, None), end
+        if start < len(batch):
+            yield batch[start:] if start else batch
+    if edit is not None:
+        yield edit
+        yield from unpacked
 
 
 def _maybe_snapshot(db, blobs, parent: DatasetVersion | None, delta_digest: str):

@@ -1,5 +1,6 @@
 """Version storage beyond the service: snapshots every MAX_CHAIN versions, reads and
-diffs across snapshots, and garbage collection around pins."""
+diffs across snapshots, garbage collection around pins, and the delta manifest a commit
+writes from mixed drafts."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import json
 import pytest
 from sqlalchemy import select
 
-from loophub.datasets import versions
-from loophub.datasets.models import DatasetBlob, DatasetVersion
+from loophub.datasets import manifest, versions
+from loophub.datasets.manifest import Entry
+from loophub.datasets.models import Dataset, DatasetBlob, DatasetVersion, DraftRecord
 from loophub.datasets.service import Actor
 from loophub.errors import InvalidInput, NotFound
 
@@ -102,7 +104,7 @@ def test_edits_made_while_a_commit_runs_go_to_the_next_version(service, alice, m
     service.put_record(alice, "busy", _text("r0", "bb"),
                        service.get_record(alice, "busy", "r0")["revision"])
     service.put_record(alice, "busy", _text("r3", "aa"))
-    reading = versions._changed_batches
+    reading = versions._changed_runs
 
     def rows_then_edits(*args):
         yield from reading(*args)
@@ -112,9 +114,9 @@ def test_edits_made_while_a_commit_runs_go_to_the_next_version(service, alice, m
         service.put_record(alice, "busy", _text("r1", "dd"), revision)  # clean row
         service.delete_record(alice, "busy", "r3",
                               service.get_record(alice, "busy", "r3")["revision"])
-    monkeypatch.setattr(versions, "_changed_batches", rows_then_edits)
+    monkeypatch.setattr(versions, "_changed_runs", rows_then_edits)
     service.commit(alice, "busy", "v2")
-    monkeypatch.setattr(versions, "_changed_batches", reading)
+    monkeypatch.setattr(versions, "_changed_runs", reading)
     assert _ids_and_texts(service, 2) == {"r0": "bb", "r1": "aa", "r2": "aa", "r3": "aa"}
     second = service.diff(alice, "busy", "v1", "v2")
     assert (second["added_ids"], second["changed_ids"], second["removed_ids"]) == (
@@ -313,3 +315,135 @@ def test_merge_diff_matches_a_naive_diff_of_every_version_pair(service, alice, m
             assert got.added == sorted(new.keys() - old.keys()), (a, b)
             assert got.changed == sorted(k for k in old.keys() & new.keys()
                                          if old[k] != new[k]), (a, b)
+
+
+# -- the commit's two streams ------------------------------------------------------
+
+ODD_IDS = ["tab\there", "new\nline", "back\\slash", "cr\rid", "é", "日本", "z\U0001f600", "Zed"]
+
+
+def _import_texts(service, alice, name: str, texts: dict[str, str]) -> None:
+    data = "".join(json.dumps(_text(rid, text)) + "\n" for rid, text in texts.items())
+    service.import_data(alice, name, "loophub", io.BytesIO(data.encode()))
+
+
+def _edit(service, alice, name: str, record_id: str, text: str | None) -> None:
+    """A single-record write (never packed): put, or delete with ``text`` None."""
+    try:
+        revision = service.get_record(alice, name, record_id)["revision"]
+    except NotFound:
+        revision = None
+    if text is None:
+        service.delete_record(alice, name, record_id, revision)
+    else:
+        service.put_record(alice, name, _text(record_id, text), revision)
+
+
+def _delta_by_the_rules(service, name: str) -> list[tuple[str, str]]:
+    """(id, line) the next commit's delta must list, formatted one by one from the draft
+    rows and the rules (draft.py, versions.py): rows an import packed point into its
+    packs (left out if equal to the head); the others are packed in id order into the
+    commit's packs, flushed early once PENDING_LINES lines wait behind one of them."""
+    with service.db.session() as session:
+        dataset = session.scalars(select(Dataset).where(Dataset.name == name)).one()
+        rows = sorted(session.scalars(select(DraftRecord).where(
+            DraftRecord.dataset_id == dataset.id, DraftRecord.seq > dataset.committed_seq,
+            DraftRecord.seq <= dataset.seq)), key=lambda row: row.record_id)
+    packs, waiting, lines = manifest.PackWriter(service.blobs), 0, []
+    for row in rows:
+        if row.base_hash == (None if row.deleted else row.hash):
+            continue  # no change to the head: deleted before it had it, or equal to it
+        op = "-" if row.deleted else "~" if row.base_hash else "+"
+        where = (row.pack, row.pack_offset, row.pack_length)
+        if row.pack is None and not row.deleted:
+            closed = len(packs.written)
+            where = packs.add(row.content.encode())  # (pack number, offset, length)
+            waiting = 0 if len(packs.written) > closed else waiting + 1
+        elif waiting:
+            waiting += 1
+            if waiting > versions.PENDING_LINES:
+                packs.flush()
+                waiting = 0
+        lines.append((op, row, where))
+    packs.flush()
+    return [(row.record_id, manifest.format_line(
+        op, None if op == "-" else Entry(row.record_id, row.hash, row.labels,
+                                         row.media_sha or "", _pack(where[0], packs),
+                                         *where[1:]),
+        row.record_id, row.base_hash or "", row.base_labels or "")) for op, row, where in lines]
+
+
+def _pack(pack: str | int, packs: manifest.PackWriter) -> str:
+    return packs.written[pack][0] if isinstance(pack, int) else pack
+
+
+def _commit_by_the_rules(service, alice, name: str, message: str) -> dict:
+    """Commit; the delta manifest must be byte for byte the one the rules give."""
+    expected = _delta_by_the_rules(service, name)
+    info = service.commit(alice, name, message)
+    stored = version(service, info["number"])
+    _, lines = manifest.read_manifest(service.blobs, stored.delta)
+    assert [line + "\n" for line in lines if line] == [line for _, line in expected]
+    writer = manifest.ManifestWriter(service.blobs, {
+        "kind": "delta", "version": stored.id,
+        "parent": stored.parents[0] if stored.parents else None})
+    for record_id, line in expected:
+        writer.write(line, record_id)
+    assert stored.delta == writer.close()[0]
+    # and a commit leaves the head equal to the draft
+    draft = {item["record"]["id"]: item["record"]["text"]
+             for item in service.list_records(alice, name, limit=1000).records}
+    assert _ids_and_texts(service, info["number"]) == draft
+    return info
+
+
+@pytest.mark.parametrize("small", [False, True], ids=["plain", "small-packs"])
+def test_commits_of_mixed_drafts_write_the_manifest_the_rules_give(service, alice,
+                                                                    monkeypatch, small):
+    """Rows a bulk import packed, interleaved in id order with single-record edits,
+    deletions and a checkout's rows; ids and labels that need escaping; first and later
+    commits. With ``small`` packs close every few records and PENDING_LINES cuts the
+    runs of packed rows."""
+    if small:
+        monkeypatch.setattr(versions, "PENDING_LINES", 2)
+        monkeypatch.setattr(manifest, "PACK_BYTES", 300)
+    name, ids = "mixed", [f"r{i:03d}" for i in range(30)] + ODD_IDS
+    service.create_dataset(alice, name)
+    # labels are the texts' first two characters ("t\t" and "b\\" need escaping); the
+    # import brings them all into the label schema
+    special = {"r004": "t\tv1", "é": "t\tv1", "r021": "b\\v1", "r025": "bb v1", "r026": "cc"}
+    _import_texts(service, alice, name, {rid: special.get(rid, "aa v1") for rid in ids})
+    for rid, text in (("r010", "bb edit"), ("é", "aa edit"), ("r010a", "bb new"),
+                      ("a", "aa new"), ("r020", None), ("new\nline", None)):
+        _edit(service, alice, name, rid, text)
+    first = _commit_by_the_rules(service, alice, name, "v1")
+    assert (first["added"], first["changed"], first["removed"]) == (38, 0, 0)
+
+    _import_texts(service, alice, name, {**{rid: "bb v2" for rid in ids[:30:3]},
+                                         "back\\slash": "t\tv2", "r030": "aa", "r031": "aa",
+                                         "r009": "cc v2", "r011": "aa v1"})  # r011 as is
+    _import_texts(service, alice, name, {"r009": "aa v1"})  # packed, equal to the head
+    for rid, text in (("r003", "aa e"), ("r001", "bb e"), ("r017", "cc"), ("r017", "aa v1"),
+                      ("r002", None), ("r006", None), ("r030", None), ("日本", "t\tx")):
+        _edit(service, alice, name, rid, text)
+    second = _commit_by_the_rules(service, alice, name, "v2")
+    assert (second["added"], second["changed"], second["removed"]) == (1, 11, 2)
+
+    service.checkout(alice, name, "v1")  # the rows that differ are rewritten unpacked
+    _import_texts(service, alice, name, {"r012": "cc v3", "r015": "t\tv3", "r040": "aa"})
+    _edit(service, alice, name, "Zed", "bb v3")
+    third = _commit_by_the_rules(service, alice, name, "v3")
+    assert (third["added"], third["changed"], third["removed"]) == (3, 12, 1)
+
+
+def test_merged_runs_cut_the_packed_batches_only_at_unpacked_rows():
+    def key(row):
+        return row[0][1:]
+    batches = [[("+b",), ("~d",), ("+f",)], [("+h",), ("~j",)]]
+    unpacked = [("a", 1), ("c", 1), ("c2", 1), ("g", 1), ("k", 1)]
+    runs = list(versions._merged(iter(batches), iter(unpacked), key))
+    assert runs == [("a", 1), [("+b",)], ("c", 1), ("c2", 1), [("~d",), ("+f",)], ("g", 1),
+                    [("+h",), ("~j",)], ("k", 1)]
+    assert runs[6] is batches[1]  # a batch no unpacked row cuts is passed on as it is
+    assert list(versions._merged(iter(batches), iter([]), key)) == batches
+    assert list(versions._merged(iter([]), iter(unpacked), key)) == unpacked
