@@ -376,8 +376,9 @@ def _finish(db, blobs, dataset_id, parent_id, upto, version, digests, deleted_id
         dataset.version_count += 1
         register_blobs(session, digests, "version")
         for start in range(0, len(deleted_ids), 1000):
+            # seq + 0: by the seq index, SQLite would walk every committed row to find these
             session.execute(DraftRecord.__table__.delete().where(and_(
-                DraftRecord.dataset_id == dataset_id, DraftRecord.seq <= upto,
+                DraftRecord.dataset_id == dataset_id, DraftRecord.seq + 0 <= upto,
                 DraftRecord.deleted, DraftRecord.record_id.in_(deleted_ids[start:start + 1000]))))
     _fix_bases_written_during_commit(db, blobs, dataset_id, upto, version)
 

@@ -390,10 +390,13 @@ def _commit_by_the_rules(service, alice, name: str, message: str) -> dict:
     for record_id, line in expected:
         writer.write(line, record_id)
     assert stored.delta == writer.close()[0]
-    # and a commit leaves the head equal to the draft
+    # and a commit leaves the head equal to the draft, and no deleted row behind
     draft = {item["record"]["id"]: item["record"]["text"]
              for item in service.list_records(alice, name, limit=1000).records}
     assert _ids_and_texts(service, info["number"]) == draft
+    with service.db.session() as session:
+        assert not session.scalars(select(DraftRecord.record_id).where(
+            DraftRecord.dataset_id == stored.dataset_id, DraftRecord.deleted)).all()
     return info
 
 
