@@ -138,7 +138,8 @@ def _collector_paused() -> Iterator[None]:
 # Rows an import packed, as the commit reads them (all text): without a parent
 # (id, hash, labels, media, pack, offset, length); with one, the id is prefixed by its
 # op and (base hash, base labels) follow, "" for none.
-_LABELS, _PACK, _BASE_HASH = itemgetter(2), itemgetter(4), itemgetter(7)
+_LABELS, _PACK = itemgetter(2), itemgetter(4)
+_BASE_HASH, _BASE_LABELS = itemgetter(7), itemgetter(8)
 
 
 def _prefixed_id(row: tuple) -> str:
@@ -182,8 +183,10 @@ class _DeltaWriter:
         self.result.added += added
         self.result.changed += len(rows) - added
         self.packed_counts.update(map(_LABELS, rows))  # "" expands to no label
-        if added < len(rows):
-            self.packed_counts.subtract([row[8] for row in rows if row[8]])
+        if added < len(rows):  # Counter.subtract loops in Python: count in C, subtract once
+            old = Counter(map(_BASE_LABELS, rows))
+            del old[""]  # no base (added) or no label
+            self.packed_counts.subtract(old)
         self.reused.update(map(_PACK, rows))
 
     def _escaped_line(self, row: tuple) -> str:
