@@ -17,6 +17,7 @@ before still read.
 
 from __future__ import annotations
 
+import codecs
 import json
 import struct
 import zlib
@@ -33,6 +34,7 @@ PACK_BYTES = 8 * 1024 * 1024
 MAX_CHAIN = 16
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 LEVEL = 1
+READ_STEP = 1 << 20  # compressed bytes decompressed at a time
 _ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
@@ -217,14 +219,14 @@ def read_manifest(blobs: BlobStore, digest: str) -> tuple[dict, Iterator[str]]:
 
 def _lines(compressed: bytes) -> Iterator[str]:
     unzip = _decompressor(compressed)
+    utf8 = codecs.getincrementaldecoder("utf-8")()  # a chunk can end inside a character
     rest = ""
-    step = 1 << 20
-    for start in range(0, len(compressed), step):
-        text = rest + unzip.decompress(compressed[start: start + step]).decode()
-        lines = text.split("\n")
+    for start in range(0, len(compressed), READ_STEP):
+        chunk = unzip.decompress(compressed[start: start + READ_STEP])
+        lines = (rest + utf8.decode(chunk)).split("\n")
         rest = lines.pop()
         yield from lines
-    tail = rest + unzip.flush().decode()
+    tail = rest + utf8.decode(unzip.flush(), final=True)
     if tail:
         yield from tail.split("\n")
 

@@ -214,6 +214,23 @@ def test_packs_and_manifests_written_with_zlib_still_read(service):
     assert manifest.compress(b"x")[:4] == manifest.ZSTD_MAGIC  # what is written now
 
 
+def test_manifests_read_where_a_chunk_ends_inside_a_character(service, monkeypatch):
+    """A manifest is decompressed a chunk at a time: one can end inside a multi-byte
+    character of an id or label (zlib here, to cut the output anywhere)."""
+    import struct
+    import zlib
+
+    monkeypatch.setattr(manifest, "READ_STEP", 7)
+    ids = sorted(["é", "日本", "z\U0001f600", "ascii", "ü" * 40])
+    lines = "".join(manifest.format_line("+", Entry(rid, "h", "lä", "", "p", 0, 1), rid)
+                    for rid in ids)
+    head = json.dumps({"kind": "snapshot"}).encode()
+    digest = service.blobs.put_bytes(manifest.MAGIC + struct.pack(">I", len(head)) + head
+                                     + zlib.compress(lines.encode(), 6))
+    entries = list(manifest.snapshot_entries(service.blobs, digest))
+    assert [(e.record_id, e.labels) for e in entries] == [(rid, "lä") for rid in ids]
+
+
 def test_ids_and_labels_with_tabs_newlines_and_backslashes_survive_a_bulk_commit(service,
                                                                                    alice):
     odd = ["back\\slash", "new\nline", "tab\there", "plain"]
