@@ -121,9 +121,8 @@ def bench_versions(service: DatasetService, work: Path, n: int, n_versions: int,
     diff_delta_s = time.perf_counter() - start
     start = time.perf_counter()
     full = versions.Diff(v1.id, last.id)
-    versions._merge_diff(full, versions._id_hashes(service.blobs, versions.chain_to_snapshot(
-        service.db, v1)), versions._id_hashes(service.blobs, versions.chain_to_snapshot(
-            service.db, last)))
+    versions._merge_diff(full, service.blobs, versions.chain_to_snapshot(service.db, v1),
+                         versions.chain_to_snapshot(service.db, last))
     diff_merge_s = time.perf_counter() - start
     assert len(full.changed) == quick["changed"], "the two diff paths disagree"
     return {

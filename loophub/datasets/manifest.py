@@ -24,6 +24,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import chain
 
 import zstandard
 
@@ -209,15 +210,21 @@ class ManifestWriter:
 
 def read_manifest(blobs: BlobStore, digest: str) -> tuple[dict, Iterator[str]]:
     """(header, lines) of a manifest, the lines decompressed as they are read."""
+    header, blocks = read_manifest_blocks(blobs, digest)
+    return header, chain.from_iterable(blocks)
+
+
+def read_manifest_blocks(blobs: BlobStore, digest: str) -> tuple[dict, Iterator[list[str]]]:
+    """(header, lines) of a manifest, the lines (none empty) in blocks as decompressed."""
     data = blobs.get_bytes(digest)
     if data[:4] != MAGIC:
         raise ValueError(f"blob {digest} is not a loophub manifest")
     (size,) = struct.unpack(">I", data[4:8])
     header = json.loads(data[8: 8 + size])
-    return header, _lines(data[8 + size:])
+    return header, _line_blocks(data[8 + size:])
 
 
-def _lines(compressed: bytes) -> Iterator[str]:
+def _line_blocks(compressed: bytes) -> Iterator[list[str]]:
     unzip = _decompressor(compressed)
     utf8 = codecs.getincrementaldecoder("utf-8")()  # a chunk can end inside a character
     rest = ""
@@ -225,10 +232,12 @@ def _lines(compressed: bytes) -> Iterator[str]:
         chunk = unzip.decompress(compressed[start: start + READ_STEP])
         lines = (rest + utf8.decode(chunk)).split("\n")
         rest = lines.pop()
-        yield from lines
-    tail = rest + utf8.decode(unzip.flush(), final=True)
+        if lines:
+            yield lines
+    tail = [line for line in (rest + utf8.decode(unzip.flush(), final=True)).split("\n")
+            if line]
     if tail:
-        yield from tail.split("\n")
+        yield tail
 
 
 def iter_changes(blobs: BlobStore, digest: str) -> Iterator[Change]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import gc
 import uuid
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -31,7 +31,7 @@ from loophub.datasets.manifest import (
     compose,
     format_line,
     iter_changes,
-    read_manifest,
+    read_manifest_blocks,
     snapshot_entries,
     unescape,
 )
@@ -502,13 +502,11 @@ def _diff_into(result: Diff, db: Database, blobs: BlobStore, base: DatasetVersio
         base_path, target_path = chain_to_snapshot(db, base), chain_to_snapshot(db, target)
         if base_path[0].id == target_path[0].id:  # same snapshot: compare the delta chains
             result.method = "deltas"
-            _deltas_diff(result, compose(iter_changes(blobs, v.delta) for v in base_path[1:]),
-                         compose([*(iter_changes(blobs, v.delta) for v in target_path[1:]),
-                                  *on_top]))
+            _changes_diff(result, _path_changes(blobs, base_path),
+                          _path_changes(blobs, target_path, on_top))
         else:
             result.method = "merge"
-            _merge_diff(result, _id_hashes(blobs, base_path),
-                        _id_hashes(blobs, target_path, on_top))
+            _merge_diff(result, blobs, base_path, target_path, on_top)
 
 
 def _counting_labels(changes: Iterable[Change], counts: Counter) -> Iterator[Change]:
@@ -540,16 +538,32 @@ def draft_changes(session, dataset: Dataset) -> Iterator[Change]:
             yield Change(op, rid, new, base_hash or "", base_labels or "")
 
 
-def _deltas_diff(result: Diff, old: dict[str, Change], new: dict[str, Change]) -> None:
-    """Both change sets are relative to one snapshot; ids in neither are equal."""
-    def state(changes: dict[str, Change], other: dict[str, Change], record_id: str):
+def _path_changes(blobs: BlobStore, path: list[DatasetVersion],
+                  on_top: Sequence[Iterable[Change]] = ()) -> dict[str, Change]:
+    """The deltas of a snapshot path (and changes ``on_top``) folded into one."""
+    return compose([*(iter_changes(blobs, v.delta) for v in path[1:]), *on_top])
+
+
+def _changes_diff(result: Diff, old: dict[str, Change], new: dict[str, Change],
+                  old_lines: dict[str, str] | None = None,
+                  new_lines: dict[str, str] | None = None) -> None:
+    """Two sides, each changes over a snapshot. The snapshots are one, or differ only
+    in the {id: hash} of ``old_lines`` and ``new_lines``: every other id is equal on
+    both sides but for the changes."""
+    old_lines, new_lines = old_lines or {}, new_lines or {}
+
+    def state(changes: dict[str, Change], other: dict[str, Change], lines: dict[str, str],
+              other_lines: dict[str, str], record_id: str) -> str | None:
         change = changes.get(record_id)
         if change is not None:
             return change.new.hash if change.new else None
-        first = other[record_id]  # unchanged on this side: the snapshot's state
+        if record_id in lines or record_id in other_lines:
+            return lines.get(record_id)
+        first = other[record_id]  # the same line in both snapshots: the other's first state
         return None if first.op == "+" else first.old_hash
-    for record_id in sorted(old.keys() | new.keys()):
-        a, b = state(old, new, record_id), state(new, old, record_id)
+    for record_id in sorted(old.keys() | new.keys() | old_lines.keys() | new_lines.keys()):
+        a = state(old, new, old_lines, new_lines, record_id)
+        b = state(new, old, new_lines, old_lines, record_id)
         if a is None and b is not None:
             result.added.append(record_id)
         elif b is None and a is not None:
@@ -558,29 +572,58 @@ def _deltas_diff(result: Diff, old: dict[str, Change], new: dict[str, Change]) -
             result.changed.append(record_id)
 
 
-def _id_hashes(blobs: BlobStore, path: list[DatasetVersion],
-               on_top: Sequence[Iterable[Change]] = ()) -> Iterator[tuple[str, str]]:
-    """(id, hash) of a version (with changes ``on_top``) in id order, parsing only the
-    first two fields of a line."""
-    combined = compose([*(iter_changes(blobs, v.delta) for v in path[1:]), *on_top])
-    _, lines = read_manifest(blobs, path[0].snapshot)
-    added = sorted(rid for rid, c in combined.items() if c.op == "+")
-    position = 0
-    for line in lines:
-        if not line:
-            continue
-        head, hash_, _ = line.split("\t", 2)
-        record_id = unescape(head[1:])
-        while position < len(added) and added[position] < record_id:
-            yield added[position], combined[added[position]].new.hash
-            position += 1
-        change = combined.get(record_id)
-        if change is None:
-            yield record_id, hash_
-        elif change.new is not None:
-            yield record_id, change.new.hash
-    for record_id in added[position:]:
-        yield record_id, combined[record_id].new.hash
+def _merge_diff(result: Diff, blobs: BlobStore, old: list[DatasetVersion],
+                new: list[DatasetVersion], on_top: Sequence[Iterable[Change]] = ()) -> None:
+    """Two versions on different snapshots (their snapshot paths; ``new`` with changes
+    ``on_top``): the snapshots' differences, then the deltas laid over them."""
+    differences = _snapshot_differences(read_manifest_blocks(blobs, old[0].snapshot)[1],
+                                        read_manifest_blocks(blobs, new[0].snapshot)[1])
+    _changes_diff(result, _path_changes(blobs, old), _path_changes(blobs, new, on_top),
+                  *differences)
+
+
+def _snapshot_differences(old: Iterator[list[str]], new: Iterator[list[str]]
+                          ) -> tuple[dict[str, str], dict[str, str]]:
+    """{id: hash} of the lines only one snapshot has (given as blocks of lines). A
+    record that did not change between them has the same line in both, so they are
+    compared a window of ids at a time as whole lines, in C (list equality, else set
+    difference), and only the lines that differ are parsed. Memory: a window and the
+    differences."""
+    only_old: dict[str, str] = {}
+    only_new: dict[str, str] = {}
+    for old_lines, new_lines in _windows(old, new):
+        if old_lines != new_lines:
+            a, b = set(old_lines), set(new_lines)
+            only_old.update(map(_id_and_hash, a - b))
+            only_new.update(map(_id_and_hash, b - a))
+    return only_old, only_new
+
+
+def _windows(old: Iterator[list[str]], new: Iterator[list[str]]
+             ) -> Iterator[tuple[list[str], list[str]]]:
+    """The blocks of lines of two manifests, cut so that each pair covers the same ids."""
+    a, b = next(old, []), next(new, [])
+    while a or b:
+        if not (a and b):  # one manifest is done
+            yield a, b
+            a, b = next(old, []), next(new, [])
+        elif _line_id(a[-1]) <= _line_id(b[-1]):
+            cut = bisect_right(b, _line_id(a[-1]), key=_line_id)
+            yield a, b[:cut]
+            a, b = next(old, []), b[cut:] or next(new, [])
+        else:
+            cut = bisect_right(a, _line_id(b[-1]), key=_line_id)
+            yield a[:cut], b
+            a, b = a[cut:] or next(old, []), next(new, [])
+
+
+def _line_id(line: str) -> str:
+    return unescape(line[1:line.index("\t")])
+
+
+def _id_and_hash(line: str) -> tuple[str, str]:
+    head, hash_, _ = line.split("\t", 2)
+    return unescape(head[1:]), hash_
 
 
 def _classify(result: Diff, change: Change) -> None:
@@ -590,21 +633,3 @@ def _classify(result: Diff, change: Change) -> None:
         result.removed.append(change.record_id)
     elif change.new.hash != change.old_hash:
         result.changed.append(change.record_id)
-
-
-def _merge_diff(result: Diff, old: Iterator[tuple[str, str]],
-                new: Iterator[tuple[str, str]]) -> None:
-    """Merge-join two sorted (id, hash) streams (memory: O(1) beyond the id lists)."""
-    end = ("\U0010ffff" * 2, "")
-    a, b = next(old, end), next(new, end)
-    while a is not end or b is not end:
-        if a[0] < b[0]:
-            result.removed.append(a[0])
-            a = next(old, end)
-        elif b[0] < a[0]:
-            result.added.append(b[0])
-            b = next(new, end)
-        else:
-            if a[1] != b[1]:
-                result.changed.append(a[0])
-            a, b = next(old, end), next(new, end)

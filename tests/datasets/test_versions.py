@@ -61,9 +61,8 @@ def test_snapshots_every_max_chain_and_reads_across_them(service, alice, monkeyp
     stepwise = service.diff(alice, "chain", "v2", "v6")
     assert across.method == "delta"  # an ancestor: folds the deltas
     sibling = versions.Diff("a", "b")
-    versions._merge_diff(sibling, versions._id_hashes(service.blobs, versions.chain_to_snapshot(
-        service.db, version(service, 2))), versions._id_hashes(
-        service.blobs, versions.chain_to_snapshot(service.db, version(service, 6))))
+    versions._merge_diff(sibling, service.blobs, *(versions.chain_to_snapshot(
+        service.db, version(service, n)) for n in (2, 6)))
     assert (sibling.added, sibling.removed, sibling.changed) == (
         across.added, across.removed, across.changed)
     assert stepwise["removed_ids"] == ["r003"]
@@ -324,9 +323,8 @@ def test_merge_diff_matches_a_naive_diff_of_every_version_pair(service, alice, m
     for a in range(1, 6):
         for b in range(1, 6):
             got = versions.Diff("a", "b")
-            versions._merge_diff(got, versions._id_hashes(service.blobs, versions.chain_to_snapshot(
-                service.db, version(service, a))), versions._id_hashes(
-                service.blobs, versions.chain_to_snapshot(service.db, version(service, b))))
+            versions._merge_diff(got, service.blobs, *(versions.chain_to_snapshot(
+                service.db, version(service, n)) for n in (a, b)))
             old, new = states[a], states[b]
             assert got.removed == sorted(old.keys() - new.keys()), (a, b)
             assert got.added == sorted(new.keys() - old.keys()), (a, b)
@@ -467,3 +465,29 @@ def test_merged_runs_cut_the_packed_batches_only_at_unpacked_rows():
     assert runs[6] is batches[1]  # a batch no unpacked row cuts is passed on as it is
     assert list(versions._merged(iter(batches), iter([]), key)) == batches
     assert list(versions._merged(iter([]), iter(unpacked), key)) == unpacked
+
+
+def test_snapshot_differences_hold_across_any_cut_of_the_blocks():
+    """Windows of two snapshots' lines cover the same ids however their blocks fall
+    (ids whose escaped form sorts differently included)."""
+    import random
+
+    rng = random.Random(3)
+    pool = sorted({f"id{rng.randrange(400):03d}" for _ in range(300)}
+                  | {"a\tb", "a b", "a\\b", "a\nb", "é", "z\U0001f600"})
+
+    def lines(state: dict[str, str]) -> list[str]:
+        return [manifest.format_line("+", Entry(rid, state[rid], "", "", "p", 0, 1), rid)[:-1]
+                for rid in sorted(state)]
+
+    def blocks(items: list[str]) -> list[list[str]]:
+        cuts = sorted(rng.sample(range(1, len(items)), rng.randrange(min(12, len(items)))))
+        return [items[a:b] for a, b in zip([0, *cuts], [*cuts, len(items)], strict=True)]
+    for _ in range(40):
+        old = {rid: f"h{rng.randrange(3)}" for rid in pool if rng.random() < 0.8}
+        new = {rid: f"h{rng.randrange(3)}" if rng.random() < 0.2 else old.get(rid, "h0")
+               for rid in pool if rng.random() < 0.8}
+        only_old, only_new = versions._snapshot_differences(iter(blocks(lines(old))),
+                                                            iter(blocks(lines(new))))
+        assert only_old == {k: v for k, v in old.items() if new.get(k) != v}
+        assert only_new == {k: v for k, v in new.items() if old.get(k) != v}
