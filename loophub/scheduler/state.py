@@ -221,10 +221,11 @@ class SchedulerState:
     # ------------------------------------------------------------------ events
     def submit(self, request: Request, now: float | None = None) -> list[Decision]:
         now = self._advance(now)
-        reason = self._reject_reason(request)
-        if reason:
+        reason, item = self._vet(request)
+        if item is None:
             raise SchedulerError(reason)
-        self._enqueue(self._make_item(request, now, self._next_seq()))
+        item.seq = self._next_seq()
+        self._enqueue(item)
         self._tenant_groups.setdefault(request.tenant, set()).update(request.groups)
         self._weighted.pop(request.tenant, None)  # its groups, so its weight, may change
         self.policy.on_submit(self, self.queued[request.id], now)
@@ -291,7 +292,7 @@ class SchedulerState:
     # ------------------------------------------------------------ introspection
     def fits_ever(self, request: Request) -> str | None:
         """Why this request can never start here (None when it could)."""
-        return self._reject_reason(request, check_duplicate=False)
+        return self._vet(request, check_duplicate=False)[0]
 
     def dominant_shares(self) -> dict[str, float]:
         """Each tenant's weighted dominant share of the pool (held work only)."""
@@ -785,36 +786,37 @@ class SchedulerState:
         self._seq += 1
         return self._seq
 
-    def _reject_reason(self, request: Request, check_duplicate: bool = True) -> str | None:
+    def _vet(self, request: Request, check_duplicate: bool = True
+             ) -> tuple[str, None] | tuple[None, Item]:
+        """Why the request can never start here, or the item it becomes (submitted now)."""
         if check_duplicate and (request.id in self.queued or request.id in self.running):
-            return f"request id {request.id!r} is already queued or running"
+            return f"request id {request.id!r} is already queued or running", None
         if request.count < 1:
-            return f"{request.id}: count must be at least 1"
+            return f"{request.id}: count must be at least 1", None
         if request.kind not in KINDS:
-            return f"{request.id}: kind {request.kind!r} is not one of {sorted(KINDS)}"
+            return f"{request.id}: kind {request.kind!r} is not one of {sorted(KINDS)}", None
         demand = request.demand.as_dict()
         if any(v < 0 for v in demand.values()):
-            return f"{request.id}: negative demand"
+            return f"{request.id}: negative demand", None
         if not any(v > 0 for v in demand.values()):
-            return f"{request.id}: demand is empty"
-        self._ensure_keys(demand)
+            return f"{request.id}: demand is empty", None
         item = self._make_item(request, self.now, 0)
         over = self._quota_excess(item, held=False)
         if over:
             return (f"{request.id}: needs more {over} than the quota of tenant {request.tenant!r}"
-                    " or its groups allows")
+                    " or its groups allows"), None
         mask = self.eligible(item.types)
         if not mask.any():
             wanted = "any node" if item.types is None else f"a node of GPU type {request.gpu_type}"
-            return f"{request.id}: there is no {wanted} in the pool"
+            return f"{request.id}: there is no {wanted} in the pool", None
         fits = self._fits_empty_pool.get(item.shape)
         if fits is None:
             fits = self._fits_empty_pool[item.shape] = (
                 self.place(item, self.cap, mask, first_fit) is not None)
         if not fits:
             return (f"{request.id}: {request.count} x {demand} is larger than the pool can ever "
-                    "hold (per node or in total); ask for less per unit")
-        return None
+                    "hold (per node or in total); ask for less per unit"), None
+        return None, item
 
     def _make_item(self, request: Request, submit: float, seq: int) -> Item:
         self._ensure_keys(request.demand.as_dict())
