@@ -12,6 +12,7 @@ import heapq
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from functools import reduce
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,12 +47,15 @@ def balanced_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
       times the share of the node's other resources it takes;
     packing: mean utilisation after placement, so whole nodes stay free for large gangs.
     """
-    inv = state.inv_cap[idx]
+    k = len(d)
+    terms = state.node_terms[idx]  # one gather: capacity, its inverse, absent, 1/#present
+    inv = terms[:, k:2 * k]
     before = free[idx]
     after = before - d
-    util = (state.cap[idx] - after) * inv  # 0 for resources the node lacks
-    spread = util.max(axis=1) - (util + state.missing_high[idx]).min(axis=1)
-    mean_util = util.sum(axis=1) * state.inv_resource_count[idx]
+    util = (terms[:, :k] - after) * inv  # 0 for resources the node lacks
+    columns = util.T  # a few resources: column-wise ops beat reductions along rows
+    spread = reduce(np.maximum, columns) - reduce(np.minimum, (util + terms[:, 2 * k:3 * k]).T)
+    mean_util = reduce(np.add, columns) * terms[:, 3 * k]
     ref = state.stranding_ref
     if ref is not None:
         k = len(idx)

@@ -213,8 +213,8 @@ class SchedulerState:
         self._shape_row: dict[tuple, int] = {}
         self._shape_mat = np.zeros((16, len(self.keys)))
         self._shape_cnt = np.zeros(16, dtype=np.int64)
-        self.inv_cap = self.missing_low = self.missing_high = np.zeros((0, len(self.keys)))
-        self.inv_resource_count = np.zeros(0)
+        self.inv_cap = np.zeros((0, len(self.keys)))
+        self.node_terms = np.zeros((0, 3 * len(self.keys) + 1))
         for node in nodes:
             self._add_node(node)
 
@@ -1008,9 +1008,10 @@ class SchedulerState:
         self._fits_empty_pool.clear()
         safe = np.where(self.cap > 0, self.cap, 1.0)
         self.inv_cap = np.where(self.cap > 0, 1.0 / safe, 0.0)
-        self.missing_low = np.where(self.cap > 0, 0.0, -np.inf)  # drops absent resources
-        self.missing_high = np.where(self.cap > 0, 0.0, np.inf)  # from max / min
-        self.inv_resource_count = 1.0 / np.maximum((self.cap > 0).sum(axis=1), 1)
+        missing = np.where(self.cap > 0, 0.0, np.inf)  # keeps absent resources out of a min
+        present = 1.0 / np.maximum((self.cap > 0).sum(axis=1), 1)
+        # per node, what the balanced scorer reads: capacity, its inverse, absent, 1/#present
+        self.node_terms = np.hstack([self.cap, self.inv_cap, missing, present[:, None]])
         self.total_cap = self.cap[self.active].sum(axis=0) if self.active.any() else np.zeros(
             len(self.keys))
         self.set_reservations([])
