@@ -14,6 +14,7 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import reduce
 from typing import Any
 
 import numpy as np
@@ -1081,7 +1082,7 @@ class FitTracker:
         if self.exact and self.rows.size:
             self.shapes = st._shape_mat[self.rows]
             free = np.where(st.active[:, None], st.free, -1.0) + EPS
-            self.table = (free[None, :, :] >= self.shapes[:, None, :]).all(axis=2)
+            self.table = _covers(free, self.shapes)
             live[self.rows] = self.table.any(axis=1)
         self.live = live
         self.fitting: list[bool] = live.tolist()
@@ -1113,7 +1114,7 @@ class FitTracker:
             return
         cols = sorted(set(slots))
         free = self.st.free[cols] + EPS
-        self.table[:, cols] = (free[None, :, :] >= self.shapes[:, None, :]).all(axis=2)
+        self.table[:, cols] = _covers(free, self.shapes)
         still = self.table.any(axis=1)
         if not still.all():
             self.live[self.rows] = still
@@ -1138,6 +1139,13 @@ def stranded_shares(free: np.ndarray, inv: np.ndarray, ref: np.ndarray) -> np.nd
     return out
 
 
+def _covers(free: np.ndarray, shapes: np.ndarray) -> np.ndarray:
+    """[shape, node]: the node's free capacity holds one unit of the shape (a resource at a
+    time: with a few resources, cheaper than one test over shapes x nodes x resources)."""
+    return reduce(np.logical_and, [free[None, :, r] >= shapes[:, None, r]
+                                   for r in range(shapes.shape[1])])
+
+
 def _fits(free: np.ndarray, need: np.ndarray, cols: list[int], mask: np.ndarray) -> np.ndarray:
     """Nodes in ``mask`` with at least ``need`` free, testing only the columns in ``cols``
     (column by column: cheaper than a row-wise all() over a handful of resources)."""
@@ -1160,7 +1168,8 @@ def _releases_until_fit(free: np.ndarray, mask: np.ndarray, unit: np.ndarray, co
     d = unit[cols]
 
     def units(avail: np.ndarray) -> np.ndarray:
-        return np.minimum(np.floor((avail + EPS) / d).min(axis=1), count)
+        per_resource = np.floor((avail + EPS) / d).T
+        return np.minimum(reduce(np.minimum, per_resource), count)
 
     base = units(free[mask][:, cols]).sum() if mask.any() else 0.0
     if base >= count:
