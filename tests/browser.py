@@ -17,10 +17,14 @@ CHROMIUM_ARGS = [
 ]
 
 
-@contextmanager
-def chromium_page(viewport=(1280, 800)):
+def require_chromium() -> None:
     if not shutil.which(CHROMIUM) and not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is absent: `apt-get install chromium` (.ci/run does)")
+
+
+@contextmanager
+def chromium_page(viewport=(1280, 800)):
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

@@ -18,7 +18,14 @@ import requests
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from loophub.client import Client
-from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, chromium_page, hub_login
+from tests.browser import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    chromium_page,
+    hub_login,
+    require_chromium,
+)
 from tests.hubtest import spawn_server
 from tests.labeling.conftest import image_dataset, make_dataset
 
@@ -126,6 +133,7 @@ def _street(client: Client, folder: Path) -> None:
 @contextmanager
 def two_people_pages():
     """Two pages with separate cookies (two people) in one chromium."""
+    require_chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
