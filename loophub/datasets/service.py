@@ -305,9 +305,10 @@ class DatasetService:
                        progress: Progress, source: str) -> ImportReport:
         with self.db.session() as session:
             current = self._readable(session, actor, name).label_schema
-        validate_label_schema(bundle.label_schema, source=source)
-        schema, added = merge_label_schemas(current, bundle.label_schema)
-        validate_label_schema(schema, source=source)
+        schema, added = _merged_schema(current, bundle.label_schema, source)
+        # An inferred schema's classes are learnt from the records as they are validated
+        # (every label is one by construction), so the file is parsed once.
+        validator = RecordValidator(schema, learn_classes=bundle.infer_classes)
         stored = 0
         media = bundle.media if isinstance(bundle.media, FolderMedia) else None
         media_digests: set[str] = set()
@@ -316,7 +317,7 @@ class DatasetService:
 
         def prepared():
             nonlocal stored
-            for record in validated_records(records, schema, source, fmt):
+            for record in validated_records(records, validator, source, fmt):
                 if media is not None and self._store_media(media, record, media_digests):
                     stored += 1
                 yield record
@@ -325,10 +326,14 @@ class DatasetService:
         try:
             with self.db.transaction() as session:
                 dataset = self._writable(session, actor, name)
-                if added:
-                    dataset.label_schema = schema
                 count = draft.upsert_many(session, dataset.id, prepared(), actor.name,
                                           lambda done: progress(done, total), packs)
+                if bundle.infer_classes:  # every record passed: the classes are complete
+                    # (the current ones among them: merging adds only what the dataset lacks)
+                    schema, added = _merged_schema(
+                        current, bundle.with_classes(validator.classes), source)
+                if added:
+                    dataset.label_schema = schema
         finally:
             # Registered either way: after a failed import the media and packs are orphans
             # that garbage collection may remove once the grace period is over.
@@ -737,6 +742,14 @@ def merge_label_schemas(current: dict, incoming: dict) -> tuple[dict, list[str]]
             next_id += 1
             added.append(cls["name"])
     return merged, added
+
+
+def _merged_schema(current: dict, incoming: dict, source: str) -> tuple[dict, list[str]]:
+    """``merge_label_schemas`` of two checked schemas, the result checked too."""
+    validate_label_schema(incoming, source=source)
+    schema, added = merge_label_schemas(current, incoming)
+    validate_label_schema(schema, source=source)
+    return schema, added
 
 
 class BlobMedia:

@@ -9,11 +9,13 @@ are checked in Python after the schema.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass
 
 import jsonschema
 
+from loophub.datasets.records import all_labels_of
 from loophub.datasets.schemas import load_schema
 from loophub.errors import InvalidInput
 
@@ -106,28 +108,50 @@ class RecordChecker(SchemaChecker):
 
 
 class RecordValidator:
-    """Validates records against the record schema and a dataset's label schema."""
+    """Validates records against the record schema and a dataset's label schema.
 
-    def __init__(self, label_schema: dict | None = None) -> None:
+    With ``learn_classes`` the labels of every record that passes the record schema
+    become classes as the records stream (a label schema inferred from them; ``classes``
+    is complete at the end): a label is then only wrong when it is empty while a class
+    exists, which may be learnt after the record that has it.
+    """
+
+    def __init__(self, label_schema: dict | None = None, *, learn_classes: bool = False) -> None:
         self.checker = _record_checker()
         self.classes = {c["name"] for c in (label_schema or {}).get("classes", ())}
+        self.learn_classes = learn_classes
+        self._undecided: tuple[dict, str, str] | None = None  # an empty label, no class yet
 
     def issues(self, record) -> list[Issue]:
         record_id = record.get("id") if isinstance(record, dict) else None
         found = self.checker.issues(record, record_id)
         if found:
             return found
+        if self.learn_classes:
+            self.classes.update(all_labels_of(record))
         return list(self._semantic_issues(record))
 
     def validate(self, record, *, source: str = "", location: str = "") -> None:
         """Raise InvalidInput naming the source, location, JSON path and rule of the first issue."""
         found = self.issues(record)
+        self._decide_empty_label()
         if found:
             raise InvalidInput(
                 found[0].describe(source, location) + "; fix the record and import again",
                 detail={"source": source, "location": location, "path": found[0].path,
                         "rule": found[0].rule, "count": len(found)},
             )
+        if self.learn_classes and not self.classes and self._undecided is None \
+                and any(ann.get("label") == "" for ann in record["annotations"]):
+            self._undecided = (copy.deepcopy(record), source, location)
+
+    def _decide_empty_label(self) -> None:
+        # The first class learnt makes an earlier record's empty label wrong: that record
+        # is the first invalid one, as against a schema holding every class up front.
+        if self._undecided is not None and self.classes:
+            record, source, location = self._undecided
+            self._undecided = None
+            self.validate(record, source=source, location=location)
 
     def _semantic_issues(self, record: dict):
         rid = record["id"]

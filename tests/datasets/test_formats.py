@@ -230,6 +230,16 @@ def test_records_failing_the_schema_are_reported_with_path_and_rule(tmp_path):
     assert "rule: minItems" in message
 
 
+def test_records_without_a_label_schema_get_their_labels_as_classes(tmp_path):
+    src = tmp_path / "records.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "text": "t", "annotations": [
+        {"type": "text_class", "label": label}]}) + "\n" for i, label in [("a", "b"), ("b", "a")]))
+    # writers take the classes before the first record
+    assert convert("loophub", src, "loophub", tmp_path / "out") == 2
+    assert json.loads((tmp_path / "out" / "label_schema.json").read_text()) == {
+        "task": "mixed", "classes": [{"id": 0, "name": "a"}, {"id": 1, "name": "b"}]}
+
+
 def test_exporters_refuse_what_the_format_cannot_hold(tmp_path):
     record = {"id": "t", "annotations": [{"type": "bbox", "label": "a", "bbox": [0.1, 0.1, 0.2,
                                                                               0.2],

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from loophub.datasets.formats import read_dataset
-from loophub.datasets.service import Actor, DatasetService
+from loophub.datasets.formats.base import build_label_schema
+from loophub.datasets.records import all_labels_of
+from loophub.datasets.service import Actor, DatasetService, merge_label_schemas
+from loophub.datasets.validation import RecordValidator
 from loophub.errors import InvalidInput
 from loophub.store.blobs import BlobStore
 from loophub.store.db import Database
@@ -98,9 +104,57 @@ JSON = st.recursive(
 @PROPERTY
 @given(document=JSON)
 def test_random_json_documents_are_refused_or_read(fmt, document):
-    import json
-
     text = json.dumps(document)
     if fmt in ("loophub", "jsonl"):
         text = text + "\n" + text + "\n"
     read_all(fmt, text.encode(), ".jsonl" if fmt in ("loophub", "jsonl") else ".json")
+
+
+LABELLED = st.lists(st.fixed_dictionaries(
+    {"id": st.sampled_from(["r1", "r2", "r3"]),
+     "annotations": st.lists(st.fixed_dictionaries(
+         {"type": st.sampled_from(["text_class", "text_class", "bbox"]),
+          "label": st.sampled_from(["", "a", "b", "c", 5])}), max_size=2)},
+    optional={"text": st.just("t")}), max_size=4)
+
+
+def inferred_up_front(current: dict, records: list[dict]) -> dict | None:
+    """The label schema an import of ``records`` gives, found the way it was before imports
+    learnt classes as they stream: every label collected first, then every record checked
+    against the complete schema. None for a refusal."""
+    names = set()
+    for record in records:
+        with contextlib.suppress(TypeError):  # a record with both text and number labels
+            names.update(all_labels_of(record))
+    if not all(isinstance(name, str) for name in names):
+        return None
+    schema, added = merge_label_schemas(current, build_label_schema("mixed", sorted(names)))
+    validator = RecordValidator(schema)
+    try:
+        for record in records:
+            validator.validate(record)
+    except InvalidInput:
+        return None
+    if len({r["id"] for r in records}) != len(records):
+        return None
+    return schema if added else current
+
+
+@settings(PROPERTY, max_examples=150)
+@given(records=LABELLED, current=st.sampled_from([[], ["a"], ["c", "b"]]))
+def test_importing_learns_the_classes_a_pass_of_their_own_would(sqlite_service, records,
+                                                                current):
+    service, owner = sqlite_service
+    name = f"learn-{uuid.uuid4().hex[:12]}"
+    before = build_label_schema("object_detection", current)
+    service.create_dataset(owner, name, label_schema=before)
+    expected = inferred_up_front(before, records)
+    data = "".join(json.dumps(record) + "\n" for record in records).encode()
+    try:
+        service.import_data(owner, name, "loophub", io.BytesIO(data))
+    except InvalidInput as exc:
+        assert expected is None and "upload" in exc.message
+        assert service.list_records(owner, name).records == []
+        assert service.get_dataset(owner, name)["label_schema"] == before
+    else:
+        assert service.get_dataset(owner, name)["label_schema"] == expected

@@ -71,6 +71,64 @@ def test_failed_import_leaves_the_draft_unchanged(service, alice, texts):
     assert service.list_records(alice, texts, limit=1000).records == before
 
 
+def lines(*records: dict) -> io.BytesIO:
+    return io.BytesIO("".join(json.dumps(record) + "\n" for record in records).encode())
+
+
+def labelled(record_id: str, *labels: str) -> dict:
+    return {"id": record_id, "text": "t",
+            "annotations": [{"type": "text_class", "label": label} for label in labels]}
+
+
+def test_import_infers_classes_reading_the_file_once(service, alice, monkeypatch):
+    from loophub.datasets.formats import native
+
+    passes = []
+    original = native.iter_jsonl
+    monkeypatch.setattr(native, "iter_jsonl", lambda path: passes.append(path) or original(path))
+    service.create_dataset(alice, "inferred")
+    report = service.import_data(alice, "inferred", "loophub",
+                                 lines(labelled("a", "dog"), labelled("b", "cat", "ant")))
+    assert len(passes) == 1
+    assert report.classes_added == ["ant", "cat", "dog"]
+    assert service.get_dataset(alice, "inferred")["label_schema"] == {
+        "task": "mixed", "classes": [{"id": 0, "name": "ant"}, {"id": 1, "name": "cat"},
+                                     {"id": 2, "name": "dog"}]}
+    # a dataset's classes keep their ids; new labels follow the largest, in name order
+    report = service.import_data(alice, "inferred", "loophub",
+                                 lines(labelled("c", "eel", "bee", "dog")))
+    assert report.classes_added == ["bee", "eel"]
+    assert [(c["id"], c["name"]) for c in
+            service.get_dataset(alice, "inferred")["label_schema"]["classes"]] == [
+        (0, "ant"), (1, "cat"), (2, "dog"), (3, "bee"), (4, "eel")]
+
+
+def test_an_inferred_import_that_fails_keeps_the_label_schema(service, alice):
+    service.create_dataset(alice, "kept")
+    schema = service.get_dataset(alice, "kept")["label_schema"]
+    with pytest.raises(InvalidInput, match="record 2: record 'b' at"):
+        service.import_data(alice, "kept", "loophub",
+                            lines(labelled("a", "dog"), {"id": "b", "annotations": [{}]}))
+    # errors come in file order (line 3 is not JSON either)
+    data = lines(labelled("a", "dog"), {"id": "b", "annotations": [{}]}).getvalue() + b"{\n"
+    with pytest.raises(InvalidInput, match="record 2"):
+        service.import_data(alice, "kept", "loophub", io.BytesIO(data))
+    assert service.get_dataset(alice, "kept")["label_schema"] == schema
+    assert service.list_records(alice, "kept").records == []
+
+
+def test_an_empty_label_is_wrong_once_the_dataset_has_a_class(service, alice):
+    service.create_dataset(alice, "empty")
+    service.import_data(alice, "empty", "loophub", lines(labelled("a", "")))  # no class at all
+    with pytest.raises(InvalidInput, match=r"record 1: record 'b' at \$.annotations\[0\].label"):
+        service.import_data(alice, "empty", "loophub",
+                            lines(labelled("b", ""), labelled("c"), labelled("d", "cat")))
+    assert service.get_dataset(alice, "empty")["label_schema"]["classes"] == []
+    service.import_data(alice, "empty", "loophub", lines(labelled("d", "cat")))
+    with pytest.raises(InvalidInput, match="label '' is not a class"):
+        service.import_data(alice, "empty", "loophub", lines(labelled("e", "")))
+
+
 def test_upload_size_limit(service, alice):
     with pytest.raises(TooLarge):
         service.upload(alice, io.BytesIO(b"x" * 100), max_bytes=10)

@@ -82,3 +82,32 @@ def test_label_schema_rules():
     with pytest.raises(InvalidInput, match=r"\$.classes\[0\].color"):
         validate_label_schema({"task": "ner", "classes": [{"id": 0, "name": "a",
                                                            "color": "red"}]})
+
+
+def text_record(record_id: str, *labels: str) -> dict:
+    return {"id": record_id, "text": "t",
+            "annotations": [{"type": "text_class", "label": label} for label in labels]}
+
+
+def test_learning_validator_takes_every_label_as_a_class():
+    validator = RecordValidator({"task": "mixed", "classes": [{"id": 0, "name": "PER"}]},
+                                learn_classes=True)
+    validator.validate(text_record("a", "cat", "PER"))
+    validator.validate(text_record("b", "dog"))
+    assert validator.classes == {"PER", "cat", "dog"}
+    with pytest.raises(InvalidInput, match="label '' is not a class"):
+        validator.validate(text_record("c", ""))  # a class exists: an empty label is wrong
+
+
+def test_an_empty_label_fails_once_a_class_is_learnt_after_it():
+    validator = RecordValidator(None, learn_classes=True)
+    validator.validate(text_record("a", ""), source="x.jsonl", location="record 1")
+    validator.validate(text_record("b"), source="x.jsonl", location="record 2")
+    with pytest.raises(InvalidInput) as caught:
+        validator.validate(text_record("c", "cat"), source="x.jsonl", location="record 3")
+    # the earlier record is the one a schema with every class up front rejects
+    assert caught.value.message.startswith("x.jsonl, record 1: record 'a' at "
+                                           "$.annotations[0].label: label ''")
+    alone = RecordValidator(None, learn_classes=True)
+    alone.validate(text_record("a", ""))  # no class anywhere: nothing to be a class of
+    assert alone.classes == set()

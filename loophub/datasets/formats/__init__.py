@@ -14,6 +14,7 @@ from importlib import import_module
 from pathlib import Path
 
 from loophub.datasets.formats.base import Bundle, source_folder
+from loophub.datasets.records import all_labels_of
 from loophub.datasets.validation import RecordValidator, validate_label_schema
 from loophub.errors import InvalidInput
 
@@ -40,15 +41,33 @@ def format_module(name: str):
 def read_dataset(fmt: str, src: str | os.PathLike, *, validate: bool = True) -> Iterator[Bundle]:
     """The dataset at ``src`` (file, folder or zip) as a Bundle whose records are checked
     against the schemas as they stream; usable while the context is open (zips are
-    extracted to a temporary folder that lives that long)."""
+    extracted to a temporary folder that lives that long).
+
+    ``validate=False`` gives the format's bundle as it is: the caller validates the
+    records, learning their classes if the bundle infers them (imports do)."""
     module = format_module(fmt)
     with source_folder(src) as path:
         with _as_invalid_input(src, fmt):
             bundle = module.read(Path(path))
+            if validate and bundle.infer_classes:
+                _infer_classes(bundle)
         if validate:
             validate_label_schema(bundle.label_schema, source=str(src))
-            bundle.records = _validated(bundle.records, bundle.label_schema, str(src), fmt)
+            bundle.records = validated_records(bundle.records, RecordValidator(bundle.label_schema),
+                                               str(src), fmt)
         yield bundle
+
+
+def _infer_classes(bundle: Bundle) -> None:
+    # Writers need every class before the first record: a pass over the labels alone,
+    # then the records stream again (format modules that infer classes can stream twice).
+    names: set[str] = set()
+    for record in bundle.records:
+        try:
+            names.update(all_labels_of(record))
+        except (AttributeError, KeyError, TypeError):
+            continue  # malformed: validation names the record, its path and the rule
+    bundle.label_schema, bundle.infer_classes = bundle.with_classes(names), False
 
 
 # What a malformed file can still raise inside a parser after the checks that give
@@ -69,13 +88,6 @@ def _as_invalid_input(src, fmt: str) -> Iterator[None]:
     except PARSE_ERRORS as exc:
         raise InvalidInput(f"{src}: not readable as {fmt} ({type(exc).__name__}: {exc}); "
                            f"check that the file is {fmt}") from None
-
-
-def _validated(records, label_schema: dict, source: str, fmt: str):
-    validator = RecordValidator(label_schema)
-    seen: set[str] = set()
-    with _as_invalid_input(source, fmt):
-        yield from _checked(validator, records, source, seen)
 
 
 def _checked(validator: RecordValidator, records, source: str, seen: set[str]):
@@ -115,9 +127,11 @@ def validate_source(fmt: str, src: str | os.PathLike) -> int:
         return sum(1 for _ in bundle.records)
 
 
-def validated_records(records, label_schema: dict, source: str, fmt: str):
+def validated_records(records, validator: RecordValidator, source: str, fmt: str):
     """``records`` checked one by one as they stream (InvalidInput on the first bad one)."""
-    return _validated(records, label_schema, source, fmt)
+    seen: set[str] = set()
+    with _as_invalid_input(source, fmt):
+        yield from _checked(validator, records, source, seen)
 
 
 __all__ = ["FORMATS", "Bundle", "convert", "read_dataset", "validate_source", "write_dataset"]

@@ -62,11 +62,20 @@ class FolderMedia:
 
 @dataclass
 class Bundle:
-    """A dataset in flight: its label schema, its records (possibly a stream) and media."""
+    """A dataset in flight: its label schema, its records (possibly a stream) and media.
+
+    ``infer_classes``: the label schema lists no classes because they are the labels the
+    records use, known only once the records have streamed (``with_classes`` gives it then).
+    """
 
     label_schema: dict
     records: Iterable[dict]
     media: MediaSource = field(default_factory=NoMedia)
+    infer_classes: bool = False
+
+    def with_classes(self, names: Iterable[str]) -> dict:
+        """The label schema with ``names`` as its classes, in name order."""
+        return {**self.label_schema, **build_label_schema(self.label_schema["task"], sorted(names))}
 
 
 def bad(source: str | os.PathLike, where: str, reason: str) -> InvalidInput:

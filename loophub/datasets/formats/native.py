@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from loophub.datasets.formats.base import Bundle, FolderMedia, bad, build_label_schema
-from loophub.datasets.records import all_labels_of, canonical_bytes
+from loophub.datasets.records import canonical_bytes
 
 RECORDS = "records.jsonl"
 LABEL_SCHEMA = "label_schema.json"
@@ -29,31 +30,31 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield number, value
 
 
+@dataclass(frozen=True)
+class JsonlRecords:
+    """The records of a JSONL file, streamed anew by each iteration."""
+
+    path: Path
+
+    def __iter__(self) -> Iterator[dict]:
+        return (record for _, record in iter_jsonl(self.path))
+
+
 def read(src: Path) -> Bundle:
     records_path = src / RECORDS if src.is_dir() else src
     if not records_path.is_file():
         raise bad(src, "folder", f"no {RECORDS} in it; give the records file or its folder")
+    records, media = JsonlRecords(records_path), FolderMedia([records_path.parent])
     schema_path = records_path.parent / LABEL_SCHEMA
-    if schema_path.is_file():
-        try:
-            label_schema = json.loads(schema_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise bad(schema_path, f"line {exc.lineno}", f"invalid JSON: {exc.msg}") from None
-    else:
-        label_schema = _infer_schema(records_path)
-    records = (record for _, record in iter_jsonl(records_path))
-    return Bundle(label_schema, records, FolderMedia([records_path.parent]))
-
-
-def _infer_schema(path: Path) -> dict:
-    # One streamed pass for the label names; the records are streamed again later.
-    names: set[str] = set()
-    for _, record in iter_jsonl(path):
-        try:
-            names.update(all_labels_of(record))
-        except (AttributeError, KeyError, TypeError):
-            continue  # malformed: validation names the record, its path and the rule
-    return build_label_schema("mixed", sorted(names))
+    if not schema_path.is_file():
+        # The classes are the labels the records use: learnt while they are validated, so
+        # an import reads the file once.
+        return Bundle(build_label_schema("mixed", ()), records, media, infer_classes=True)
+    try:
+        label_schema = json.loads(schema_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise bad(schema_path, f"line {exc.lineno}", f"invalid JSON: {exc.msg}") from None
+    return Bundle(label_schema, records, media)
 
 
 def write(bundle: Bundle, dst: Path) -> None:
