@@ -23,8 +23,8 @@ import struct
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from itertools import chain
+from typing import NamedTuple
 
 import zstandard
 
@@ -52,9 +52,9 @@ def unescape(text: str) -> str:
         if text.isascii() else json.loads('"' + text.replace('"', '\\"') + '"')
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One record of a version, as its manifest line says."""
+class Entry(NamedTuple):
+    """One record of a version, as its manifest line says (a tuple: every manifest line
+    read builds one, and a tuple is built in about half the time of a frozen dataclass)."""
 
     record_id: str
     hash: str
@@ -65,8 +65,7 @@ class Entry:
     length: int
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     op: str  # "+", "~" or "-"
     record_id: str
     new: Entry | None
