@@ -172,7 +172,8 @@ class ManifestWriter:
         self.blobs = blobs
         head = json.dumps(header).encode()
         self._parts = [MAGIC, struct.pack(">I", len(head)), head]
-        self._zip = zstandard.ZstdCompressor(level=LEVEL).compressobj()
+        # a worker thread of zstd compresses while this one formats the next lines
+        self._zip = zstandard.ZstdCompressor(level=LEVEL, threads=1).compressobj()
         self._buffer: list[str] = []
         self.count = 0
         self.last_id = ""  # ids are non-empty: any id sorts after it

@@ -138,7 +138,7 @@ def _collector_paused() -> Iterator[None]:
 # Rows an import packed, as the commit reads them (all text): without a parent
 # (id, hash, labels, media, pack, offset, length); with one, the id is prefixed by its
 # op and (base hash, base labels) follow, "" for none.
-_LABELS, _PACK = itemgetter(2), itemgetter(4)
+_FIRST, _LABELS, _PACK = itemgetter(0), itemgetter(2), itemgetter(4)
 _BASE_HASH, _BASE_LABELS = itemgetter(7), itemgetter(8)
 
 
@@ -154,7 +154,7 @@ class _DeltaWriter:
 
     def __init__(self, packs: PackWriter, delta: ManifestWriter, based: bool) -> None:
         self.packs, self.delta, self.based = packs, delta, based
-        self.record_id = _prefixed_id if based else itemgetter(0)
+        self.record_id = _prefixed_id if based else _FIRST
         self.result = CommitResult(None)  # type: ignore[arg-type]
         self.packed_counts: Counter = Counter()  # label strings, expanded once at the end
         self.reused: set[str] = set()  # import packs this version lists
@@ -170,10 +170,13 @@ class _DeltaWriter:
             text = "\n".join(map("\t".join, rows)) + "\n"
         else:  # every line adds a record: "+" and no old hash or labels
             text = "+" + "\t\t\n+".join(map("\t".join, rows)) + "\t\t\n"
-        # only ids and labels are free text: if no field held a tab, newline, carriage
-        # return or backslash, the run needs no escaping (else format it line by line)
-        if (text.count("\t") != 8 * len(rows) or text.count("\n") != len(rows)
-                or "\\" in text or "\r" in text):
+        # only ids and labels are free text (hashes, digests and numbers are ours, media
+        # digests are validated hex): if none holds a tab, newline, carriage return or
+        # backslash, the run needs no escaping (else format it line by line)
+        free_text = "".join(map(_FIRST, rows)) + "".join(map(_LABELS, rows))
+        if self.based:
+            free_text += "".join(map(_BASE_LABELS, rows))
+        if "\t" in free_text or "\n" in free_text or "\\" in free_text or "\r" in free_text:
             text = "".join(map(self._escaped_line, rows))
         # a whole run may wait: no pack is added within it, so the commit's packs end
         # where they would if its lines had waited one by one
@@ -281,7 +284,7 @@ def _changed_runs(db: Database, dataset_id: int, since: int, upto: int, based: b
                          params)
         unpacked = _cursor(raw, postgres, "loophub_unpacked", _unpacked_sql(postgres), params)
         batches = iter(lambda: packed.fetchmany(10_000), [])
-        yield from _merged(batches, iter(unpacked), _prefixed_id if based else itemgetter(0))
+        yield from _merged(batches, iter(unpacked), _prefixed_id if based else _FIRST)
     finally:
         raw.rollback()
         raw.close()
