@@ -25,6 +25,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from loophub.datasets import versions
+from loophub.datasets.manifest import ManifestWriter, format_line
 from loophub.datasets.models import Dataset, DatasetVersion
 from loophub.datasets.service import Actor, DatasetService
 from loophub.store.blobs import BlobStore
@@ -125,18 +126,35 @@ def bench_versions(service: DatasetService, work: Path, n: int, n_versions: int,
                          versions.chain_to_snapshot(service.db, last))
     diff_merge_s = time.perf_counter() - start
     assert len(full.changed) == quick["changed"], "the two diff paths disagree"
+    # the worst case: the same two versions on snapshots of their own (no shared listing)
+    last_alone = full_snapshot(service, last)
+    start = time.perf_counter()
+    apart = versions.Diff(v1.id, last.id)
+    versions._merge_diff(apart, service.blobs, versions.chain_to_snapshot(service.db, v1),
+                         [last_alone])
+    diff_snapshots_s = time.perf_counter() - start
+    assert len(apart.changed) == quick["changed"], "the snapshot diff disagrees"
     return {
         "records": n, "versions": n_versions, "change_fraction": change,
         "import_1m_s": import_s, "commit_1m_s": commit_s,
         "step_import_s": sum(step_import) / len(step_import),
         "step_commit_s": sum(step_commit) / len(step_commit),
         "diff_1m_s": diff_merge_s, "diff_1m_delta_s": diff_delta_s,
+        "diff_1m_snapshots_s": diff_snapshots_s,
         "diff_changed": quick["changed"],
         "bytes_1v": stored[0], "bytes_10v": sum(stored),
         "storage_ratio_10v": sum(stored) / stored[0],
         "ours_versioning_s": import_s + commit_s + sum(step_import) + sum(step_commit),
         "ours_commit_only_s": commit_s + sum(step_commit),
     }, change_sets
+
+
+def full_snapshot(service: DatasetService, version: DatasetVersion) -> DatasetVersion:
+    """``version`` written out as a snapshot of its own (not stored as a version)."""
+    writer = ManifestWriter(service.blobs, {"kind": "snapshot"})
+    for entry in versions.iter_entries(service.db, service.blobs, version):
+        writer.write(format_line("+", entry, entry.record_id), entry.record_id)
+    return DatasetVersion(id=f"snapshot of {version.id}", snapshot=writer.close()[0])
 
 
 def _dvc() -> tuple[str, dict] | None:
