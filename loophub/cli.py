@@ -10,9 +10,9 @@ import argparse
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import loophub
 from loophub.errors import LoophubError
+from loophub.ports import free_port, port_is_free
 from loophub.settings import Settings
 
 COMMAND_MODULES: list[str] = [
@@ -39,22 +40,6 @@ def proxy_command() -> str | None:
     return os.environ.get("LOOPHUB_PROXY") or shutil.which(
         "configurable-http-proxy", path=str(REPO / "node_modules" / ".bin")
     ) or shutil.which("configurable-http-proxy")
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get(url: str, timeout: float = 2.0) -> int:
@@ -109,6 +94,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     (settings.home / "run.json").write_text(json.dumps(
         {"url": f"http://{args.ip}:{args.port}", **ports, "pid": os.getpid()}))
     log = open(settings.home / "jupyterhub.log", "ab")  # noqa: SIM115 (lives as long as the hub)
+    watch = None if args.verbose else (Path(log.name), log.tell())  # this start's part of it
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     started = time.monotonic()
@@ -122,8 +108,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     print(f"loophub {loophub.__version__}: starting JupyterHub (log: "
           f"{settings.home / 'jupyterhub.log'}) ...", flush=True)
     try:
-        if not _wait_ready(hub, url, args.ready_timeout):
-            print("error: the hub did not become ready; see the log above it", file=sys.stderr)
+        if problem := _wait_ready(hub, url, args.ready_timeout, watch):
+            where = "above" if args.verbose else f"in {settings.home / 'jupyterhub.log'}"
+            print(f"error: {problem}; the hub's log is {where}", file=sys.stderr)
+            if not args.verbose:
+                print(_tail(settings.home / "jupyterhub.log"), file=sys.stderr)
             return 1
         elapsed = time.monotonic() - started
         print(f"\nloophub is running at {url}/  (ready in {elapsed:.1f} s)")
@@ -158,16 +147,41 @@ def _die_with_parent() -> None:
         pass
 
 
-def _wait_ready(hub: subprocess.Popen, url: str, timeout: float) -> bool:
+def _wait_ready(hub: subprocess.Popen, url: str, timeout: float,
+                log: tuple[Path, int] | None = None) -> str | None:
+    """None once the hub and the API answer; otherwise what did not.
+
+    LOG (path, offset of this start) is watched for the proxy failing to bind: CHP logs
+    that and keeps running, so the hub would start and the wait would only time out.
+    """
     deadline = time.monotonic() + timeout
+    hub_ok = False
     while time.monotonic() < deadline:
         if hub.poll() is not None:
-            return False
-        if (_get(f"{url}/hub/health") == 200
-                and _get(f"{url}/services/loophub/api/health") == 200):
-            return True
+            return f"JupyterHub exited with status {hub.returncode}"
+        if log and (address := _address_in_use(*log)):
+            return (f"the proxy cannot listen on {address}: another process took the port "
+                    "after `loophub up` checked it; run again, or pick another --port")
+        hub_ok = _get(f"{url}/hub/health") == 200
+        if hub_ok and _get(f"{url}/services/loophub/api/health") == 200:
+            return None
         time.sleep(0.2)
-    return False
+    what = "the loophub API service (a JupyterHub service)" if hub_ok else "JupyterHub"
+    return f"{what} did not answer within {timeout:.0f} s"
+
+
+def _address_in_use(log: Path, offset: int) -> str | None:
+    with open(log, "rb") as f:
+        f.seek(offset)
+        match = re.search(rb"EADDRINUSE: address already in use (\S+)", f.read())
+    return match.group(1).decode() if match else None
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+    except OSError:
+        return ""
 
 
 def _stop(proc: subprocess.Popen, grace: float = 15) -> None:

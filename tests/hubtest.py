@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from loophub.cli import free_port
+from loophub.ports import free_port
 
 
 @dataclass
@@ -74,7 +74,10 @@ def start_hub(home: Path, *, env: dict | None = None, timeout: float = 120,
             raise RuntimeError(f"loophub up exited {proc.returncode}:\n{text}")
         time.sleep(0.3)
     proc.kill()
-    raise RuntimeError(f"loophub up not ready in {timeout} s:\n{output.read_text()}")
+    log = home / "jupyterhub.log"
+    tail = "".join(log.read_text().splitlines(keepends=True)[-60:]) if log.exists() else ""
+    raise RuntimeError(f"loophub up not ready in {timeout} s:\n{output.read_text()}\n"
+                       f"last lines of {log}:\n{tail}")
 
 
 def spawn_server(hub: RunningHub, admin_token: str, user: str, timeout: float = 120) -> None:

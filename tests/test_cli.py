@@ -1,5 +1,7 @@
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -57,6 +59,59 @@ def test_up_refuses_a_busy_port(tmp_path, capsys):
         port = sock.getsockname()[1]
         assert main(["up", "--home", str(tmp_path), "--port", str(port)]) == 2
     assert "in use" in capsys.readouterr().err
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_distinct():
+    """Port-0 binds (kernels, Dask) and source ports cannot take a port picked below it."""
+    from loophub.ports import ephemeral_range, free_port, port_is_free
+
+    start, _ = ephemeral_range()
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == 50
+    assert all(10_000 <= port < start and port_is_free(port) for port in ports)
+
+
+@pytest.mark.hub
+def test_up_says_why_when_the_api_port_is_taken(tmp_path):
+    """The API cannot bind, so JupyterHub stops; `up` says so and shows the API's words."""
+    import socket
+
+    from loophub.ports import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {**os.environ, "LOOPHUB_API_PORT": str(taken.getsockname()[1])}
+        out = run("up", "--home", str(tmp_path), "--port", str(free_port()),
+                  "--ready-timeout", "60", env=env)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "error: JupyterHub exited with status 1; the hub's log is in" in out.stderr
+    assert "cannot listen on 127.0.0.1" in out.stderr and "LOOPHUB_API_PORT" in out.stderr
+
+
+def test_up_stops_waiting_when_the_proxy_cannot_listen(tmp_path):
+    """CHP logs EADDRINUSE for the public port and keeps running: no 120 s wait for that."""
+    from loophub.cli import _wait_ready
+    from loophub.ports import free_port
+
+    log = tmp_path / "jupyterhub.log"
+    log.write_text("an earlier start's EADDRINUSE: address already in use 127.0.0.1:1\n")
+    offset = log.stat().st_size
+    with log.open("a") as f:
+        f.write("[ConfigProxy] error: Uncaught Exception: listen EADDRINUSE: address already "
+                "in use 127.0.0.1:43210\n")
+    hub = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        url = f"http://127.0.0.1:{free_port()}"
+        started = time.monotonic()
+        problem = _wait_ready(hub, url, 30, (log, offset))
+        assert time.monotonic() - started < 5
+        assert problem.startswith("the proxy cannot listen on 127.0.0.1:43210: another process")
+        assert _wait_ready(hub, url, 1, (log, log.stat().st_size)) == (
+            "JupyterHub did not answer within 1 s")
+    finally:
+        hub.kill()
+        hub.wait()
 
 
 @pytest.mark.hub

@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -164,8 +165,13 @@ def main() -> None:
     ctx = ServiceContext(settings=settings, prefix=prefix)
     ctx.db, ctx.blobs  # migrate, connect and create the store before serving  # noqa: B018
     app = make_app(ctx)
+    try:
+        app.listen(url.port, url.hostname)
+    except OSError as exc:
+        log.error("cannot listen on %s:%s (%s); the port is taken by another process: free "
+                  "it, or pin a free one with LOOPHUB_API_PORT", url.hostname, url.port, exc)
+        sys.exit(2)
     ctx.scheduler.start_background()
-    app.listen(url.port, url.hostname)
     log.info("loophub API %s listening on %s%s", loophub.__version__, url.geturl(), prefix)
     loop = ioloop.IOLoop.current()
     for sig in (signal.SIGTERM, signal.SIGINT):

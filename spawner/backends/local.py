@@ -19,8 +19,9 @@ import signal
 import subprocess
 from pathlib import Path
 
-from jupyterhub.utils import random_port
 from traitlets import Bool, Integer, Unicode
+
+from loophub.ports import free_port
 
 from .base import Backend, Placement
 
@@ -109,7 +110,7 @@ class LocalBackend(Backend):
     # -- launch -------------------------------------------------------------------
 
     async def launch(self, spawner, placement: Placement) -> tuple[str, int]:
-        spawner.port = random_port()
+        spawner.port = free_port(spawner.ip or "")
         cmd = [*spawner.cmd, *spawner.get_args()]
         env = {**spawner.get_env(), **placement.env()}
         cwd = spawner.server_home()

@@ -49,11 +49,11 @@ class InProcessApi:
 @pytest.fixture
 def api(request, tmp_path, monkeypatch) -> Iterator[InProcessApi]:
     """SQLite by default; parametrize indirectly with "postgres" for PostgreSQL."""
-    from loophub.cli import free_port
     from loophub.extensions.api.app import ServiceContext, make_app
     from loophub.extensions.api.datasets import ROUTES as DATASET_ROUTES
     from loophub.extensions.api.labeling import ROUTES as LABELING_ROUTES
     from loophub.extensions.api.routes import ROUTES as BASE_ROUTES
+    from loophub.ports import free_port
     from loophub.settings import Settings
 
     monkeypatch.setenv("LOOPHUB_HOME", str(tmp_path / "home"))

@@ -460,7 +460,7 @@ def test_a_labeling_app_in_voila(hub, people, datasets, measured, tmp_path):
     import subprocess
     import sys
 
-    from loophub.cli import free_port
+    from loophub.ports import free_port
 
     lena = Client(hub.api, people["lena"]["token"])
     image_dataset(lena, "voila-pets", tmp_path / "data", count=3, classes=("cat", "dog"))

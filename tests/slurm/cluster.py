@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loophub.cli import free_port
+from loophub.ports import free_port
 
 NODE = "rtest"
 

@@ -21,7 +21,7 @@ import requests
 from tornado import web
 from tornado.httpserver import HTTPServer
 
-from loophub.cli import free_port
+from loophub.ports import free_port
 from loophub.spawner.backends import Placement
 from loophub.spawner.backends.slurm import (
     PortReportError,

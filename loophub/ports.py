@@ -1,0 +1,51 @@
+"""Picking TCP ports for the processes loophub starts (proxy, hub, API, servers).
+
+A port picked by binding port 0 comes from the kernel's ephemeral range, the same range
+the kernel hands to every other port-0 bind (kernels' ZMQ sockets, Dask, Chromium) and
+to every outgoing connection's source port. Between the pick and the bind of the
+process it is meant for, any of those can take it, and a managed service that cannot
+bind is restarted by JupyterHub forever. Ports below the ephemeral range are only ever
+taken by an explicit choice, so that is where loophub picks.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from pathlib import Path
+
+LOWEST = 10_000  # below: well-known and registered services (PostgreSQL, Redis, ...)
+_handed_out: set[int] = set()  # a process's picks stay distinct until they are bound
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for port-0 binds and source ports (Linux; IANA's range elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on HOST, below the ephemeral range when there is room there."""
+    start, _ = ephemeral_range()
+    if start - LOWEST >= 1000:
+        for _ in range(100):
+            port = random.randrange(LOWEST, start)
+            if port not in _handed_out and port_is_free(port, host):
+                _handed_out.add(port)
+                return port
+    with socket.socket() as sock:  # the range below is full or tiny: let the kernel pick
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
