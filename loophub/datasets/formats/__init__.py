@@ -12,11 +12,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loophub.datasets.formats.base import Bundle, source_folder
 from loophub.datasets.records import all_labels_of
-from loophub.datasets.validation import RecordValidator, validate_label_schema
 from loophub.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from loophub.datasets.validation import RecordValidator
 
 FORMATS = {
     "loophub": "native",
@@ -52,6 +55,10 @@ def read_dataset(fmt: str, src: str | os.PathLike, *, validate: bool = True) -> 
             if validate and bundle.infer_classes:
                 _infer_classes(bundle)
         if validate:
+            # here, not at the top: importing jsonschema takes about 2 s (it compiles
+            # rfc3987_syntax's grammars), which every `loophub` command would pay
+            from loophub.datasets.validation import RecordValidator, validate_label_schema
+
             validate_label_schema(bundle.label_schema, source=str(src))
             bundle.records = validated_records(bundle.records, RecordValidator(bundle.label_schema),
                                                str(src), fmt)
