@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import random
 import socket
+from collections import deque
 from pathlib import Path
 
 LOWEST = 10_000  # below: well-known and registered services (PostgreSQL, Redis, ...)
-_handed_out: set[int] = set()  # a process's picks stay distinct until they are bound
+# A process's recent picks stay distinct until they are bound (a hub that spawns servers
+# for months must not run out, so only the last few are remembered).
+_recent: deque[int] = deque(maxlen=256)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -43,8 +46,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     if start - LOWEST >= 1000:
         for _ in range(100):
             port = random.randrange(LOWEST, start)
-            if port not in _handed_out and port_is_free(port, host):
-                _handed_out.add(port)
+            if port not in _recent and port_is_free(port, host):
+                _recent.append(port)
                 return port
     with socket.socket() as sock:  # the range below is full or tiny: let the kernel pick
         sock.bind((host, 0))
