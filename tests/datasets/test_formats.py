@@ -258,3 +258,25 @@ def test_cli_convert_and_validate(fixtures, tmp_path, capsys):
     assert cli_main(["data", "validate", "--format", "coco", str(bad)]) == 2
     assert "is not unique" in capsys.readouterr().err
     assert cli_main(["data", "validate", "--format", "voc", str(tmp_path / "nope")]) == 2
+
+
+def test_validate_learns_inferred_classes_reading_the_file_once(tmp_path, monkeypatch):
+    """`data validate` on records without a label schema: one parse, verdicts in file order."""
+    from loophub.datasets.formats import native, validate_source
+
+    passes = []
+    original = native.iter_jsonl
+    monkeypatch.setattr(native, "iter_jsonl", lambda path: passes.append(path) or original(path))
+
+    def records_file(name: str, *labels: str) -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"id": f"r{i}", "text": "t", "annotations": [
+            {"type": "text_class", "label": label}]}) + "\n" for i, label in enumerate(labels)))
+        return path
+
+    assert validate_source("loophub", records_file("good.jsonl", "dog", "cat", "dog")) == 3
+    assert len(passes) == 1
+    # r0's empty label is wrong once r1 brings the first class: r0 is the error reported
+    with pytest.raises(InvalidInput, match=r"record 'r0' at \$\.annotations\[0\]\.label"):
+        validate_source("loophub", records_file("empty.jsonl", "", "cat"))
+    assert validate_source("loophub", records_file("none.jsonl", "", "")) == 2  # no class at all

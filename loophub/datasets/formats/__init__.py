@@ -129,9 +129,20 @@ def convert(src_fmt: str, src: str | os.PathLike, dst_fmt: str, dst: str | os.Pa
 
 
 def validate_source(fmt: str, src: str | os.PathLike) -> int:
-    """Read and validate every record of ``src``; returns the count or raises InvalidInput."""
-    with read_dataset(fmt, src) as bundle:
-        return sum(1 for _ in bundle.records)
+    """Read and validate every record of ``src``; returns the count or raises InvalidInput.
+    Classes the format infers are learnt as the records are validated, so the file is
+    parsed once (as an import does; only writers need every class up front)."""
+    from loophub.datasets.validation import RecordValidator, validate_label_schema
+
+    with read_dataset(fmt, src, validate=False) as bundle:
+        learn = bundle.infer_classes
+        if not learn:
+            validate_label_schema(bundle.label_schema, source=str(src))
+        validator = RecordValidator(bundle.label_schema, learn_classes=learn)
+        count = sum(1 for _ in validated_records(bundle.records, validator, str(src), fmt))
+        if learn:
+            validate_label_schema(bundle.with_classes(validator.classes), source=str(src))
+    return count
 
 
 def validated_records(records, validator: RecordValidator, source: str, fmt: str):
