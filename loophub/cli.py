@@ -93,8 +93,9 @@ def cmd_up(args: argparse.Namespace) -> int:
            **{k: str(v) for k, v in ports.items()}}
     (settings.home / "run.json").write_text(json.dumps(
         {"url": f"http://{args.ip}:{args.port}", **ports, "pid": os.getpid()}))
-    log = open(settings.home / "jupyterhub.log", "ab")  # noqa: SIM115 (lives as long as the hub)
-    watch = None if args.verbose else (Path(log.name), log.tell())  # this start's part of it
+    log_path = settings.home / "jupyterhub.log"
+    log = open(log_path, "ab")  # noqa: SIM115 (lives as long as the hub)
+    watch = None if args.verbose else (log_path, log.tell())  # this start's part of it
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     started = time.monotonic()
@@ -105,14 +106,15 @@ def cmd_up(args: argparse.Namespace) -> int:
         preexec_fn=_die_with_parent,
     )
     url = f"http://{args.ip}:{args.port}"
-    print(f"loophub {loophub.__version__}: starting JupyterHub (log: "
-          f"{settings.home / 'jupyterhub.log'}) ...", flush=True)
+    print(f"loophub {loophub.__version__}: starting JupyterHub (log: {log_path}) ...",
+          flush=True)
     try:
         if problem := _wait_ready(hub, url, args.ready_timeout, watch):
-            where = "above" if args.verbose else f"in {settings.home / 'jupyterhub.log'}"
-            print(f"error: {problem}; the hub's log is {where}", file=sys.stderr)
-            if not args.verbose:
-                print(_tail(settings.home / "jupyterhub.log"), file=sys.stderr)
+            if args.verbose:
+                print(f"error: {problem}; the hub's log is above", file=sys.stderr)
+            else:
+                print(f"error: {problem}; the hub's log is in {log_path}\n{log_tail(log_path)}",
+                      file=sys.stderr)
             return 1
         elapsed = time.monotonic() - started
         print(f"\nloophub is running at {url}/  (ready in {elapsed:.1f} s)")
@@ -159,9 +161,12 @@ def _wait_ready(hub: subprocess.Popen, url: str, timeout: float,
     while time.monotonic() < deadline:
         if hub.poll() is not None:
             return f"JupyterHub exited with status {hub.returncode}"
-        if log and (address := _address_in_use(*log)):
-            return (f"the proxy cannot listen on {address}: another process took the port "
-                    "after `loophub up` checked it; run again, or pick another --port")
+        if log:
+            address, offset = _address_in_use(*log)
+            if address:
+                return (f"the proxy cannot listen on {address}: another process took the "
+                        "port after `loophub up` checked it; run again, or pick another --port")
+            log = (log[0], offset)
         hub_ok = _get(f"{url}/hub/health") == 200
         if hub_ok and _get(f"{url}/services/loophub/api/health") == 200:
             return None
@@ -170,14 +175,19 @@ def _wait_ready(hub: subprocess.Popen, url: str, timeout: float,
     return f"{what} did not answer within {timeout:.0f} s"
 
 
-def _address_in_use(log: Path, offset: int) -> str | None:
+def _address_in_use(log: Path, offset: int) -> tuple[str | None, int]:
+    """CHP's EADDRINUSE address in the whole lines written since OFFSET, and the offset
+    to read from next time (each poll reads only what is new)."""
     with open(log, "rb") as f:
         f.seek(offset)
-        match = re.search(rb"EADDRINUSE: address already in use (\S+)", f.read())
-    return match.group(1).decode() if match else None
+        new = f.read()
+    complete = new[: new.rfind(b"\n") + 1]  # a line still being written is read next time
+    match = re.search(rb"EADDRINUSE: address already in use (\S+)", complete)
+    return (match.group(1).decode() if match else None), offset + len(complete)
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last LINES lines of a log ("" when it does not exist)."""
     try:
         return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
     except OSError:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import socket
 from collections import deque
+from functools import cache
 from pathlib import Path
 
 LOWEST = 10_000  # below: well-known and registered services (PostgreSQL, Redis, ...)
@@ -31,6 +32,7 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+@cache  # read once per process: every pick needs it
 def ephemeral_range() -> tuple[int, int]:
     """The kernel's range for port-0 binds and source ports (Linux; IANA's range elsewhere)."""
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import requests
 
+from loophub.cli import log_tail
 from loophub.ports import free_port
 
 
@@ -75,9 +76,8 @@ def start_hub(home: Path, *, env: dict | None = None, timeout: float = 120,
         time.sleep(0.3)
     proc.kill()
     log = home / "jupyterhub.log"
-    tail = "".join(log.read_text().splitlines(keepends=True)[-60:]) if log.exists() else ""
     raise RuntimeError(f"loophub up not ready in {timeout} s:\n{output.read_text()}\n"
-                       f"last lines of {log}:\n{tail}")
+                       f"last lines of {log}:\n{log_tail(log, 60)}")
 
 
 def spawn_server(hub: RunningHub, admin_token: str, user: str, timeout: float = 120) -> None:
