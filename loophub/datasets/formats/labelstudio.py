@@ -2,11 +2,14 @@
 predictions (per model version).
 
 Regions in percent of the image become pixels when original_width/height are known
-(else fractions with ``normalized: true``). Text spans are checked against the text;
-offsets given in UTF-16 units (what browsers count, LS #4988) are converted to code
-points, and exported back as UTF-16. Everything loophub has no field for (task and
-annotation fields, relations, unknown result types) is kept in metadata.ls /
-attributes.ls, so a round trip gives the same records.
+(else fractions with ``normalized: true``). Text spans are checked against the text.
+Where the text has characters beyond U+FFFF (emoji), span offsets may count UTF-16
+units (what Label Studio's UI writes: browsers count them, LS #4988) or code points
+(what Python tools that make tasks and predictions write): a span's ``value.text``
+tells which, see ``_Span``. Spans are exported in UTF-16 units, as the UI expects.
+Everything loophub has no field for (task and annotation fields, relations, unknown
+result types) is kept in metadata.ls / attributes.ls, so a round trip gives the same
+records.
 """
 
 from __future__ import annotations
@@ -36,13 +39,15 @@ def read(src: Path) -> Bundle:
         raise bad(src, "folder", "no Label Studio .json export in it")
     records, names, seen = [], [], set()
     for path in files:
+        units = _SpanUnits()
         for index, task in enumerate(_load(path)):
-            record = _Task(path, f"$[{index}]", task).record()
+            record = _Task(path, f"$[{index}]", task, units).record()
             if record["id"] in seen:
                 raise bad(path, f"$[{index}].id", f"task id {record['id']} repeats")
             seen.add(record["id"])
             records.append(record)
             names.extend(a["label"] for a in record["annotations"] if "label" in a)
+        units.settle()
     root = src if src.is_dir() else src.parent
     return Bundle(build_label_schema("mixed", names), records, FolderMedia([root]))
 
@@ -60,24 +65,70 @@ def _load(path: Path) -> list:
     return tasks
 
 
-def _utf16_to_cp(text: str, offset: int) -> int:
+def _has_astral(text: str) -> bool:
+    """Whether ``text`` has a character beyond U+FFFF (two UTF-16 units)."""
+    return not text.isascii() and len(text.encode("utf-16-le", "surrogatepass")) != 2 * len(text)
+
+
+def _utf16_to_cp(text: str, offset: int) -> int | None:
+    """The code-point offset at UTF-16 unit ``offset``; None where no character starts
+    there (inside a surrogate pair, before 0 or past the end)."""
+    if offset < 0:
+        return None
     units = 0
     for index, char in enumerate(text):
         if units >= offset:
-            return index
+            return index if units == offset else None
         units += 2 if ord(char) > 0xFFFF else 1
-    return len(text)
+    return len(text) if units == offset else None
 
 
 def _cp_to_utf16(text: str, offset: int) -> int:
     return sum(2 if ord(c) > 0xFFFF else 1 for c in text[:offset])
 
 
+CODE_POINTS, UTF16 = "code points", "UTF-16 units"
+
+
+class _SpanUnits:
+    """What one file's span offsets count, where a span alone cannot tell.
+
+    A span whose ``value.text`` is found both at its offsets read as code points and at
+    its offsets read as UTF-16 units (``"😀xx"``, span ``"x"`` at 2-3: the second x in
+    code points, the first in UTF-16) follows the spans of its annotation or prediction
+    that could tell; where those cannot either or disagree, the file's; else UTF-16, the
+    unit Label Studio's UI writes. Settled once the file is read.
+    """
+
+    def __init__(self) -> None:
+        self.votes: dict[object, set[str]] = {}
+        self.pending: list[tuple[dict, dict[str, tuple[int, int]], str]] = []
+
+    def vote(self, block: str, unit: str) -> None:
+        self.votes.setdefault(block, set()).add(unit)
+        self.votes.setdefault(None, set()).add(unit)
+
+    def defer(self, ann: dict, readings: dict[str, tuple[int, int]], block: str) -> None:
+        self.pending.append((ann, readings, block))
+
+    def settle(self) -> None:
+        for ann, readings, block in self.pending:
+            unit = UTF16
+            for told in (self.votes.get(block, set()), self.votes.get(None, set())):
+                if len(told) == 1:
+                    (unit,) = told
+                    break
+            ann["start"], ann["end"] = readings[unit]
+        self.pending.clear()
+
+
 class _Task:
     """Converts one task; ``where`` is its JSON path for error messages."""
 
-    def __init__(self, path: Path, where: str, task: dict) -> None:
+    def __init__(self, path: Path, where: str, task: dict, units: _SpanUnits) -> None:
         self.path, self.where, self.task = path, where, task
+        self.units = units
+        self.block = where
         data = dict(task["data"])
         self.media_key = next((k for k, v in data.items() if isinstance(v, str) and (
             k in ("image", "img") or Path(v).suffix.lower() in IMAGE_SUFFIXES)), None)
@@ -86,6 +137,7 @@ class _Task:
             strings = [k for k, v in data.items() if isinstance(v, str)]
             self.text_key = strings[0] if len(strings) == 1 else None
         self.text = data.get(self.text_key) if self.text_key else None
+        self.astral = isinstance(self.text, str) and _has_astral(self.text)
         self.size: tuple[int, int] | None = None
 
     def record(self) -> dict:
@@ -119,6 +171,7 @@ class _Task:
         extras["kind"] = kind
         source, created = _source(kind, block), block.get("created_at")
         unmapped = []
+        self.block = where
         for number, result in enumerate(block.get("result") or []):
             anns = self._result(f"{where}.result[{number}]", result)
             if anns is None:
@@ -217,23 +270,66 @@ class _Task:
         return ann
 
     def _span(self, where: str, value: dict) -> dict:
+        """A ``labels`` result as a span in code points.
+
+        Without characters beyond U+FFFF the offsets count code points. With them, a
+        result that has ``value.text`` is read in whichever unit puts that text at its
+        offsets: code points (Python tools) or UTF-16 units (Label Studio's UI); it is
+        refused when neither does. Without ``value.text`` nothing can tell, and the
+        offsets are read as UTF-16 units, what the UI writes.
+        """
         text = self.text
         start, end = value.get("start"), value.get("end")
         if text is None or not isinstance(start, int) or not isinstance(end, int):
             raise bad(self.path, f"{where}.value", "a text span needs integer start/end offsets "
                       "and a task with a text")
         wanted = value.get("text")
-        if any(ord(c) > 0xFFFF for c in text):  # offsets are UTF-16 units (JavaScript)
-            start, end = _utf16_to_cp(text, start), _utf16_to_cp(text, end)
-        if not 0 <= start <= end <= len(text) or (wanted is not None
-                                                 and text[start:end] != wanted):
-            raise bad(self.path, f"{where}.value", f"span [{value.get('start')}, "
-                      f"{value.get('end')}) covers {text[start:end]!r}, not {wanted!r}: the "
-                      "offsets do not match the task's text")
-        ann = {"type": "span", "start": start, "end": end}
+        readings: dict[str, tuple[int, int]] = {}
+        if 0 <= start <= end <= len(text):
+            readings[CODE_POINTS] = (start, end)
+        if self.astral:
+            start16, end16 = _utf16_to_cp(text, start), _utf16_to_cp(text, end)
+            if start16 is not None and end16 is not None and start16 <= end16:
+                readings[UTF16] = (start16, end16)
+        if wanted is None:
+            unit = UTF16 if self.astral else CODE_POINTS
+            if unit not in readings:
+                raise bad(self.path, f"{where}.value", f"span [{start}, {end}) is not a span "
+                          f"of the task's text ({len(text)} characters) counted in {unit}; fix "
+                          "value.start/value.end, or add value.text (the span's text) so the "
+                          "unit the offsets count can be told")
+            readings = {unit: readings[unit]}
+        else:
+            covered = {unit: text[s:e] for unit, (s, e) in readings.items()}
+            readings = {unit: span for unit, span in readings.items() if covered[unit] == wanted}
+            if not readings:
+                raise bad(self.path, f"{where}.value", _mismatch(start, end, wanted, covered,
+                                                                  self.astral))
+        ann = {"type": "span"}
+        spans = set(readings.values())
+        if len(spans) > 1:  # value.text is at both readings: the file's other spans tell
+            ann["start"], ann["end"] = readings[UTF16]
+            self.units.defer(ann, readings, self.block)
+        else:
+            ann["start"], ann["end"] = spans.pop()
+            if self.astral and wanted is not None and len(readings) == 1:
+                self.units.vote(self.block, next(iter(readings)))
         if wanted is not None:
             ann["text"] = wanted
         return ann
+
+
+def _mismatch(start: int, end: int, wanted, covered: dict[str, str], astral: bool) -> str:
+    if not covered:
+        return (f"span [{start}, {end}) is not inside the task's text; fix value.start/"
+                "value.end")
+    if astral:
+        found = " and ".join(f"{text!r} counted in {unit}" for unit, text in covered.items())
+        return (f"span [{start}, {end}) covers {found}, not value.text {wanted!r}: the offsets "
+                "do not match the task's text in code points nor in UTF-16 units; fix "
+                "value.start/value.end or value.text")
+    return (f"span [{start}, {end}) covers {covered[CODE_POINTS]!r}, not {wanted!r}: the "
+            "offsets do not match the task's text; fix value.start/value.end or value.text")
 
 
 def _source(kind: str, block: dict) -> dict:
