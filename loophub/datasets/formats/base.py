@@ -1,9 +1,11 @@
 """What every format module shares: the bundle it reads and writes, media sources,
-error helpers, safe zip extraction and image-size sniffing."""
+error helpers, the names of exported files, safe zip extraction and image-size sniffing."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import struct
 import tempfile
@@ -18,6 +20,9 @@ from loophub.errors import InvalidInput
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLIT_NAMES = {"train", "val", "valid", "validation", "test", "trainval", "dev"}
+# what an export download holds beside the format's files (the dataset's label schema):
+# readers of formats whose files are .json leave it out
+EXPORT_LABEL_SCHEMA = "label_schema.json"
 MEDIA_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png",
                ".bmp": "image/bmp", ".gif": "image/gif", ".webp": "image/webp",
                ".tif": "image/tiff", ".tiff": "image/tiff"}
@@ -127,6 +132,113 @@ def output_file(dst: Path, default_name: str) -> Path:
         return dst
     dst.mkdir(parents=True, exist_ok=True)
     return dst / default_name
+
+
+# -- exported file names -------------------------------------------------------------
+
+# Control characters, and what Windows refuses in a name (":" also names a drive or an
+# NTFS stream; safe_extract refuses it in a zip member).
+_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
+_DRIVE = re.compile(r"^[A-Za-z]:$")
+_WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
+                    *(f"LPT{i}" for i in range(1, 10))}
+MAX_NAME_BYTES = 200  # file systems stop at 255 bytes a name; room for a dedup suffix
+
+
+def safe_component(name: str) -> str:
+    """``name`` as one file or folder name ("" when nothing of it is left): slashes,
+    backslashes, control characters and characters Windows refuses become ``_``; leading
+    and trailing spaces and trailing dots go (Windows drops them); ``.``/``..`` give "";
+    Windows device names (``NUL``, ``COM1``) get a leading ``_``; a name longer than
+    MAX_NAME_BYTES is cut and ends with a hash of the whole, so two long names stay two."""
+    cleaned = _UNSAFE_CHARS.sub("_", name.replace("/", "_").replace("\\", "_"))
+    cleaned = cleaned.strip(" ").rstrip(". ")
+    if not cleaned.strip("."):
+        return ""
+    if cleaned.split(".", 1)[0].upper() in _WINDOWS_DEVICES:
+        cleaned = "_" + cleaned
+    if len(cleaned.encode("utf-8")) > MAX_NAME_BYTES:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        suffix = PurePosixPath(cleaned).suffix
+        suffix = suffix if len(suffix) <= 16 else ""
+        keep = MAX_NAME_BYTES - len(suffix) - len(digest) - 1
+        head = cleaned[:-len(suffix)] if suffix else cleaned
+        head = head.encode("utf-8")[:keep].decode("utf-8", "ignore")
+        cleaned = f"{head}-{digest}{suffix}"
+    return cleaned
+
+
+def safe_path(path: str) -> str:
+    """``path`` as a relative POSIX path that stays inside the folder it is written to
+    ("" when nothing of it is left): ``\\`` separates like ``/``; empty, ``.`` and ``..``
+    parts and a leading drive (``C:``) are dropped; each part is made safe by
+    ``safe_component``."""
+    parts = path.replace("\\", "/").split("/")
+    if parts and _DRIVE.match(parts[0]):
+        parts = parts[1:]
+    return "/".join(filter(None, (safe_component(part) for part in parts)))
+
+
+class ExportNames:
+    """The names of the files an export writes in one folder: one per record, each safe
+    (``safe_path``) and unique.
+
+    A name an earlier record took (compared case-insensitively, since Windows and macOS
+    file systems are) gets ``-1``, ``-2``, ... before its suffix, so N records give N
+    files whatever their ids share, and the same records in the same order give the same
+    names. ``reserved``: last parts never given, in any folder (names a reader of the
+    format takes for something else).
+    """
+
+    def __init__(self, reserved: Iterable[str] = ()) -> None:
+        self._reserved = {name.casefold() for name in reserved}
+        self._files: set[str] = set()
+        self._folders: set[str] = set()
+
+    def claim(self, wanted: str, *, fallback: str = "record", keep_suffix: bool = True) -> str:
+        """A free name for ``wanted`` (a relative path; ``fallback`` when nothing of it is
+        safe). ``keep_suffix=False``: ``wanted`` is a stem, and the counter goes at its end
+        (YOLO names a label and an image after one stem)."""
+        name = safe_path(wanted) or safe_component(fallback) or "record"
+        if self._under_a_file(name):
+            name = safe_component(name)  # flat, beside the file that holds its folder's name
+        folder, _, last = name.rpartition("/")
+        suffix = PurePosixPath(last).suffix if keep_suffix else ""
+        stem = last[:len(last) - len(suffix)] if suffix else last
+        candidate, number = name, 0
+        while self._taken(candidate):
+            number += 1
+            candidate = f"{folder}/" if folder else ""
+            candidate += f"{stem}-{number}{suffix}"
+        self._files.add(candidate.casefold())
+        parts = candidate.split("/")
+        self._folders.update("/".join(parts[:i]).casefold() for i in range(1, len(parts)))
+        return candidate
+
+    def _taken(self, name: str) -> bool:
+        key = name.casefold()
+        return (key in self._files or key in self._folders
+                or key.rpartition("/")[2] in self._reserved)
+
+    def _under_a_file(self, name: str) -> bool:
+        parts = name.casefold().split("/")
+        return any("/".join(parts[:i]) in self._files for i in range(1, len(parts)))
+
+
+def media_name(record: dict) -> str:
+    """What a record's media file is called: its media path, else its id. Not yet safe:
+    see ExportNames."""
+    return (record.get("media") or {}).get("path") or record["id"]
+
+
+def image_suffix(record: dict) -> str:
+    """The image suffix of a record's media file: its media path's (else its id's) when
+    that is an image suffix, else the one of its media type, else ``.jpg``."""
+    suffix = PurePosixPath(media_name(record).replace("\\", "/")).suffix
+    if suffix.lower() in IMAGE_SUFFIXES:
+        return suffix
+    media_type = (record.get("media") or {}).get("type")
+    return next((s for s, t in MEDIA_TYPES.items() if t == media_type), ".jpg")
 
 
 # -- zip input ---------------------------------------------------------------------

@@ -12,11 +12,15 @@ import json
 from pathlib import Path
 
 from loophub.datasets.formats.base import (
+    EXPORT_LABEL_SCHEMA,
     Bundle,
+    ExportNames,
     FolderMedia,
     bad,
     copy_media,
+    media_name,
     number,
+    safe_component,
     split_of,
 )
 
@@ -28,7 +32,8 @@ CLASS_KEYS = ("supercategory", "keypoints", "skeleton")
 
 def read(src: Path) -> Bundle:
     files = [src] if src.is_file() else sorted(
-        p for p in src.rglob("*.json") if not p.name.startswith("panoptic"))
+        p for p in src.rglob("*.json") if not p.name.startswith("panoptic")
+        and p != src / EXPORT_LABEL_SCHEMA)
     if not files:
         raise bad(src, "folder", "no COCO .json file in it")
     root = src.parent if src.is_file() else src
@@ -216,18 +221,23 @@ def _geometry(path: Path, where: str, ann: dict, out: dict) -> None:
 def write(bundle: Bundle, dst: Path) -> None:
     """One file for a .json destination; in a folder, annotations/instances_<split>.json
     per split (the COCO layout), so splits survive the round trip."""
+    images = ExportNames()  # images/<file_name>, safe and one per record
     if dst.suffix == ".json":
-        _write_file(bundle, list(bundle.records), dst, dst.parent / "images")
+        _write_file(bundle, list(bundle.records), dst, dst.parent / "images", images)
         return
     by_split: dict[str | None, list[dict]] = {}
     for record in bundle.records:
         by_split.setdefault(record.get("split"), []).append(record)
+    files = ExportNames()
     for split, records in by_split.items():
-        name = f"instances_{split}.json" if split else "instances.json"
-        _write_file(bundle, records, dst / "annotations" / name, dst / "images")
+        name = f"instances_{safe_component(split) or 'split'}" if split else "instances"
+        name = files.claim(name, keep_suffix=False)
+        _write_file(bundle, records, dst / "annotations" / f"{name}.json", dst / "images",
+                    images)
 
 
-def _write_file(bundle: Bundle, records: list[dict], target: Path, images_dir: Path) -> None:
+def _write_file(bundle: Bundle, records: list[dict], target: Path, images_dir: Path,
+                names: ExportNames) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     class_ids = {c["name"]: c["id"] for c in bundle.label_schema.get("classes", ())}
     images, annotations = [], []
@@ -237,7 +247,7 @@ def _write_file(bundle: Bundle, records: list[dict], target: Path, images_dir: P
         coco = dict((record.get("metadata") or {}).get("coco") or {})
         image_id = image_ids.claim(coco.pop("image_id", None))
         media = record.get("media") or {}
-        file_name = media.get("path") or record["id"]
+        file_name = names.claim(media_name(record), fallback=record["id"])
         image = {"id": image_id, "file_name": file_name}
         if media.get("width"):
             image.update(width=media["width"], height=media["height"])

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from loophub.datasets.formats.base import (
     Bundle,
+    ExportNames,
     FolderMedia,
     bad,
     build_label_schema,
     copy_media,
+    media_name,
     output_file,
 )
 
@@ -116,17 +118,22 @@ def write(bundle: Bundle, dst: Path) -> None:
     meta_keys = sorted({k for r in records for k in (r.get("metadata") or {})})
     header = ["id", "image" if image else "text", "labels" if multi else "label", "split",
               *meta_keys]
+    images = ExportNames()  # images/<path>, safe and one per record; the column says it
     with open(target, "w", encoding="utf-8", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(header)
         for record in records:
-            media = record.get("media") or {}
-            content = media.get("path", "") if image else record.get("text", "")
+            if not image:
+                content = record.get("text", "")
+            elif record.get("media"):
+                content = images.claim(media_name(record), fallback=record["id"])
+            else:
+                content = ""
             meta = record.get("metadata") or {}
             extra = [_cell(meta.get(key, "")) for key in meta_keys]
             writer.writerow([record["id"], content, MULTI_SEPARATOR.join(_labels(record)),
                              record.get("split") or "", *extra])
-            if image:
+            if content and image:
                 copy_media(bundle.media, record, target.parent / "images" / content)
 
 

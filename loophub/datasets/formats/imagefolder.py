@@ -8,11 +8,16 @@ from loophub.datasets.formats.base import (
     IMAGE_SUFFIXES,
     SPLIT_NAMES,
     Bundle,
+    ExportNames,
     FolderMedia,
     bad,
     build_label_schema,
     copy_media,
+    image_suffix,
     media_entry,
+    media_name,
+    safe_component,
+    safe_path,
 )
 
 
@@ -44,16 +49,20 @@ def _record(root: Path, top: Path, path: Path, split: str | None) -> dict:
 
 
 def write(bundle: Bundle, dst: Path) -> None:
+    """[split/]class/<name>: the split and the class each one folder name, the name the
+    record's (safe and unique, ``ExportNames``), so N records give N images."""
     dst.mkdir(parents=True, exist_ok=True)
+    names = ExportNames()
     for record in bundle.records:
         labels = [a["label"] for a in record["annotations"] if a["type"] == "image_class"]
-        target = dst / _relative_path(record, labels[0] if labels else None)
+        target = dst / names.claim(_relative_path(record, labels[0] if labels else None),
+                                   fallback=record["id"])
         if not copy_media(bundle.media, record, target):
             raise bad(record["id"], "media", "image not found: ImageFolder holds the images "
                       "themselves; convert from a folder that has them")
 
 
-def _relative_path(record: dict, label: str | None) -> Path:
+def _relative_path(record: dict, label: str | None) -> str:
     split = record.get("split")
     name = record["id"]
     if split and name.startswith(split + "/"):
@@ -61,6 +70,9 @@ def _relative_path(record: dict, label: str | None) -> Path:
     if label and name.startswith(label + "/"):
         name = name[len(label) + 1:]
     else:
-        name = Path((record.get("media") or {}).get("path") or name).name
-    parts = [p for p in (split, label) if p]
-    return Path(*parts, name)
+        name = Path(media_name(record).replace("\\", "/")).name
+    name = safe_path(name) or safe_component(record["id"]) or "image"
+    if Path(name).suffix.lower() not in IMAGE_SUFFIXES:  # the reader takes images only
+        name += image_suffix(record)
+    folders = [safe_component(p) or "_" for p in (split, label) if p]
+    return "/".join([*folders, name])

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from loophub.datasets.formats.base import (
+    EXPORT_LABEL_SCHEMA,
     IMAGE_SUFFIXES,
     Bundle,
     FolderMedia,
@@ -34,7 +35,8 @@ RESULT_KEYS = {"id", "type", "value", "from_name", "to_name", "original_width", 
 
 
 def read(src: Path) -> Bundle:
-    files = [src] if src.is_file() else sorted(src.rglob("*.json"))
+    files = [src] if src.is_file() else sorted(
+        p for p in src.rglob("*.json") if p != src / EXPORT_LABEL_SCHEMA)
     if not files:
         raise bad(src, "folder", "no Label Studio .json export in it")
     records, names, seen = [], [], set()

@@ -15,11 +15,14 @@ from defusedxml.common import DefusedXmlException
 
 from loophub.datasets.formats.base import (
     Bundle,
+    ExportNames,
     FolderMedia,
     bad,
     build_label_schema,
     copy_media,
+    media_name,
     number,
+    safe_component,
 )
 
 FLAGS = ("truncated", "difficult", "occluded")
@@ -183,27 +186,30 @@ def _object(path: Path, index: int, obj: ET.Element) -> dict:
 # -- export ------------------------------------------------------------------------
 
 def write(bundle: Bundle, dst: Path) -> None:
+    """Annotations/<id>.xml (``/`` in the id as ``_``) and JPEGImages/<media path>, each
+    name made safe and unique (``ExportNames``); <filename> names the image written."""
     (dst / "Annotations").mkdir(parents=True, exist_ok=True)
+    xml_names, image_names = ExportNames(), ExportNames()
     splits: dict[str, list[str]] = {}
     for record in bundle.records:
         if any(a.get("normalized") for a in record["annotations"]):
             raise bad(record["id"], "annotations", "VOC needs pixel boxes; add image sizes")
-        tree = ET.ElementTree(_record_xml(record))
+        name = xml_names.claim(safe_component(record["id"]), fallback=record["id"],
+                               keep_suffix=False)
+        filename = image_names.claim(media_name(record), fallback=record["id"])
+        tree = ET.ElementTree(_record_xml(record, filename))
         ET.indent(tree)
-        tree.write(dst / "Annotations" / f"{_safe(record['id'])}.xml", encoding="unicode")
+        tree.write(dst / "Annotations" / f"{name}.xml", encoding="unicode")
         if record.get("split"):
-            splits.setdefault(record["split"], []).append(_safe(record["id"]))
-        media = record.get("media") or {}
-        copy_media(bundle.media, record, dst / "JPEGImages" / (media.get("path") or record["id"]))
+            splits.setdefault(record["split"], []).append(name)
+        copy_media(bundle.media, record, dst / "JPEGImages" / filename)
     if splits:
         (dst / "ImageSets" / "Main").mkdir(parents=True, exist_ok=True)
-        for split, ids in splits.items():
-            (dst / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        lists = ExportNames()
+        for split, names in splits.items():
+            path = lists.claim(safe_component(split), fallback="split", keep_suffix=False)
+            (dst / "ImageSets" / "Main" / f"{path}.txt").write_text("\n".join(names) + "\n")
     _write_labelmap(bundle.label_schema, dst / "labelmap.txt")
-
-
-def _safe(record_id: str) -> str:
-    return record_id.replace("/", "_").replace("\\", "_")
 
 
 def _write_labelmap(label_schema: dict, path: Path) -> None:
@@ -231,11 +237,11 @@ def _add_any(parent: ET.Element, tag: str, value) -> None:
         _add(parent, tag, item)
 
 
-def _record_xml(record: dict) -> ET.Element:
+def _record_xml(record: dict, filename: str) -> ET.Element:
     root = ET.Element("annotation")
     meta = dict((record.get("metadata") or {}).get("voc") or {})
     media = record.get("media") or {}
-    _add(root, "filename", media.get("path") or record["id"])
+    _add(root, "filename", filename)
     size = dict(meta.pop("size", None) or {})
     if media.get("width"):
         size = {"width": media["width"], "height": media["height"], **size}

@@ -15,12 +15,15 @@ import yaml
 from loophub.datasets.formats.base import (
     IMAGE_SUFFIXES,
     Bundle,
+    ExportNames,
     FolderMedia,
     bad,
     build_label_schema,
     copy_media,
     image_size,
+    image_suffix,
     media_entry,
+    safe_component,
     split_of,
 )
 
@@ -69,14 +72,20 @@ def _yaml_names(path: Path) -> list[str]:
 
 
 def _find_image(label: Path) -> Path | None:
+    """The image of ``label``: ``<stem>.<image suffix>`` (Ultralytics, and loophub's
+    exports), or the label's name less ``.txt`` (``img.jpg.txt``, as some tools and
+    earlier loophub exports write), under images/ or beside the label."""
     parts = list(label.parts)
     candidates = [label.parent]
     if "labels" in parts:
         index = len(parts) - 1 - parts[::-1].index("labels")
         candidates.insert(0, Path(*parts[:index], "images", *parts[index + 1:-1]))
+    names = [label.stem + suffix for suffix in sorted(IMAGE_SUFFIXES)]
+    if Path(label.stem).suffix.lower() in IMAGE_SUFFIXES:
+        names.append(label.stem)
     for folder in candidates:
-        for suffix in IMAGE_SUFFIXES:
-            image = folder / (label.stem + suffix)
+        for name in names:
+            image = folder / name
             if image.is_file():
                 return image
     return None
@@ -126,29 +135,42 @@ def _annotation(path: Path, number: int, line: str, names, size) -> dict:
 # -- export ------------------------------------------------------------------------
 
 def write(bundle: Bundle, dst: Path) -> None:
+    """labels/[split/]<stem>.txt beside images/[split/]<stem>.<suffix>, as Ultralytics
+    reads them, and data.yaml. The stem is the record id's last part less an image
+    suffix, made safe and unique (``ExportNames``): one label file per record."""
     classes = bundle.label_schema.get("classes", ())
     index = {c["name"]: c["id"] for c in classes}
     names = [f"class_{i}" for i in range(max(index.values(), default=-1) + 1)]
     for cls in classes:
         names[cls["id"]] = cls["name"]
     dst.mkdir(parents=True, exist_ok=True)
-    splits = set()
+    # .txt names the reader takes for lists or class names, never for labels
+    stems = ExportNames(Path(name).stem for name in LIST_FILES | set(NAME_FILES)
+                        if name.endswith(".txt"))
+    splits = {}
     for record in bundle.records:
         split = record.get("split")
-        splits.add(split)
-        stem = record["id"].rsplit("/", 1)[-1]
-        folder = Path(split) if split else Path()
+        if split and split not in splits:
+            splits[split] = safe_component(split) or "split"
+        folder = splits[split] + "/" if split else ""
+        stem = stems.claim(folder + (safe_component(_stem(record["id"])) or "record"),
+                           keep_suffix=False)
         lines = [_line(record, ann, index) for ann in record["annotations"]
                  if ann["type"] in ("bbox", "polygon")]
-        label_path = dst / "labels" / folder / f"{stem}.txt"
+        label_path = dst / "labels" / f"{stem}.txt"
         label_path.parent.mkdir(parents=True, exist_ok=True)
         label_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        suffix = Path((record.get("media") or {}).get("path") or ".jpg").suffix
-        copy_media(bundle.media, record, dst / "images" / folder / f"{stem}{suffix}")
+        copy_media(bundle.media, record, dst / "images" / f"{stem}{image_suffix(record)}")
     config = {"names": names, "nc": len(names)}
-    for split in sorted(s for s in splits if s):
-        config[split] = f"images/{split}"
+    for split in sorted(splits):
+        config[split] = f"images/{splits[split]}"
     (dst / "data.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+
+
+def _stem(record_id: str) -> str:
+    name = record_id.replace("\\", "/").rsplit("/", 1)[-1]
+    suffix = Path(name).suffix
+    return name[:-len(suffix)] if suffix.lower() in IMAGE_SUFFIXES and name != suffix else name
 
 
 def _line(record: dict, ann: dict, index: dict) -> str:
