@@ -1,16 +1,21 @@
 """Dataset benchmarks: COCO import, 1M-record commit, diff, storage of 10 versions,
 and the same record set versioned with DVC (the peer a user would pick).
 
-    python benchmarks/datasets.py [--records 1000000] [--json]
+    python benchmarks/datasets.py [--records 1000000] [--json] [--no-peer]
 
 Prints a table and, with --json, one JSON line. Needs the shared fixtures
-(LOOPHUB_SHARED, default ../shared) for the real COCO file it replicates.
+(LOOPHUB_SHARED, default ../shared) for the real COCO file it replicates, and DVC, the
+peer (the `bench` extra: `python -m pip install -e '.[bench]'`, which `make bench` runs):
+without it the benchmark says how to install it and exits with 2 before measuring
+anything, unless --no-peer asks for loophub's figures alone (then it says that DVC's
+columns are absent, and the JSON line lists "dvc" under "peers_absent").
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import random
@@ -157,9 +162,31 @@ def full_snapshot(service: DatasetService, version: DatasetVersion) -> DatasetVe
     return DatasetVersion(id=f"snapshot of {version.id}", snapshot=writer.close()[0])
 
 
-def _dvc() -> tuple[str, dict] | None:
-    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
-    return (dvc, {**os.environ, "DVC_NO_ANALYTICS": "1"}) if Path(dvc).exists() else None
+PEER_INSTALL = f"cd {REPO} && {sys.executable} -m pip install -e '.[bench]'"
+
+
+def _dvc_command() -> str | None:
+    """DVC's command: the one installed with this interpreter, else one on PATH."""
+    beside = Path(sys.executable).with_name("dvc")
+    return str(beside) if beside.exists() else shutil.which("dvc")
+
+
+def _dvc() -> tuple[str, dict]:
+    return _dvc_command(), {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+
+def dvc_missing() -> str | None:
+    """What the DVC columns need and this environment lacks (None: nothing). They run
+    `dvc` and `git` commands and DVC's Python API in this interpreter."""
+    lacking = []
+    if _dvc_command() is None:
+        lacking.append(f"no `dvc` command beside {sys.executable} or on PATH")
+    if importlib.util.find_spec("dvc") is None:
+        lacking.append(f"no `dvc` module for {sys.executable}")
+    if shutil.which("git") is None:
+        lacking.append("no `git` command on PATH (DVC versions files in a Git repository; "
+                       "install git)")
+    return "; ".join(lacking) or None
 
 
 def _dvc_versions(repo: Path, target: str, edit, change_sets: list[set[int]]) -> dict:
@@ -297,13 +324,23 @@ def main() -> int:
     parser.add_argument("--coco-annotations", type=int, default=100_000)
     parser.add_argument("--versions", type=int, default=10)
     parser.add_argument("--change", type=float, default=0.01)
-    parser.add_argument("--no-dvc", action="store_true")
+    parser.add_argument("--no-peer", "--no-dvc", dest="no_peer", action="store_true",
+                        help="measure loophub alone: no DVC, and no dvc_* columns")
     parser.add_argument("--dvc-files", type=int, default=50_000,
                         help="records for the one-file-per-record DVC comparison (0: skip)")
     parser.add_argument("--db-url", help="database URL (default: SQLite in the work folder)")
     parser.add_argument("--workdir", help="keep the work files here (default: a temp folder)")
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args()
+    if args.no_peer:
+        print("--no-peer: DVC is not run; its columns (dvc_*) are absent from this run's "
+              "table and JSON line", file=sys.stderr)
+    elif missing := dvc_missing():
+        print(f"{Path(__file__).name}: DVC, the peer this benchmark compares loophub with, "
+              f"is missing: {missing}.\nInstall it with: {PEER_INSTALL}  (`make bench` "
+              "does), or pass --no-peer to measure loophub alone, without DVC's columns.",
+              file=sys.stderr)
+        return 2
     shared = Path(os.environ.get("LOOPHUB_SHARED", REPO.parent / "shared"))
     work = Path(args.workdir or tempfile.mkdtemp(prefix="loophub-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -316,9 +353,9 @@ def main() -> int:
                                               args.change)
         result.update(figures)
         show(figures)
-        if not args.no_dvc and _dvc() is None:
-            result["dvc"] = "not installed: pip install dvc (a benchmark-only dependency)"
-        elif not args.no_dvc:
+        if args.no_peer:
+            result["peers_absent"] = ["dvc"]
+        else:
             result.update(bench_dvc_jsonl(work, args.records, change_sets))
             show({k: v for k, v in result.items() if k.startswith("dvc")})
             # versioning = commit for loophub (import is ingest), dvc add + git commit for DVC
