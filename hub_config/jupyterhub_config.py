@@ -83,7 +83,10 @@ c.JupyterHub.services = [
         "name": "loophub",
         "url": f"http://127.0.0.1:{api_port}",
         "command": [sys.executable, "-m", "loophub.extensions.api"],
-        "environment": settings.env(),
+        # the public URL reaches users' servers through the proxy (to stop a kernel whose
+        # allocation ended); options beyond these: HOME/loophub_api_config.py
+        "environment": {**settings.env(), "LOOPHUB_PUBLIC_URL": (
+            f"http://{'127.0.0.1' if ip in ('0.0.0.0', '') else ip}:{port}")},
         "oauth_no_confirm": True,
         "display": True,
         "info": {"description": "loophub API: data, scheduling, training, serving"},

@@ -11,14 +11,31 @@ import hashlib
 import hmac
 import re
 import secrets
+from datetime import datetime
 
+from sqlalchemy import DateTime, String, Text, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from loophub import audit
 from loophub.errors import Conflict, InvalidInput, NotFound
 from loophub.store import Database
-from loophub.store.models import Account, AuditEvent, utcnow
+from loophub.store.models import Base, utcnow
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 MIN_PASSWORD = 10
+
+
+class Account(Base):
+    """A login for loophub's own authenticator (passwords hashed with scrypt)."""
+
+    __tablename__ = "accounts"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    admin: Mapped[bool] = mapped_column(default=False)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    password_changed: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 def check_username(name: str) -> str:
@@ -67,8 +84,7 @@ class Accounts:
                 raise Conflict(f"user {name!r} already exists; use `loophub passwd {name}` "
                                "to set a new password")
             s.add(Account(name=name, password_hash=hash_password(password), admin=admin))
-            s.add(AuditEvent(actor=actor, action="account.create", target=name,
-                             detail={"admin": admin}))
+            audit.record(s, actor, "account.create", f"account:{name}", admin=admin)
         return password
 
     def set_password(self, name: str, password: str | None = None, *,
@@ -82,7 +98,7 @@ class Accounts:
                 raise NotFound(f"no user {name!r}; create it with `loophub user add {name}`")
             account.password_hash = hash_password(password)
             account.password_changed = utcnow()
-            s.add(AuditEvent(actor=actor, action="account.password", target=name, detail={}))
+            audit.record(s, actor, "account.password", f"account:{name}")
         return password
 
     def authenticate(self, name: str, password: str) -> Account | None:
@@ -98,4 +114,9 @@ class Accounts:
 
     def admins(self) -> list[str]:
         with self.db.transaction() as s:
-            return sorted(a.name for a in s.query(Account).filter(Account.admin.is_(True)))
+            return sorted(s.scalars(select(Account.name).where(Account.admin.is_(True))))
+
+    def list(self) -> list[dict]:
+        with self.db.transaction() as s:
+            return [{"name": a.name, "admin": a.admin, "created": a.created}
+                    for a in s.scalars(select(Account).order_by(Account.name))]

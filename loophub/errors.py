@@ -38,3 +38,9 @@ class Conflict(LoophubError):
 
 class TooLarge(LoophubError):
     status = 413
+
+
+class Unavailable(LoophubError):
+    """The platform did not answer (restarting, or down); trying again later may work."""
+
+    status = 503

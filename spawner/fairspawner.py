@@ -12,29 +12,26 @@ a hub restart loses nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import time
-from urllib.parse import urlencode
+from datetime import UTC, datetime
 
 from jupyterhub.spawner import Spawner, SpawnException
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Dict, Float, Instance, List, Unicode, default
 from traitlets.utils.importstring import import_item
 
-from loophub.errors import InvalidInput
+from loophub.client import Client
+from loophub.client.core import api_message
+from loophub.client.scheduler import QueueWatcher
+from loophub.errors import InvalidInput, LoophubError, Unavailable
 from loophub.pool import parse_mem
+from loophub.runtime import placements
+from loophub.scheduler.keys import server_key
+from loophub.scheduler.model import Resources
+from loophub.scheduler.spec import RequestSpec
 
-from .backends import BACKENDS, Backend, Placement
+from .backends import BACKENDS, Backend
 from .form import render_form
 from .profiles import Choice, Limits, options_from_form, parse_profiles, resolve_choice
-from .queueing import wait_until_running
-
-TRANSIENT = (599, 502, 503, 504)  # the API service restarting: keep waiting
-
-
-class SchedulerUnavailable(Exception):
-    pass
 
 
 class FairSpawner(Spawner):
@@ -85,6 +82,9 @@ class FairSpawner(Spawner):
                  "the user's home (run_as_user) or the hub's folder.",
     ).tag(config=True)
     long_poll = Float(20.0, help="Seconds per long-poll while queued.").tag(config=True)
+    api_patience = Float(
+        120.0, help="Seconds to ride out an unreachable loophub API (it restarts) before a "
+                    "spawn fails; the spawn page says it is waiting.").tag(config=True)
 
     _backend = Instance(Backend, allow_none=True)
     backend_name = Unicode("")
@@ -111,6 +111,7 @@ class FairSpawner(Spawner):
         self._events: list[dict] = []
         self._events_changed = asyncio.Event()
         self._start_done = True
+        self._client: Client | None = None
 
     # -- options ----------------------------------------------------------------
 
@@ -129,11 +130,12 @@ class FairSpawner(Spawner):
                       "custom_limits"), gpu=int(raw.get("gpu", 0)),
                       max_runtime=raw.get("max_runtime"))
 
-    def _render_options_form(self, spawner=None) -> str:
+    async def _render_options_form(self, spawner=None) -> str:
         profiles = self._profiles()
         if len(profiles) + bool(self.allow_custom) <= 1:
             return ""  # nothing to choose
-        return render_form(profiles, self._limits(), self.allow_custom, self.user_options)
+        return render_form(profiles, self._limits(), self.allow_custom, self.user_options,
+                           pool_note=await self.last_stop())
 
     def options_from_form(self, formdata: dict) -> dict:
         return options_from_form(formdata)
@@ -148,49 +150,57 @@ class FairSpawner(Spawner):
 
     # -- talking to the scheduler -------------------------------------------------
 
-    async def _api(self, method: str, path: str, body: dict | None = None,
-                   timeout: float = 30) -> dict:
+    @property
+    def client(self) -> Client:
+        """The SDK client as the hub's ``loophub-spawner`` service, riding out restarts of
+        the API service for ``api_patience`` s (the user sees why they wait)."""
         if not self.scheduler_url or not self.scheduler_token:
             raise SpawnException("FairSpawner is not configured: set scheduler_url and "
                                  "scheduler_token (hub_config does)", reason="config")
-        req = HTTPRequest(
-            f"{self.scheduler_url.rstrip('/')}/{path}", method=method, request_timeout=timeout,
-            headers={"Authorization": f"token {self.scheduler_token}",
-                     "Content-Type": "application/json"},
-            body=json.dumps(body) if body is not None else None,
-            allow_nonstandard_methods=True,
-        )
-        try:
-            resp = await AsyncHTTPClient().fetch(req)
-        except HTTPClientError as exc:
-            if exc.code in TRANSIENT:
-                raise SchedulerUnavailable(str(exc)) from exc
-            try:
-                message = json.loads(exc.response.body)["error"]
-            except (AttributeError, TypeError, ValueError, KeyError):
-                message = str(exc)
-            raise SpawnException(message, reason="scheduler", status_code=exc.code) from exc
-        except OSError as exc:
-            raise SchedulerUnavailable(str(exc)) from exc
-        return json.loads(resp.body)
+        if self._client is None:
+            self._client = Client(self.scheduler_url, self.scheduler_token,
+                                  patience=self.api_patience)
+        return self._client
 
-    async def _api_retrying(self, method: str, path: str, body: dict | None = None,
-                            timeout: float = 30, patience: float = 120) -> dict:
-        """Ride out a restart of the API service instead of failing the spawn."""
-        deadline = time.monotonic() + patience
-        while True:
-            try:
-                return await self._api(method, path, body, timeout)
-            except SchedulerUnavailable as exc:
-                if time.monotonic() > deadline:
-                    raise SpawnException("the loophub scheduler is unreachable: " + str(exc),
-                                         reason="scheduler") from exc
-                self.emit_progress(5, "The scheduler is restarting; your place is kept ...")
-                await asyncio.sleep(2)
+    async def _call(self, func, *args, **kwargs):
+        """One SDK call off the hub's event loop; API errors become spawn errors."""
+        kwargs.setdefault("on_retry", lambda why: self.emit_progress(
+            5, f"The scheduler is restarting ({why}); your place is kept ..."))
+        try:
+            return await asyncio.to_thread(func, *args, **kwargs)
+        except Unavailable as exc:
+            raise SpawnException(f"the loophub scheduler is unreachable: {exc.message}",
+                                 reason="scheduler", status_code=503) from exc
+        except LoophubError as exc:
+            raise SpawnException(api_message(exc), reason="scheduler",
+                                 status_code=getattr(exc, "status", 400)) from exc
 
     @property
     def request_key(self) -> str:
-        return f"server:{self.user.name}/{self.name}"
+        return server_key(self.user.name, self.name)
+
+    def request_spec(self, choice: Choice) -> RequestSpec:
+        """What this start asks the scheduler for: the user's choice, as their server."""
+        return RequestSpec(
+            kind="server", owner=self.user.name, groups=tuple(sorted(self._user_groups())),
+            demand=Resources.from_dict(choice.demand()), gpu_type=choice.gpu_type,
+            runtime=choice.runtime, preemptible=choice.preemptible, server=self.name,
+            labels={"profile": choice.profile})
+
+    async def last_stop(self) -> str:
+        """Why this server last stopped, when its user did not stop it (a preemption, an
+        admin's release): shown on the options form and the spawn page."""
+        try:
+            found = await asyncio.to_thread(self.client.scheduler.find,
+                                            key=self.request_key, limit=1)
+        except Exception:  # a note, never a reason for a spawn to fail
+            return ""
+        last = found[0] if found else None
+        if not last or last["state"] != "done" or last.get("ended_by") in (
+                None, last.get("submitted_by")):
+            return ""
+        when = datetime.fromtimestamp(last["ended_at"], UTC).strftime("%Y-%m-%d %H:%M UTC")
+        return f"Your last server was stopped at {when}: {last.get('reason') or 'released'}."
 
     # -- progress -----------------------------------------------------------------
 
@@ -240,19 +250,13 @@ class FairSpawner(Spawner):
         self._backend = self._make_backend(self.backend_name)
         self.emit_progress(1, f"Requesting {choice.cpu:g} CPU, {choice.mem / 2**30:g} GiB"
                       + (f", {choice.gpu} GPU" if choice.gpu else "") + " ...")
-        view = await self._api_retrying("POST", "scheduler/requests", {
-            "kind": "server", "demand": choice.demand(), "gpu_type": choice.gpu_type,
-            "runtime": choice.runtime, "preemptible": choice.preemptible,
-            "tenant": self.user.name, "groups": sorted(self._user_groups()),
-            "key": self.request_key,
-            "meta": {"user": self.user.name, "server_name": self.name,
-                     "profile": choice.profile},
-        })
+        if note := await self.last_stop():
+            self.emit_progress(1, note)
+        view = await self._call(self.client.scheduler.submit, self.request_spec(choice))
         self.request_id = view["id"]
         try:
             view = await self._wait_in_queue(view)
-            unit = view["allocation"]["units"][0]
-            placement = Placement.from_unit(unit, choice.runtime)
+            [placement] = placements(view["allocation"], choice.runtime)  # a server is one unit
             gpus = f", GPUs {list(placement.gpus)}" if placement.gpus else ""
             self.emit_progress(60, f"Resources allocated on {placement.node}{gpus}; "
                                    "starting server ...")
@@ -265,15 +269,12 @@ class FairSpawner(Spawner):
             raise
 
     async def _wait_in_queue(self, view: dict) -> dict:
-        return await wait_until_running(
-            view, poll=self._poll_request, give_up=self._queue_failure,
-            on_wait=lambda v: self.emit_progress(10, v.get("message") or "Queued"),
-            queue_timeout=self.queue_timeout, long_poll=self.long_poll)
-
-    async def _poll_request(self, view: dict, wait: float) -> dict:
-        query = urlencode({"wait": wait, "known": view.get("fingerprint", "")})
-        return await self._api_retrying("GET", f"scheduler/requests/{view['id']}?{query}",
-                                        timeout=self.long_poll + 30)
+        """Wait through the process's one queue watcher (N waiting spawns: one long-poll)."""
+        watcher = QueueWatcher.shared(self.scheduler_url, self.scheduler_token,
+                                      long_poll=self.long_poll, patience=self.api_patience)
+        return await watcher.wait_running(
+            view, give_up=self._queue_failure, queue_timeout=self.queue_timeout,
+            on_wait=lambda v: self.emit_progress(10, v.get("message") or "Queued"))
 
     def _queue_failure(self, why: str, view: dict) -> SpawnException:
         if why == "timeout":
@@ -282,14 +283,15 @@ class FairSpawner(Spawner):
                 f"({view.get('message', '')}). Try a smaller size or later.",
                 reason="queue_timeout", status_code=503)
         return SpawnException(f"Your request was {view['state']}: {view.get('reason', '')}",
-                              reason="scheduler")
+                              reason="scheduler",
+                              status_code=503 if view["state"] == "unreachable" else 409)
 
     async def _release(self, reason: str) -> None:
         if not self.request_id:
             return
         try:
-            await self._api_retrying("DELETE", f"scheduler/requests/{self.request_id}",
-                                     patience=30)
+            await asyncio.to_thread(self.client.scheduler.release, self.request_id, reason,
+                                    patience=min(self.api_patience, 30))
         except Exception as exc:  # the API's reconciliation releases it later
             self.log.warning("could not release %s (%s): %s", self.request_id, reason, exc)
         self.request_id = ""

@@ -56,17 +56,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import requests
 from jupyter_client.provisioning import LocalProvisioner
 from tornado import web
 from traitlets import Float, Integer, Unicode, Union, default
 
-from loophub.errors import InvalidInput, LoophubError
+from loophub.client import Client
+from loophub.client.core import api_message
+from loophub.client.scheduler import QueueWatcher, wait_until_running
+from loophub.errors import InvalidInput, LoophubError, Unavailable
 from loophub.pool import GIB, check_cpu_gpu, check_gpu_type, parse_mem
-
-from .backends.base import Placement
-from .backends.local import Cgroup, confine_preexec, pinnable_cores
-from .queueing import wait_until_running
+from loophub.runtime import Confinement, Placement, placements
+from loophub.runtime.confine import ConfinementError
+from loophub.scheduler.keys import kernel_key
+from loophub.scheduler.model import Resources
+from loophub.scheduler.spec import RequestSpec
 
 PROVISIONER_NAME = "loophub-provisioner"
 EVENT_SCHEMA_ID = "https://events.loophub.dev/kernel_allocation/v1"
@@ -85,7 +88,6 @@ EVENT_SCHEMA = {
         "message": {"type": "string"},
     },
 }
-TRANSIENT = (502, 503, 504)  # the API service restarting: keep trying
 ADMIN_ONLY = ("memory_enforcement", "cgroup_parent")  # not from (user-writable) kernelspecs
 
 
@@ -144,9 +146,7 @@ class KernelSize:
         return out
 
 
-def request_key(user: str, server: str, kernel_id: str) -> str:
-    """One active request per kernel; a restart finds it again by this key."""
-    return f"kernel:{user}/{server}/{kernel_id}"
+request_key = kernel_key  # one active request per kernel; a restart finds it again by it
 
 
 def kernel_env(placement: Placement, request_id: str) -> dict[str, str]:
@@ -172,11 +172,6 @@ def idle_seconds(state: str | None, last_activity: datetime | None, now: datetim
         return 0.0
     return max(0.0, (now - last_activity).total_seconds())
 
-
-def api_message(exc: LoophubError) -> str:
-    """The API's own error text, without the client's 'METHOD URL: ' prefix."""
-    text = exc.message
-    return text.split(": ", 1)[1] if text.startswith(("GET ", "POST ", "DELETE ")) else text
 
 
 def default_name(size: KernelSize) -> str:
@@ -304,7 +299,7 @@ class FairKernelProvisioner(LocalProvisioner):
         self._watcher: asyncio.Task | None = None
         self._restarting = False
         self._dead_since: float | None = None
-        self._cgroup: Cgroup | None = None
+        self._confinement: Confinement | None = None
         self._last_note: tuple[str, str] = ("", "")
         self._shown_reason = ""
         self._claimed = False  # a client connected to the kernel at some point
@@ -315,35 +310,29 @@ class FairKernelProvisioner(LocalProvisioner):
     def size(self) -> KernelSize:
         return KernelSize.parse(self.cpu, self.mem, self.gpu, self.gpu_type)
 
-    async def _call(self, method: str, path: str, *, timeout: float = 30,
-                    patience: float | None = None, **kw: Any) -> Any:
-        """One API call in a thread (requests is blocking), riding out API restarts."""
+    @property
+    def client(self) -> Client:
+        """The SDK client, as the notebook's user (the server's token), riding out API
+        restarts for ``api_patience`` s."""
         if self._client is None:
-            from loophub.client import Client
+            self._client = Client(patience=self.api_patience)
+        return self._client
 
-            self._client = Client(timeout=timeout)
-        deadline = time.monotonic() + (self.api_patience if patience is None else patience)
-        while True:
-            try:
-                return await asyncio.to_thread(self._client.request, method, path,
-                                               timeout=timeout, **kw)
-            except (requests.ConnectionError, requests.Timeout, LoophubError) as exc:
-                if isinstance(exc, LoophubError) and getattr(exc, "status", 0) not in TRANSIENT:
-                    raise
-                if time.monotonic() > deadline:
-                    raise KernelAllocationError(
-                        503, f"the loophub scheduler is unreachable ({exc}); try again "
-                             "later") from exc
-                await asyncio.sleep(2)
+    async def _call(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """One SDK call off the event loop (the SDK is blocking)."""
+        try:
+            return await asyncio.to_thread(func, *args, **kwargs)
+        except Unavailable as exc:
+            raise KernelAllocationError(503, f"the loophub scheduler is unreachable ({exc}); "
+                                             "try again later") from exc
 
-    def _request_body(self, size: KernelSize) -> dict:
-        user = os.environ.get("JUPYTERHUB_USER", "")
-        server = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
+    def _spec(self, size: KernelSize) -> RequestSpec:
         name = self.kernel_spec.display_name if self.kernel_spec else ""
-        return {"kind": "kernel", "demand": size.demand(), "gpu_type": size.gpu_type,
-                "key": request_key(user, server, self.kernel_id or ""),
-                "meta": {"user": user, "server_name": server, "kernel_id": self.kernel_id,
-                         "kernelspec": name}}
+        return RequestSpec(
+            kind="kernel", owner=os.environ.get("JUPYTERHUB_USER", "") or "?",
+            demand=Resources.from_dict(size.demand()), gpu_type=size.gpu_type,
+            server=os.environ.get("JUPYTERHUB_SERVER_NAME", ""), kernel=self.kernel_id or "",
+            labels={"kernelspec": name})
 
     # -- telling the user --------------------------------------------------------------
 
@@ -383,8 +372,9 @@ class FairKernelProvisioner(LocalProvisioner):
             raise KernelAllocationError(400, f"bad kernelspec {self._spec_name()}: "
                                              f"{exc.message}") from exc
         try:
-            view = await self._call("POST", "scheduler/requests",
-                                    json=self._request_body(size))
+            view = await self._call(self.client.scheduler.submit, self._spec(size))
+        except KernelAllocationError:
+            raise
         except LoophubError as exc:
             self._note("refused", api_message(exc))
             raise KernelAllocationError(getattr(exc, "status", 400),
@@ -401,10 +391,11 @@ class FairKernelProvisioner(LocalProvisioner):
             self._note("queued", f"waiting for {size.summary()}: "
                                  f"{queued.get('message') or 'Queued'}")
 
+        watcher = QueueWatcher.shared(self.client.url, self.client.token,
+                                      long_poll=self.long_poll, patience=self.api_patience)
+
         async def poll(queued: dict, wait: float) -> dict:
-            return await self._unless_abandoned(self._call(
-                "GET", f"scheduler/requests/{queued['id']}", timeout=wait + 30,
-                params={"wait": wait, "known": queued.get("fingerprint", "")}))
+            return await self._unless_abandoned(watcher.next_view(queued, wait))
 
         def give_up(why: str, last: dict) -> KernelAllocationError:
             if why == "timeout":
@@ -415,11 +406,14 @@ class FairKernelProvisioner(LocalProvisioner):
                 return KernelAllocationError(503, text)
             text = f"kernel request was {last['state']}: {last.get('reason') or 'no reason'}"
             self._note("refused", text)
-            return KernelAllocationError(409, text)
+            return KernelAllocationError(503 if last["state"] == "unreachable" else 409, text)
 
-        return await wait_until_running(view, poll=poll, on_wait=on_wait, give_up=give_up,
-                                        queue_timeout=self.queue_timeout,
-                                        long_poll=self.long_poll)
+        try:
+            return await wait_until_running(view, poll=poll, on_wait=on_wait, give_up=give_up,
+                                            queue_timeout=self.queue_timeout,
+                                            long_poll=self.long_poll)
+        finally:
+            watcher.forget(view["id"])
 
     async def _unless_abandoned(self, call: Coroutine[Any, Any, dict]) -> dict:
         """Await CALL, unless the user shuts the starting kernel down meanwhile.
@@ -444,7 +438,7 @@ class FairKernelProvisioner(LocalProvisioner):
         request_id, self.request_id = self.request_id, ""
         try:
             # short patience: a stopping server is killed after a few seconds anyway
-            await self._call("DELETE", f"scheduler/requests/{request_id}", timeout=10,
+            await self._call(self.client.scheduler.release, request_id, reason, timeout=10,
                              patience=min(self.api_patience, 10))
             self._note("released", f"released {request_id}: {reason}")
         except Exception as exc:  # nothing else to do; the admin sees it in the queue
@@ -453,30 +447,22 @@ class FairKernelProvisioner(LocalProvisioner):
 
     # -- confinement -------------------------------------------------------------------
 
-    def _make_cgroup(self, placement: Placement) -> Cgroup | None:
-        """A cgroup of the kernel's own, so it gets its allocation, not the server's cap."""
-        if self.memory_enforcement not in ("auto", "cgroup"):
-            return None
-        cgroup = Cgroup.create(self.cgroup_parent, f"kernel-{self.kernel_id}")
-        if cgroup is None:
-            if self.memory_enforcement == "cgroup":
-                raise KernelAllocationError(500, "memory_enforcement='cgroup' but no writable "
-                                                 "cgroup here")
-            return None
-        cgroup.limit(placement.mem, placement.cpu)
-        return cgroup
+    def _confine(self, placement: Placement) -> Callable[[], None] | None:
+        """A cgroup of the kernel's own, so it gets its allocation, not the server's cap
+        (no RLIMIT_AS fallback: without a cgroup it stays under the server's caps)."""
+        if self._confinement is None:
+            try:
+                self._confinement = Confinement.build(
+                    placement, name=f"kernel-{self.kernel_id}", mode=self.memory_enforcement,
+                    cgroup_parent=self.cgroup_parent, rlimit_fallback=False, logger=self.log)
+            except ConfinementError as exc:
+                raise KernelAllocationError(500, str(exc)) from exc
+        return self._confinement.preexec()
 
     def _remove_cgroup(self) -> None:
-        if self._cgroup is not None:
-            self._cgroup.remove()
-            self._cgroup = None
-
-    def _confinement(self, placement: Placement) -> Callable[[], None] | None:
-        self._cgroup = self._cgroup or self._make_cgroup(placement)
-        procs = self._cgroup.procs_files() if self._cgroup else []
-        if not placement.cores and not procs:
-            return None
-        return confine_preexec(pinnable_cores(placement.cores, self.log), procs, None, None)
+        if self._confinement is not None:
+            self._confinement.release()
+            self._confinement = None
 
     # -- provisioner hooks -------------------------------------------------------------
 
@@ -490,13 +476,13 @@ class FairKernelProvisioner(LocalProvisioner):
             self._forget_failed_start()
             raise
         try:
-            placement = Placement.from_unit(view["allocation"]["units"][0])
+            [placement] = placements(view["allocation"])  # a kernel is one unit
             if problem := wrong_node(placement, os.environ.get("LOOPHUB_ALLOC_NODE", "")):
                 self._note("refused", problem)
                 raise KernelAllocationError(409, problem)
             kwargs = await super().pre_launch(**kwargs)
             kwargs["env"].update(kernel_env(placement, self.request_id))
-            preexec = self._confinement(placement)
+            preexec = self._confine(placement)
             if preexec is not None:
                 kwargs["preexec_fn"] = preexec
         except BaseException:

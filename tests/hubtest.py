@@ -16,7 +16,7 @@ from pathlib import Path
 
 import requests
 
-from loophub.cli import log_tail
+from loophub.extensions.cli import log_tail
 from loophub.ports import free_port
 
 

@@ -91,7 +91,7 @@ def test_up_says_why_when_the_api_port_is_taken(tmp_path):
 
 def test_up_stops_waiting_when_the_proxy_cannot_listen(tmp_path):
     """CHP logs EADDRINUSE for the public port and keeps running: no 120 s wait for that."""
-    from loophub.cli import _wait_ready
+    from loophub.extensions.cli import _wait_ready
     from loophub.ports import free_port
 
     log = tmp_path / "jupyterhub.log"

@@ -95,8 +95,8 @@ def wait_stopped(hub, user, name="", timeout=60):
 def queue(hub):
     resp = requests.get(f"{hub.api}/scheduler/queue", timeout=30,
                         headers={"Authorization": f"token {hub.admin}"})
-    return {(r["meta"].get("user"), r["meta"].get("server_name")): r
-            for r in resp.json()["requests"]}
+    return {(r["owner"], r.get("server")): r for r in resp.json()["requests"]
+            if r["kind"] == "server"}
 
 
 def wait_queue(hub, key, state, timeout=60):

@@ -20,7 +20,7 @@ import requests
 
 from loophub.errors import InvalidInput, LoophubError
 from loophub.pool import GIB
-from loophub.spawner.backends.base import Placement
+from loophub.runtime import Placement
 from loophub.spawner.kernels import (
     EVENT_SCHEMA_ID,
     PROVISIONER_NAME,
@@ -130,7 +130,6 @@ def test_install_and_cli(tmp_path, capsys):
 def test_loophub_cli_runs_the_subcommands(tmp_path, monkeypatch, capsys):
     from loophub import cli
 
-    monkeypatch.setattr(cli, "COMMAND_MODULES", ["loophub.spawner.kernels"])
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share/jupyter"))
     assert cli.main(["kernels", "install", "--gpu", "1", "--gpu-type", "a100",
                      "--prefix", str(tmp_path)]) == 0
@@ -311,7 +310,7 @@ async def _subscribe_events(hub, token: str, seen: list[dict]):
 def _block_all_gpus(hub, admin: str) -> str:
     resp = requests.post(f"{hub.api}/scheduler/requests", timeout=30,
                          headers={"Authorization": f"token {admin}"},
-                         json={"kind": "job", "tenant": "hog", "key": f"hog-{uuid.uuid4().hex}",
+                         json={"kind": "job", "owner": "hog", "job": f"hog-{uuid.uuid4().hex}",
                                "demand": {"cpu": 0.5, "mem": GIB, "gpu": 4}})
     assert resp.status_code == 201 and resp.json()["state"] == "running", resp.text
     return resp.json()["id"]
@@ -336,7 +335,7 @@ async def test_queued_kernel_waits_visibly_then_starts_when_gpus_free(khub):
         [queued] = await asyncio.to_thread(
             _until, lambda: [r for r in _kernel_requests(hub, admin) if r["state"] == "queued"],
             30, "kernel request queued")
-        assert queued["tenant"] == USER and queued["blocking"] == "gpu"
+        assert queued["owner"] == USER and queued["blocking"] == "gpu"
         await asyncio.to_thread(_until, lambda: any(
             e.get("schema_id") == EVENT_SCHEMA_ID and e.get("state") == "queued"
             for e in events), 15, "queued event")

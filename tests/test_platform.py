@@ -69,12 +69,18 @@ def test_openapi_lists_every_route(hub):
 
 def test_bad_input_is_a_json_4xx_never_a_500(hub, admin_token):
     url = f"{hub.api}/accounts"
-    headers = {"Authorization": f"token {admin_token}"}
+    headers = {"Authorization": f"token {admin_token}", "Content-Type": "application/json"}
     for body in (b"{not json", b"", b"[1,2]", b'{"name": "UPPER CASE"}',
-                 b'{"name": "x", "admin": "yes"}', b"\xff\xfe"):
+                 b'{"name": "x", "admin": "yes"}', b"\xff\xfe", b'{"name": NaN}',
+                 b'{"name": "a\\u0000b"}', b"[" * 100_000):
         resp = requests.post(url, data=body, headers=headers, timeout=30)
-        assert resp.status_code == 400, (body, resp.status_code, resp.text)
+        assert resp.status_code == 400, (body[:40], resp.status_code, resp.text)
         assert resp.json()["error"]
+    # a body that is not declared JSON: 415, saying what to send
+    resp = requests.post(url, data=b'{"name": "x"}', timeout=30,
+                         headers={"Authorization": f"token {admin_token}",
+                                  "Content-Type": "text/plain"})
+    assert resp.status_code == 415 and "application/json" in resp.json()["error"]
     resp = get(hub, "no/such/route", admin_token)
     assert resp.status_code == 404 and "openapi.json" in resp.json()["error"]
 

@@ -1,8 +1,8 @@
-"""The queue-waiting loop FairSpawner and GPU kernels share."""
+"""The queue-waiting loop FairSpawner, GPU kernels (and next jobs) share (the SDK)."""
 
 import pytest
 
-from loophub.spawner.queueing import wait_until_running
+from loophub.client.scheduler import wait_until_running
 
 
 class Gave(Exception):

@@ -4,9 +4,10 @@ import os
 import pytest
 from sqlalchemy import select
 
+from loophub.accounts import Account
+from loophub.audit import AuditEvent
 from loophub.store import BlobIntegrityError, BlobNotFound, BlobStore, Database
 from loophub.store.blobs import BlobTooLarge, sha256_bytes
-from loophub.store.models import Account, AuditEvent
 
 
 def test_migrations_create_schema_and_are_idempotent(db_url):
@@ -14,6 +15,36 @@ def test_migrations_create_schema_and_are_idempotent(db_url):
     assert {"accounts", "audit_events", "alembic_version"} <= set(db.table_names())
     Database(db_url)  # a second start on the same database migrates nothing and works
     db.dispose()
+
+
+def test_models_and_migrations_agree(db_url):
+    """Every room's tables (store.models.TABLE_MODULES) match what the migrations build:
+    a model changed without its migration (or the reverse) shows up here."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from loophub.store.models import TABLE_MODULES, load_tables
+
+    db = Database(db_url)
+    metadata = load_tables().metadata
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
+                                metadata)
+    db.dispose()
+    assert diff == []
+    owners = {table.name: table.info for table in metadata.sorted_tables}
+    assert {"jobs", "sched_requests", "sched_transitions", "datasets",
+            "labeling_leases", "accounts", "audit_events"} <= set(owners)
+    assert len(TABLE_MODULES) == len(set(TABLE_MODULES))
+
+
+def test_every_table_lives_with_its_room():
+    """No room's tables in the shared store module: it only holds the base."""
+    import loophub.store.models as shared
+    from loophub.store.models import Base
+
+    assert [name for name, value in vars(shared).items()
+            if isinstance(value, type) and issubclass(value, Base) and value is not Base] == []
 
 
 def test_transaction_rolls_back_on_error(db_url):

@@ -3,7 +3,8 @@
 Labelers (driven by the dataset's label schema): ImageClassifier, TextClassifier,
 BoxLabeler, SpanLabeler, ReviewLabeler, and ``labeler_for(dataset)`` to pick one.
 Versioning: VersionBrowser and DatasetOverview. Everything talks to the platform through
-the client SDK (loophub.client.Client, loophub.labeling.client.Labeling).
+the client SDK (loophub.client.Client): each widget takes ``client=`` (default: the
+notebook user's ``Client()``).
 """
 
 from loophub.widgets.labeler import (

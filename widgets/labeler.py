@@ -17,8 +17,8 @@ import anywidget
 import traitlets
 
 from loophub import errors
+from loophub.client import Client
 from loophub.datasets.records import annotators_of, labels_of
-from loophub.labeling.client import Labeling
 from loophub.widgets.session import (
     DEFAULT_KEYS,
     Filters,
@@ -56,12 +56,12 @@ class Labeler(anywidget.AnyWidget):
     progress = traitlets.Dict().tag(sync=True)
     filters = traitlets.Dict().tag(sync=True)
 
-    def __init__(self, dataset: str, *, labeling: Labeling | None = None, client=None,
+    def __init__(self, dataset: str, *, client: Client | None = None,
                  split: str | None = None, label: str | None = None,
                  annotator: str | None = None, unlabeled: bool = True, prefetch: int = 5,
                  hotkeys: dict[str, str] | None = None, keys: dict[str, str] | None = None,
                  auto_advance: bool = True, **kwargs: Any) -> None:
-        api = labeling or Labeling(client)
+        api = (client or Client()).labeling
         filters = Filters(split=split, label=label, annotator=annotator, unlabeled=unlabeled,
                           review=self.review_mode)
         session = LabelingSession(api, dataset, filters, prefetch=prefetch)
@@ -346,11 +346,11 @@ LABELERS = {"image_classification": ImageClassifier, "text_classification": Text
             "object_detection": BoxLabeler, "ner": SpanLabeler}
 
 
-def labeler_for(dataset: str, *, labeling: Labeling | None = None, client=None,
+def labeler_for(dataset: str, *, client: Client | None = None,
                 **options: Any) -> Labeler:
     """The labeler that fits the dataset's task."""
-    api = labeling or Labeling(client)
+    api = (client or Client()).labeling
     task = api.datasets.get(dataset)["label_schema"].get("task")
     if task not in LABELERS:
         raise errors.InvalidInput(f"no labeler for task {task!r} yet; one of {sorted(LABELERS)}")
-    return LABELERS[task](dataset, labeling=api, **options)
+    return LABELERS[task](dataset, client=api.client, **options)

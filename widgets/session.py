@@ -76,7 +76,7 @@ class Filters:
 
 @dataclass
 class LabelingSession:
-    """The labeling state of one widget; ``api`` is a loophub.labeling.client.Labeling."""
+    """The labeling state of one widget; ``api`` is a Client's ``labeling``."""
 
     api: Any
     dataset: str

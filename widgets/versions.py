@@ -12,8 +12,8 @@ from html import escape
 import ipywidgets as w
 
 from loophub import errors
+from loophub.client import Client
 from loophub.datasets.records import labels_of
-from loophub.labeling.client import Labeling
 from loophub.widgets.charts import bars, change_bars
 
 DRAFT_COMPARE_LIMIT = 20_000  # a first draft above this shows counts, not record ids
@@ -44,8 +44,8 @@ def _ids(title: str, ids: list[str], css: str, limit: int = 12, total: int = 0) 
 class VersionBrowser(w.VBox):
     """Versions and tags, the draft's changes, commit, tag, and the diff of two versions."""
 
-    def __init__(self, dataset: str, *, labeling: Labeling | None = None, client=None) -> None:
-        self.api = labeling or Labeling(client)
+    def __init__(self, dataset: str, *, client: Client | None = None) -> None:
+        self.api = (client or Client()).labeling
         self.dataset = dataset
         self.header, self.log_view = w.HTML(), w.HTML()
         self.draft_view, self.diff_view, self.status = w.HTML(), w.HTML(), w.HTML()
@@ -190,9 +190,9 @@ def _label_counts(records) -> dict[str, int]:
 class DatasetOverview(w.VBox):
     """Counts, splits, the label histogram and a grid of sample items."""
 
-    def __init__(self, dataset: str, *, labeling: Labeling | None = None, client=None,
+    def __init__(self, dataset: str, *, client: Client | None = None,
                  samples: int = 12) -> None:
-        self.api = labeling or Labeling(client)
+        self.api = (client or Client()).labeling
         self.dataset, self.samples = dataset, samples
         self.body = w.HTML()
         super().__init__([w.HTML(STYLE), self.body])

@@ -1,7 +1,22 @@
-"""Builds the API service's tornado application and runs it under the hub."""
+"""The API service: a configurable application (traitlets, like JupyterHub itself) that
+builds the tornado app and runs it under the hub.
+
+Every option is a documented trait, set in a ``jupyterhub_config``-style file
+(``LOOPHUB_HOME/loophub_api_config.py``, or the file named by ``$LOOPHUB_API_CONFIG``)::
+
+    c.LoophubAPI.trusted_services = {"loophub-spawner", "my-batch-service"}
+    c.LoophubAPI.scheduler_policy = "drf"
+    c.LoophubAPI.scheduler_config = {"aging_bound": 7200}
+
+The environment variables the platform has always read (LOOPHUB_DB_URL, LOOPHUB_POOL,
+LOOPHUB_SCHEDULER, ...) keep working and override the file, so `loophub up` and
+existing deployments behave as before. `python -m loophub.extensions.api --help-all`
+lists every option.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -16,35 +31,50 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuth
 from jupyterhub.utils import url_path_join
 from sqlalchemy import text
 from tornado import ioloop, web
+from traitlets import Dict, Float, Integer, Set, Unicode, default
+from traitlets.config import Application
 
 import loophub
+from loophub.errors import InvalidInput
+from loophub.jobs import JobStore
 from loophub.pool import NodeSpec, load_pool
 from loophub.scheduler.model import SchedulerConfig
 from loophub.settings import Settings
 from loophub.store import BlobStore, Database
 
-from .base import ApiHandler
+from .base import ApiHandler, Op
 from .datasets import ROUTES as DATASET_ROUTES
-from .datasets import ImportJobs
+from .hub import Hub
+from .jobs import ROUTES as JOB_ROUTES
+from .jobs import JobRunner
 from .labeling import ROUTES as LABELING_ROUTES
 from .openapi import build_openapi
 from .routes import ROUTES
 from .scheduler import ROUTES as SCHEDULER_ROUTES
-from .scheduler import SchedulerShell, scheduler_config_from_env
+from .shell import SchedulerShell
 
 log = logging.getLogger("loophub.api")
+ALL_ROUTES = [*ROUTES, *SCHEDULER_ROUTES, *JOB_ROUTES, *DATASET_ROUTES, *LABELING_ROUTES]
 
 
 @dataclass
 class ServiceContext:
-    """What the handlers share: settings, the database, the blob store, the pool."""
+    """What the handlers share: settings, the database, the blob store, the pool, the
+    scheduler shell and the job runner (built from LoophubAPI's options)."""
 
     settings: Settings
     prefix: str = "/services/loophub/"
     version: str = loophub.__version__
-    routes: list[tuple[str, type]] = field(
-        default_factory=lambda: [*ROUTES, *SCHEDULER_ROUTES, *DATASET_ROUTES, *LABELING_ROUTES])
-    import_jobs: ImportJobs = field(default_factory=ImportJobs)
+    routes: list[tuple[str, type]] = field(default_factory=lambda: list(ALL_ROUTES))
+    trusted_services: frozenset[str] = frozenset({"loophub-spawner"})
+    scheduler_policy: str = "balanced-drf"
+    scheduler_config: dict = field(default_factory=dict)
+    max_upload_bytes: int = 20 * 1024**3
+    max_prediction_items: int = 1000
+    job_workers: int = 2
+    reconcile_interval: float = 30.0
+    unclaimed_spawn_after: float = 15.0
+    hub: Hub | None = None
 
     @cached_property
     def db(self) -> Database:
@@ -62,15 +92,38 @@ class ServiceContext:
     def datasets(self):
         from loophub.datasets.service import DatasetService
 
-        return DatasetService(self.db, self.blobs)
+        return DatasetService(self.db, self.blobs, max_upload_bytes=self.max_upload_bytes)
+
+    @cached_property
+    def labeling(self):
+        from loophub.labeling.service import LabelingService
+
+        return LabelingService(self.db, self.datasets)
+
+    @property
+    def job_files(self) -> Path:
+        """Where jobs leave files for download (exports), kept ``JOB_FILES_KEPT`` s."""
+        return self.settings.home / "jobs"
+
+    @cached_property
+    def jobs(self) -> JobRunner:
+        return JobRunner(JobStore(self.db, self.blobs), workers=self.job_workers)
 
     @cached_property
     def scheduler(self) -> SchedulerShell:
         from loophub.scheduler.service import SchedulerService
 
-        policy, config = scheduler_config_from_env()
-        service = SchedulerService(self.db, self.pool, policy=policy, config=config)
-        return SchedulerShell(service, SchedulerConfig.from_dict(config.to_dict()))
+        from .kinds import KernelHandler, ServerHandler
+
+        config = SchedulerConfig.from_dict(self.scheduler_config)
+        service = SchedulerService(self.db, self.pool, policy=self.scheduler_policy,
+                                   config=config)
+        shell = SchedulerShell(service, SchedulerConfig.from_dict(config.to_dict()), self.hub,
+                               reconcile_every=self.reconcile_interval,
+                               unclaimed_after=self.unclaimed_spawn_after)
+        shell.register("server", ServerHandler(self.hub))
+        shell.register("kernel", KernelHandler(self.hub))
+        return shell
 
     @cached_property
     def openapi(self) -> dict:
@@ -121,9 +174,10 @@ class FairnessHandler(HubOAuthenticated, web.RequestHandler):
 
 
 class NotFoundHandler(ApiHandler):
-    auth = "none"
+    openapi = {m: Op("no such route", access="public") for m in
+               ("get", "post", "put", "patch", "delete")}
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         raise web.HTTPError(404, f"no route {self.request.method} {self.request.path}; "
                                  f"see {self.ctx.prefix}api/openapi.json")
 
@@ -157,24 +211,150 @@ def make_app(ctx: ServiceContext, hub_auth: HubOAuth | None = None) -> web.Appli
     )
 
 
-def main() -> None:
+# --- the configurable application ------------------------------------------------------
+
+
+class LoophubAPI(Application):
+    """The loophub API service (run by JupyterHub as the service ``loophub``)."""
+
+    name = "loophub-api"
+    description = __doc__.splitlines()[0]
+    # trait -> the environment variable that overrides it (what deployments already set)
+    env_overrides = {
+        "db_url": "LOOPHUB_DB_URL", "blob_url": "LOOPHUB_BLOB_URL", "pool": "LOOPHUB_POOL",
+        "trusted_services": "LOOPHUB_TRUSTED_SERVICES",
+        "max_upload_bytes": "LOOPHUB_MAX_UPLOAD_BYTES", "public_url": "LOOPHUB_PUBLIC_URL",
+    }
+
+    home = Unicode(help="Where the platform keeps its state (default $LOOPHUB_HOME or "
+                        "./.loophub).").tag(config=True)
+    config_file = Unicode(help="The options file (default $LOOPHUB_API_CONFIG or "
+                               "HOME/loophub_api_config.py); loaded when it exists.",
+                          ).tag(config=True)
+    db_url = Unicode("", help="The loophub database, e.g. postgresql://user@host/loophub "
+                              "(default SQLite in the home; $LOOPHUB_DB_URL).").tag(config=True)
+    blob_url = Unicode("", help="The blob store, any fsspec URL (default HOME/blobs; "
+                                "$LOOPHUB_BLOB_URL).").tag(config=True)
+    pool = Unicode("", help="A declared pool (JSON or a JSON file; default: this machine "
+                            "detected; $LOOPHUB_POOL).").tag(config=True)
+    scheduler_policy = Unicode("balanced-drf", help="fifo, drf, balanced-drf, slurm-fairshare "
+                                                    "or tetris.").tag(config=True)
+    scheduler_config = Dict(help="SchedulerConfig fields (weights, quotas, aging_bound, ...); "
+                                 "$LOOPHUB_SCHEDULER (JSON, may name the policy) overrides."
+                            ).tag(config=True)
+    trusted_services = Set({"loophub-spawner"}, help="Hub services allowed to submit "
+                           "scheduler requests for other users and to see every request "
+                           "($LOOPHUB_TRUSTED_SERVICES, comma-separated).").tag(config=True)
+    max_upload_bytes = Integer(20 * 1024**3, help="Largest upload, in bytes "
+                               "($LOOPHUB_MAX_UPLOAD_BYTES).").tag(config=True)
+    max_prediction_items = Integer(1000, help="Predictions one request may store.").tag(
+        config=True)
+    job_workers = Integer(2, help="Threads running long operations (imports, exports, "
+                                  "commits) at once; more wait as queued jobs.").tag(config=True)
+    auth_cache_seconds = Integer(5, help="How long a token's identity and groups are "
+                                         "cached; a user removed from a group loses its "
+                                         "rights within this time.").tag(config=True)
+    reconcile_interval = Float(30.0, help="Seconds between checks that the servers the hub "
+                                          "runs and the scheduler's allocations agree."
+                               ).tag(config=True)
+    unclaimed_spawn_after = Float(15.0, help="Seconds an allocated server may go unclaimed "
+                                             "by a waiting spawner before the service starts "
+                                             "it through the hub.").tag(config=True)
+    public_url = Unicode("", help="The hub's public URL (to reach users' servers through "
+                                  "the proxy; $LOOPHUB_PUBLIC_URL).").tag(config=True)
+
+    @default("home")
+    def _default_home(self) -> str:
+        return os.environ.get("LOOPHUB_HOME") or ".loophub"
+
+    @default("config_file")
+    def _default_config_file(self) -> str:
+        return os.environ.get("LOOPHUB_API_CONFIG") or str(
+            Path(self.home).expanduser() / "loophub_api_config.py")
+
+    def initialize(self, argv: list[str] | None = None) -> None:
+        super().initialize(argv)
+        path = Path(self.config_file).expanduser()
+        if path.exists():
+            self.load_config_file(str(path))
+        self._apply_env()
+
+    def _apply_env(self) -> None:
+        env = os.environ
+        for trait, var in self.env_overrides.items():
+            raw = env.get(var)
+            if not raw:
+                continue
+            if trait == "trusted_services":
+                self.trusted_services = {s.strip() for s in raw.split(",") if s.strip()}
+            elif trait == "max_upload_bytes":
+                self.max_upload_bytes = int(raw)
+            else:
+                setattr(self, trait, raw)
+        if raw := env.get("LOOPHUB_SCHEDULER"):
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"LOOPHUB_SCHEDULER: invalid JSON: {exc.msg}") from exc
+            self.scheduler_policy = data.pop("policy", self.scheduler_policy)
+            self.scheduler_config = {**self.scheduler_config, **data}
+        unknown = set(self.scheduler_config) - set(SchedulerConfig.__dataclass_fields__)
+        if unknown:
+            raise InvalidInput(f"scheduler_config: unknown settings {sorted(unknown)}")
+
+    def platform_settings(self) -> Settings:
+        base = Settings.from_env(self.home)
+        return Settings(home=base.home, db_url=self.db_url or base.db_url,
+                        blob_url=self.blob_url or base.blob_url, hub_db_url=base.hub_db_url,
+                        pool=self.pool or base.pool)
+
+    def context(self, prefix: str) -> ServiceContext:
+        hub = None
+        if os.environ.get("JUPYTERHUB_API_TOKEN"):
+            hub = Hub(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"],
+                      self.public_url)
+        return ServiceContext(
+            settings=self.platform_settings(), prefix=prefix,
+            trusted_services=frozenset(self.trusted_services),
+            scheduler_policy=self.scheduler_policy, scheduler_config=dict(self.scheduler_config),
+            max_upload_bytes=self.max_upload_bytes,
+            max_prediction_items=self.max_prediction_items, job_workers=self.job_workers,
+            reconcile_interval=self.reconcile_interval,
+            unclaimed_spawn_after=self.unclaimed_spawn_after, hub=hub)
+
+    def start(self) -> None:
+        prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/loophub/")
+        url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
+        ctx = self.context(prefix)
+        ctx.db, ctx.blobs  # migrate, connect and create the store before serving  # noqa: B018
+        ctx.jobs.store.interrupt_active("the loophub API service stopped while this job ran; "
+                                        "nothing it did was kept: run it again")
+        auth = HubOAuth.instance(cache_max_age=self.auth_cache_seconds)
+        app = make_app(ctx, hub_auth=auth)
+        try:
+            app.listen(url.port, url.hostname, max_body_size=max(ctx.max_upload_bytes,
+                                                                 64 * 1024**2))
+        except OSError as exc:
+            log.error("cannot listen on %s:%s (%s); the port is taken by another process: "
+                      "free it, or pin a free one with LOOPHUB_API_PORT", url.hostname,
+                      url.port, exc)
+            sys.exit(2)
+        ctx.scheduler.start_background()
+        log.info("loophub API %s listening on %s%s", loophub.__version__, url.geturl(), prefix)
+        loop = ioloop.IOLoop.current()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
+        loop.start()
+        ctx.jobs.shutdown()
+        log.info("loophub API stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="[loophub-api %(levelname)s] %(message)s")
-    settings = Settings.from_env()
-    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/loophub/")
-    url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
-    ctx = ServiceContext(settings=settings, prefix=prefix)
-    ctx.db, ctx.blobs  # migrate, connect and create the store before serving  # noqa: B018
-    app = make_app(ctx)
+    app = LoophubAPI.instance()
     try:
-        app.listen(url.port, url.hostname)
-    except OSError as exc:
-        log.error("cannot listen on %s:%s (%s); the port is taken by another process: free "
-                  "it, or pin a free one with LOOPHUB_API_PORT", url.hostname, url.port, exc)
+        app.initialize(argv)
+    except InvalidInput as exc:
+        log.error("%s", exc.message)
         sys.exit(2)
-    ctx.scheduler.start_background()
-    log.info("loophub API %s listening on %s%s", loophub.__version__, url.geturl(), prefix)
-    loop = ioloop.IOLoop.current()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
-    loop.start()
-    log.info("loophub API stopped")
+    app.start()

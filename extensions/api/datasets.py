@@ -1,32 +1,40 @@
 """Dataset routes: thin adapters over loophub.datasets.service.DatasetService.
 
-Long operations (import, commit, export) run in a worker thread so the service keeps
-answering; an import is a job whose progress the client polls; uploads and exports
-stream, so no file is ever held whole in memory.
+Long operations run as persisted jobs (imports, exports, commits: loophub.jobs) or in a
+worker thread (diffs, checkouts), so the service keeps answering; uploads and exports
+stream, so no file is ever held whole in memory. Every body and query parameter is
+checked against the schema below before any work (base.Op).
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import tempfile
-import threading
-import time
-import uuid
 from dataclasses import asdict
-from functools import partial
+from pathlib import Path
 
-from tornado import web
+from tornado import iostream
 
-from loophub.errors import InvalidInput, LoophubError, NotFound, TooLarge
+from loophub.datasets.formats import FORMATS
+from loophub.datasets.models import STATES, VISIBILITIES
+from loophub.errors import InvalidInput, TooLarge
+from loophub.jobs import JobContext
 
-from .base import ApiHandler
+from .base import ApiHandler, Op, in_thread
+from .jobs import JOB_VIEW
 
-MAX_UPLOAD = int(os.environ.get("LOOPHUB_MAX_UPLOAD_BYTES", str(20 * 1024**3)))
-
-
-def _in_thread(func, *args, **kwargs):
-    return asyncio.get_running_loop().run_in_executor(None, partial(func, *args, **kwargs))
+NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
+DIGEST = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+REF = {"type": ["string", "integer"], "maxLength": 255, "minimum": 0,
+       "description": "a version number, v<n>, a tag, a version id, 'head' or 'draft'"}
+REVISION = {"type": "integer", "minimum": 0, "maximum": 2**53,
+            "description": "the revision you read (or If-Match); 409 when someone wrote since"}
+TEXT = {"type": "string", "maxLength": 10_000}
+LABEL_SCHEMA = {"type": "object", "description": "task and classes (GET datasets/schemas)"}
+DATASET_VIEW = {"type": "object", "required": ["name", "owner", "state"], "properties": {
+    "name": {"type": "string"}, "owner": {"type": "string"}, "visibility": {"enum": list(
+        VISIBILITIES)}, "state": {"enum": list(STATES)}, "label_schema": {"type": "object"}}}
+FORMAT = {"enum": list(FORMATS)}
+ACCEPTED = {"type": "object", "properties": {"job": JOB_VIEW}}
 
 
 class DatasetHandler(ApiHandler):
@@ -34,34 +42,23 @@ class DatasetHandler(ApiHandler):
     def datasets(self):
         return self.ctx.datasets
 
-    def body_dict(self) -> dict:
-        body = self.json_body()
-        if not isinstance(body, dict):
-            raise InvalidInput("expected a JSON object")
-        return body
-
-    def revision(self, body: dict | None = None) -> int:
-        raw = (body or {}).get("revision", self.request.headers.get("If-Match"))
+    def revision(self) -> int:
+        raw = (self.body or {}).get("revision") if isinstance(self.body, dict) else None
+        if raw is None:
+            raw = self.query.get("revision") if self.query else None
+        if raw is None:
+            raw = self.request.headers.get("If-Match", "").strip('"') or None
         try:
-            return int(str(raw).strip('"'))
+            return int(raw)
         except (TypeError, ValueError) as exc:
-            raise InvalidInput("send the record's revision (body 'revision' or If-Match) so "
-                               "concurrent edits are not lost") from exc
-
-
-def _flag(value: str | None) -> bool | None:
-    if value in (None, ""):
-        return None
-    if value.lower() in ("1", "true", "yes"):
-        return True
-    if value.lower() in ("0", "false", "no"):
-        return False
-    raise InvalidInput(f"expected true or false, got {value!r}")
+            raise InvalidInput("send the record's revision (body 'revision', ?revision= or "
+                               "If-Match) so concurrent edits are not lost",
+                               detail={"field": "revision"}) from exc
 
 
 class SchemasHandler(DatasetHandler):
-    openapi = {"get": {"summary": "The JSON Schemas (2020-12) of records, annotations and "
-                                  "label schemas, and the supported formats"}}
+    openapi = {"get": Op("The JSON Schemas (2020-12) of records, annotations and label "
+                         "schemas, and the supported formats", response={"type": "object"})}
 
     def get(self) -> None:
         self.write_json({"schemas": self.datasets.schemas(), "formats": self.datasets.formats()})
@@ -69,313 +66,359 @@ class SchemasHandler(DatasetHandler):
 
 class DatasetsHandler(DatasetHandler):
     openapi = {
-        "get": {"summary": "Datasets you can read (?state=archived|deleted|...)"},
-        "post": {"summary": "Create a dataset {name, label_schema?, visibility: "
-                            "private|group|public, group?, description?}",
-                 "responses": {"201": {"description": "created"},
-                               "409": {"description": "exists"}}},
+        "get": Op("Datasets you can read (?state=archived|deleted|...)",
+                  query={"state": {"enum": list(STATES)}},
+                  response={"type": "object", "properties": {
+                      "datasets": {"type": "array", "items": DATASET_VIEW}}}),
+        "post": Op("Create a dataset", status=201, response=DATASET_VIEW,
+                   body={"type": "object", "required": ["name"], "additionalProperties": False,
+                         "properties": {"name": NAME, "label_schema": LABEL_SCHEMA,
+                                        "visibility": {"enum": list(VISIBILITIES)},
+                                        "group": {"type": "string", "maxLength": 255},
+                                        "description": TEXT}},
+                   errors={409: "a dataset with that name exists"},
+                   body_example={"name": "matrix-new"}),
     }
 
     def get(self) -> None:
         self.write_json({"datasets": self.datasets.list_datasets(
-            self.actor, state=self.get_argument("state", None))})
+            self.actor, state=self.query["state"])})
 
     def post(self) -> None:
-        body = self.body_dict()
-        allowed = {"name", "label_schema", "visibility", "group", "description"}
-        if set(body) - allowed:
-            raise InvalidInput(f"unknown fields {sorted(set(body) - allowed)}")
-        if not isinstance(body.get("name"), str):
-            raise InvalidInput("'name' (string) is required")
-        info = self.datasets.create_dataset(self.actor, body.pop("name"), **body)
-        self.write_json(info, 201)
+        body = dict(self.body)
+        self.write_json(self.datasets.create_dataset(self.actor, body.pop("name"), **body))
 
 
 class OneDatasetHandler(DatasetHandler):
     openapi = {
-        "get": {"summary": "A dataset: schema, state, visibility, draft size"},
-        "patch": {"summary": "Change label_schema, visibility, group or description"},
+        "get": Op("A dataset: schema, state, visibility, draft size", access="dataset:read",
+                  response=DATASET_VIEW),
+        "patch": Op("Change label_schema, visibility, group or description",
+                    access="dataset:manage", response=DATASET_VIEW,
+                    body={"type": "object", "additionalProperties": False, "properties": {
+                        "label_schema": LABEL_SCHEMA,
+                        "visibility": {"enum": list(VISIBILITIES)},
+                        "group": {"type": ["string", "null"], "maxLength": 255},
+                        "description": TEXT}},
+                    body_example={"description": "x"}),
     }
 
     def get(self, name: str) -> None:
         self.write_json(self.datasets.get_dataset(self.actor, name))
 
     def patch(self, name: str) -> None:
-        body = self.body_dict()
-        allowed = {"label_schema", "visibility", "group", "description"}
-        if set(body) - allowed:
-            raise InvalidInput(f"unknown fields {sorted(set(body) - allowed)}")
-        self.write_json(self.datasets.update_dataset(self.actor, name, **body))
+        self.write_json(self.datasets.update_dataset(self.actor, name, **self.body))
 
 
 class StateHandler(DatasetHandler):
-    openapi = {"get": {"summary": "Lifecycle history: who changed the state, when"},
-               "put": {"summary": "Move to state {state: active|published|archived|deleted}"}}
+    openapi = {"get": Op("Lifecycle history: who changed the state, when",
+                         access="dataset:read", response={"type": "object"}),
+               "put": Op("Move to another lifecycle state", access="dataset:manage",
+                         body={"type": "object", "required": ["state"],
+                               "additionalProperties": False,
+                               "properties": {"state": {"enum": list(STATES)}}},
+                         response=DATASET_VIEW, errors={409: "not allowed from this state"},
+                         body_example={"state": "active"})}
 
     def get(self, name: str) -> None:
         self.write_json({"history": self.datasets.state_history(self.actor, name)})
 
     def put(self, name: str) -> None:
-        state = self.body_dict().get("state")
-        if not isinstance(state, str):
-            raise InvalidInput("'state' is required")
-        self.write_json(self.datasets.set_state(self.actor, name, state))
+        self.write_json(self.datasets.set_state(self.actor, name, self.body["state"]))
 
 
-@web.stream_request_body
 class UploadHandler(DatasetHandler):
     """The body is streamed to a temporary file, never held in memory."""
 
-    openapi = {"post": {"summary": "Upload a file (any format, streamed; raw body); returns its "
-                                   "digest for an import", "responses": {
-                                       "201": {"description": "stored"},
-                                       "413": {"description": "over the size limit"}}}}
+    openapi = {"post": Op("Upload a file (any format, streamed; raw body); returns its digest "
+                          "for an import", raw_body="application/octet-stream", status=201,
+                          max_body=20 * 1024**3, response={"type": "object", "properties": {
+                              "digest": DIGEST, "size": {"type": "integer"}}},
+                          errors={413: "over the size limit"})}
 
-    def prepare(self) -> None:
-        super().prepare()
-        self.request.connection.set_max_body_size(MAX_UPLOAD)
+    async def prepare(self) -> None:
+        await super().prepare()
+        limit = self.ctx.max_upload_bytes
+        length = self.request.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > limit:
+            raise TooLarge(f"the upload is {int(length)} bytes; the limit is {limit} bytes",
+                           detail={"limit": limit})
+        self.request.connection.set_max_body_size(limit)
         self._size = 0
         self._spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed in post)
 
     def data_received(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        if self._size > MAX_UPLOAD:
-            raise TooLarge(f"upload is larger than {MAX_UPLOAD} bytes")
+        if self._size > self.ctx.max_upload_bytes:
+            raise TooLarge(f"the upload is larger than {self.ctx.max_upload_bytes} bytes",
+                           detail={"limit": self.ctx.max_upload_bytes})
         self._spool.write(chunk)
 
     async def post(self) -> None:
         self._spool.seek(0)
         try:
-            info = await _in_thread(self.datasets.upload, self.actor, self._spool)
+            info = await in_thread(self.datasets.upload, self.actor, self._spool)
         finally:
             self._spool.close()
-        self.write_json(info, 201)
+        self.write_json(info)
 
-
-class ImportJobs:
-    """Imports running in worker threads, with progress; kept for an hour after they end."""
-
-    def __init__(self) -> None:
-        self.jobs: dict[str, dict] = {}
-        self._lock = threading.Lock()
-
-    def start(self, loop, run) -> dict:
-        job = {"id": uuid.uuid4().hex, "state": "running", "done": 0, "total": 0,
-               "report": None, "error": None, "started": time.time()}
-        with self._lock:
-            self._forget_old()
-            self.jobs[job["id"]] = job
-
-        def progress(done: int, total: int) -> None:
-            job["done"], job["total"] = done, total
-
-        def work() -> None:
-            try:
-                job["report"] = asdict(run(progress))
-                job["state"] = "done"
-            except LoophubError as exc:
-                job["state"], job["error"] = "failed", exc.to_dict()
-            except Exception as exc:  # report, don't crash the worker
-                job["state"] = "failed"
-                job["error"] = {"error": f"import failed: {exc}", "detail": None}
-
-        loop.run_in_executor(None, work)
-        return job
-
-    def _forget_old(self) -> None:
-        cutoff = time.time() - 3600
-        for key in [k for k, j in self.jobs.items()
-                    if j["state"] != "running" and j["started"] < cutoff]:
-            del self.jobs[key]
+    def on_connection_close(self) -> None:
+        spool = getattr(self, "_spool", None)
+        if spool is not None:
+            spool.close()
 
 
 class ImportsHandler(DatasetHandler):
-    openapi = {"post": {"summary": "Import an upload {format, upload: digest} into the draft: "
-                                   "all records or none; returns a job to poll",
-                        "responses": {"202": {"description": "started"}}}}
+    openapi = {"post": Op(
+        "Import an upload into the draft, all records or none; runs as a job (GET jobs/ID)",
+        access="dataset:write", status=202, response=JOB_VIEW,
+        body={"type": "object", "required": ["format", "upload"], "additionalProperties": False,
+              "properties": {"format": FORMAT, "upload": DIGEST,
+                             "filename": {"type": "string", "maxLength": 255,
+                                          "description": "the file's name on your side, used "
+                                                         "in error messages"}}},
+        body_example={"format": "loophub", "upload": "0" * 64})}
 
     def post(self, name: str) -> None:
-        body = self.body_dict()
-        fmt, digest = body.get("format"), body.get("upload")
-        if not isinstance(fmt, str) or not isinstance(digest, str):
-            raise InvalidInput("expected {\"format\": ..., \"upload\": <digest from uploads>}")
-        if fmt not in self.datasets.formats():
-            raise InvalidInput(f"unknown format {fmt!r}; one of {self.datasets.formats()}")
-        self.datasets.get_dataset(self.actor, name)  # permission and existence, before the job
-        who = self.actor
-        job = self.ctx.import_jobs.start(asyncio.get_running_loop(), lambda progress: (
-            self.datasets.import_blob(who, name, fmt, digest, progress=progress)))
-        job["dataset"], job["owner"] = name, who.name
-        self.write_json(job, 202)
+        fmt, digest = self.body["format"], self.body["upload"]
+        who, datasets = self.actor, self.datasets
+        datasets.check_import(who, name, digest)  # write access and the upload, before the job
+        source = self.body.get("filename") or "your upload"
 
+        def work(ctx: JobContext) -> dict:
+            return asdict(datasets.import_blob(who, name, fmt, digest, progress=ctx.progress,
+                                               source_name=source))
 
-class ImportJobHandler(DatasetHandler):
-    openapi = {"get": {"summary": "An import job: state, done/total, report or error"}}
-
-    def get(self, job_id: str) -> None:
-        job = self.ctx.import_jobs.jobs.get(job_id)
-        if job is None or (job.get("owner") != self.actor.name and not self.actor.admin):
-            raise NotFound(f"no import job {job_id!r}")
-        self.write_json(job)
+        self.write_json(self.ctx.jobs.start(who, "import", work, target=f"dataset:{name}",
+                                            params={"format": fmt, "upload": digest,
+                                                    "filename": source}))
 
 
 class RecordsHandler(DatasetHandler):
     openapi = {
-        "get": {"summary": "A page of draft records ?label=&split=&annotated=&annotator=&"
-                           "after=<cursor>&limit=&total=1"},
-        "post": {"summary": "Add a record {record}"},
+        "get": Op("A page of draft records", access="dataset:read", query={
+            "label": {"type": "string", "maxLength": 255},
+            "split": {"type": "string", "maxLength": 255},
+            "annotated": {"type": "boolean"}, "annotator": {"type": "string", "maxLength": 255},
+            "after": {"type": "string", "maxLength": 2048},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+            "total": {"type": "boolean", "default": False}},
+            response={"type": "object", "properties": {
+                "records": {"type": "array"}, "next_cursor": {"type": ["string", "null"]},
+                "total": {"type": ["integer", "null"]}}}),
+        "post": Op("Add a record", access="dataset:write", status=201,
+                   body={"type": "object", "required": ["record"], "additionalProperties": False,
+                         "properties": {"record": {"type": "object"}}},
+                   response={"type": "object"}, errors={409: "a record with that id exists"},
+                   body_example={"record": {"id": "matrix-new", "annotations": []}}),
     }
 
-    def get(self, name: str) -> None:
-        try:
-            limit = int(self.get_argument("limit", "100"))
-        except ValueError as exc:
-            raise InvalidInput("limit must be a whole number") from exc
-        page = self.datasets.list_records(
-            self.actor, name, label=self.get_argument("label", None),
-            split=self.get_argument("split", None),
-            annotated=_flag(self.get_argument("annotated", None)),
-            annotator=self.get_argument("annotator", None),
-            after=self.get_argument("after", None), limit=limit,
-            with_total=bool(_flag(self.get_argument("total", None))))
+    async def get(self, name: str) -> None:
+        q = self.query
+        page = await in_thread(
+            self.datasets.list_records, self.actor, name, label=q["label"], split=q["split"],
+            annotated=q["annotated"], annotator=q["annotator"], after=q["after"],
+            limit=q["limit"], with_total=q["total"])
         self.write_json(asdict(page))
 
     def post(self, name: str) -> None:
-        record = self.body_dict().get("record")
-        if not isinstance(record, dict):
-            raise InvalidInput("expected {\"record\": {...}}")
+        record = self.body["record"]
         revision = self.datasets.put_record(self.actor, name, record)
-        self.write_json({"id": record.get("id"), "revision": revision}, 201)
+        self.write_json({"id": record.get("id"), "revision": revision})
+
+
+R_QUERY = {"revision": REVISION}
 
 
 class RecordHandler(DatasetHandler):
     openapi = {
-        "get": {"summary": "One draft record with its revision"},
-        "put": {"summary": "Replace a record {record, revision} (409 when stale)"},
-        "delete": {"summary": "Delete a record (?revision= or If-Match)"},
+        "get": Op("One draft record with its revision", access="dataset:read",
+                  response={"type": "object"}),
+        "put": Op("Replace a record", access="dataset:write", response={"type": "object"},
+                  body={"type": "object", "required": ["record"], "additionalProperties": False,
+                        "properties": {"record": {"type": "object"}, "revision": REVISION}},
+                  errors={409: "stale revision"},
+                  body_example={"record": {"id": "r1", "annotations": []}, "revision": 1}),
+        "delete": Op("Delete a record (?revision= or If-Match)", access="dataset:write",
+                     query=R_QUERY, status=204, errors={409: "stale revision"}),
     }
 
     def get(self, name: str, record_id: str) -> None:
         self.write_json(self.datasets.get_record(self.actor, name, record_id))
 
     def put(self, name: str, record_id: str) -> None:
-        body = self.body_dict()
-        record = body.get("record")
-        if not isinstance(record, dict) or record.get("id") != record_id:
-            raise InvalidInput("expected {\"record\": {...same id...}, \"revision\": n}")
-        revision = self.datasets.put_record(self.actor, name, record, self.revision(body))
+        record = self.body["record"]
+        if record.get("id") != record_id:
+            raise InvalidInput("body.record.id: must equal the record id in the path",
+                               detail={"field": "body.record.id"})
+        revision = self.datasets.put_record(self.actor, name, record, self.revision())
         self.write_json({"id": record_id, "revision": revision})
 
     def delete(self, name: str, record_id: str) -> None:
-        raw = self.get_argument("revision", None)
-        self.datasets.delete_record(self.actor, name, record_id,
-                                    self.revision({"revision": raw} if raw else None))
+        self.datasets.delete_record(self.actor, name, record_id, self.revision())
         self.set_status(204)
         self.finish()
 
 
 class NextHandler(DatasetHandler):
-    openapi = {"get": {"summary": "The next unlabeled record (?after=&split=)"}}
+    openapi = {"get": Op("The next unlabeled record", access="dataset:read",
+                         query={"after": {"type": "string", "maxLength": 2048},
+                                "split": {"type": "string", "maxLength": 255}},
+                         response={"type": "object"})}
 
     def get(self, name: str) -> None:
-        item = self.datasets.next_unlabeled(self.actor, name,
-                                            after=self.get_argument("after", None),
-                                            split=self.get_argument("split", None))
-        self.write_json({"item": item})
+        self.write_json({"item": self.datasets.next_unlabeled(
+            self.actor, name, after=self.query["after"], split=self.query["split"])})
+
+
+ANNOTATION_BODY = {"type": "object", "required": ["annotation"], "additionalProperties": False,
+                   "properties": {"annotation": {"type": "object"}, "revision": REVISION}}
 
 
 class AnnotationsHandler(DatasetHandler):
-    openapi = {"post": {"summary": "Add an annotation {annotation, revision}"}}
+    openapi = {"post": Op("Add an annotation", access="dataset:write", status=201,
+                          body=ANNOTATION_BODY, response={"type": "object"},
+                          errors={409: "stale revision"},
+                          body_example={"annotation": {"type": "class", "label": "x"},
+                                        "revision": 1})}
 
     def post(self, name: str, record_id: str) -> None:
-        body = self.body_dict()
-        annotation = body.get("annotation")
-        if not isinstance(annotation, dict):
-            raise InvalidInput("expected {\"annotation\": {...}, \"revision\": n}")
-        self.write_json(self.datasets.add_annotation(self.actor, name, record_id, annotation,
-                                                     self.revision(body)), 201)
+        self.write_json(self.datasets.add_annotation(self.actor, name, record_id,
+                                                     self.body["annotation"], self.revision()))
 
 
 class AnnotationHandler(DatasetHandler):
-    openapi = {"put": {"summary": "Replace an annotation {annotation, revision}"},
-               "delete": {"summary": "Delete an annotation (?revision= or If-Match)"}}
+    openapi = {"put": Op("Replace an annotation", access="dataset:write", body=ANNOTATION_BODY,
+                         response={"type": "object"}, errors={409: "stale revision"},
+                         body_example={"annotation": {"type": "class", "label": "x"},
+                                       "revision": 1}),
+               "delete": Op("Delete an annotation (?revision= or If-Match)",
+                            access="dataset:write", query=R_QUERY, response={"type": "object"},
+                            errors={409: "stale revision"})}
 
     def put(self, name: str, record_id: str, annotation_id: str) -> None:
-        body = self.body_dict()
-        annotation = body.get("annotation")
-        if not isinstance(annotation, dict):
-            raise InvalidInput("expected {\"annotation\": {...}, \"revision\": n}")
         self.write_json(self.datasets.update_annotation(
-            self.actor, name, record_id, annotation_id, annotation, self.revision(body)))
+            self.actor, name, record_id, annotation_id, self.body["annotation"],
+            self.revision()))
 
     def delete(self, name: str, record_id: str, annotation_id: str) -> None:
-        raw = self.get_argument("revision", None)
         self.write_json(self.datasets.delete_annotation(
-            self.actor, name, record_id, annotation_id,
-            self.revision({"revision": raw} if raw else None)))
+            self.actor, name, record_id, annotation_id, self.revision()))
 
 
 class ReviewHandler(DatasetHandler):
-    openapi = {"post": {"summary": "Review an annotation {state: accepted|rejected, revision, "
-                                   "comment?}"}}
+    openapi = {"post": Op("Review an annotation", access="dataset:write",
+                          body={"type": "object", "required": ["state"],
+                                "additionalProperties": False, "properties": {
+                                    "state": {"enum": ["pending", "accepted", "rejected"]},
+                                    "revision": REVISION, "comment": TEXT}},
+                          response={"type": "object"}, errors={409: "stale revision"},
+                          body_example={"state": "accepted", "revision": 1})}
 
     def post(self, name: str, record_id: str, annotation_id: str) -> None:
-        body = self.body_dict()
+        body = self.body
         self.write_json(self.datasets.review_annotation(
-            self.actor, name, record_id, annotation_id, body.get("state"), self.revision(body),
+            self.actor, name, record_id, annotation_id, body["state"], self.revision(),
             body.get("comment", "")))
 
 
 class SplitsHandler(DatasetHandler):
-    openapi = {"post": {"summary": "Assign train/val/test splits by record hash, stratified "
-                                   "{ratios?, seed?, stratify?}"}}
+    openapi = {"post": Op("Assign train/val/test splits by record hash, stratified",
+                          access="dataset:write",
+                          body={"type": "object", "additionalProperties": False, "properties": {
+                              "ratios": {"type": "object", "maxProperties": 16,
+                                         "additionalProperties": {"type": "number",
+                                                                  "minimum": 0, "maximum": 1}},
+                              "seed": {"type": "string", "maxLength": 64},
+                              "stratify": {"type": "boolean"}}},
+                          response={"type": "object"}, body_example={})}
 
-    def post(self, name: str) -> None:
-        body = self.body_dict() if self.request.body else {}
-        self.write_json({"splits": self.datasets.assign_splits(self.actor, name, **body)})
+    async def post(self, name: str) -> None:
+        self.write_json({"splits": await in_thread(self.datasets.assign_splits, self.actor,
+                                                   name, **self.body)})
 
 
 class CommitsHandler(DatasetHandler):
-    openapi = {"post": {"summary": "Commit the draft as a new immutable version {message}",
-                        "responses": {"201": {"description": "committed"}}},
-               "get": {"summary": "The version log (?limit=)"}}
+    openapi = {
+        "post": Op("Commit the draft as a new immutable version; runs as a job and answers "
+                   "when it ends (201, with the job's id) or at once with ?wait=false (202)",
+                   access="dataset:write", status=201,
+                   query={"wait": {"type": "boolean", "default": True}},
+                   body={"type": "object", "required": ["message"],
+                         "additionalProperties": False,
+                         "properties": {"message": {**TEXT, "minLength": 1}}},
+                   response={"type": "object"},
+                   errors={202: "accepted (wait=false): poll the job",
+                           409: "someone else committed this dataset at the same time"},
+                   body_example={"message": "matrix"}),
+        "get": Op("The version log", access="dataset:read",
+                  query={"limit": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                   "default": 50}},
+                  response={"type": "object"}),
+    }
 
     async def post(self, name: str) -> None:
-        message = self.body_dict().get("message")
-        if not isinstance(message, str) or not message.strip():
-            raise InvalidInput("a commit needs a 'message'")
-        self.write_json(await _in_thread(self.datasets.commit, self.actor, name, message), 201)
+        message = self.body["message"]
+        if not message.strip():
+            raise InvalidInput("body.message: a commit needs a message",
+                               detail={"field": "body.message"})
+        who, datasets = self.actor, self.datasets
+        datasets.check_access(who, name, "write")
+
+        def work(ctx: JobContext) -> dict:
+            return datasets.commit(who, name, message, ctx.progress)
+
+        options = {"target": f"dataset:{name}", "params": {"message": message}}
+        if not self.query["wait"]:
+            self.write_json(self.ctx.jobs.start(who, "commit", work, **options), 202)
+            return
+        job = await self.ctx.jobs.run(who, "commit", work, **options)
+        self.finish_job(job)
+
+    def finish_job(self, job: dict) -> None:
+        if job["state"] == "succeeded":
+            self.write_json({**job["result"], "job": job["id"]}, 201)
+            return
+        error = job.get("error") or {"error": job["message"], "detail": None}
+        status = 409 if job["state"] == "cancelled" else (error.get("status") or 400)
+        self.write_json({**error, "job": job["id"]}, status)
 
     def get(self, name: str) -> None:
-        self.write_json({"versions": self.datasets.log(
-            self.actor, name, limit=int(self.get_argument("limit", "50")))})
+        self.write_json({"versions": self.datasets.log(self.actor, name,
+                                                       limit=self.query["limit"])})
 
 
 class DiffHandler(DatasetHandler):
-    openapi = {"get": {"summary": "Diff two versions ?base=&target=head (numbers, v<n>, tags, "
-                                  "ids; target=draft: the uncommitted changes)"}}
+    openapi = {"get": Op("Diff two versions (target=draft: the uncommitted changes)",
+                         access="dataset:read",
+                         query={"base": {"type": "string", "minLength": 1, "maxLength": 255},
+                                "target": {"type": "string", "minLength": 1, "maxLength": 255,
+                                           "default": "head"}},
+                         response={"type": "object"})}
 
     async def get(self, name: str) -> None:
-        base = self.get_argument("base", None)
-        if not base:
-            raise InvalidInput("'base' is required (a version number, v<n>, a tag or 'head')")
-        self.write_json(await _in_thread(self.datasets.diff, self.actor, name, base,
-                                         self.get_argument("target", "head")))
+        if not self.query["base"]:
+            raise InvalidInput("query parameter base is required (a version number, v<n>, a "
+                               "tag or 'head')", detail={"field": "base"})
+        self.write_json(await in_thread(self.datasets.diff, self.actor, name,
+                                        self.query["base"], self.query["target"]))
 
 
 class TagsHandler(DatasetHandler):
-    openapi = {"post": {"summary": "Tag a version {tag, version=head}"}}
+    openapi = {"post": Op("Tag a version", access="dataset:write", status=201,
+                          body={"type": "object", "required": ["tag"],
+                                "additionalProperties": False,
+                                "properties": {"tag": NAME, "version": REF}},
+                          response={"type": "object"}, errors={409: "the tag exists"},
+                          body_example={"tag": "matrix", "version": "head"})}
 
     def post(self, name: str) -> None:
-        body = self.body_dict()
-        if not isinstance(body.get("tag"), str):
-            raise InvalidInput("'tag' is required")
-        self.write_json(self.datasets.tag(self.actor, name, body["tag"],
-                                          body.get("version", "head")), 201)
+        self.write_json(self.datasets.tag(self.actor, name, self.body["tag"],
+                                          str(self.body.get("version", "head"))))
 
 
 class TagHandler(DatasetHandler):
-    openapi = {"delete": {"summary": "Remove a tag"}}
+    openapi = {"delete": Op("Remove a tag", access="dataset:write", status=204)}
 
     def delete(self, name: str, tag: str) -> None:
         self.datasets.delete_tag(self.actor, name, tag)
@@ -384,61 +427,122 @@ class TagHandler(DatasetHandler):
 
 
 class CheckoutHandler(DatasetHandler):
-    openapi = {"post": {"summary": "Make the draft equal to a version {version}; with "
-                                   "revert=true, also commit that as a new version"}}
+    openapi = {"post": Op("Make the draft equal to a version; with revert=true, also commit "
+                          "that as a new version", access="dataset:write",
+                          body={"type": "object", "required": ["version"],
+                                "additionalProperties": False, "properties": {
+                                    "version": REF, "revert": {"type": "boolean"},
+                                    "message": {"type": ["string", "null"], "maxLength": 10_000}}},
+                          response={"type": "object"}, body_example={"version": "head"})}
 
     async def post(self, name: str) -> None:
-        body = self.body_dict()
-        version = body.get("version")
-        if version is None:
-            raise InvalidInput("'version' is required")
+        body = self.body
+        version = str(body["version"])
         if body.get("revert"):
-            result = await _in_thread(self.datasets.revert, self.actor, name, str(version),
-                                      body.get("message"))
+            result = await in_thread(self.datasets.revert, self.actor, name, version,
+                                     body.get("message"))
         else:
-            result = await _in_thread(self.datasets.checkout, self.actor, name, str(version))
+            result = await in_thread(self.datasets.checkout, self.actor, name, version)
         self.write_json(result)
 
 
+EXPORT_QUERY = {"format": {**FORMAT, "default": "loophub"},
+                "version": {"type": "string", "minLength": 1, "maxLength": 255,
+                            "default": "head"}}
+
+
 class ExportHandler(DatasetHandler):
-    openapi = {"get": {"summary": "Export a version ?format=&version=head, streamed (JSONL for "
-                                  "loophub, a zip otherwise)"}}
+    openapi = {"get": Op("Export a version, streamed (JSONL for loophub, a zip otherwise)",
+                         access="dataset:read", query=EXPORT_QUERY,
+                         produces="application/octet-stream")}
 
     async def get(self, name: str) -> None:
-        fmt = self.get_argument("format", "loophub")
-        version = self.get_argument("version", "head")
-        chunks = await _in_thread(self.datasets.export, self.actor, name, fmt, version=version)
-        first = await _in_thread(next, chunks, None)  # permission/version errors raise here
-        kind = "application/x-ndjson" if fmt == "loophub" else "application/zip"
-        ext = "jsonl" if fmt == "loophub" else "zip"
-        self.set_header("Content-Type", kind)
+        fmt, version = self.query["format"], self.query["version"]
+        chunks = await in_thread(self.datasets.export, self.actor, name, fmt, version=version)
+        first = await in_thread(next, chunks, None)  # permission/version errors raise here
+        self.set_header("Content-Type", _media_type(fmt))
         self.set_header("Content-Disposition",
-                        f'attachment; filename="{name}-{version}-{fmt}.{ext}"')
+                        f'attachment; filename="{_export_name(name, version, fmt)}"')
         chunk = first
-        while chunk is not None:
-            self.write(chunk)
-            await self.flush()
-            chunk = await _in_thread(next, chunks, None)
+        try:
+            while chunk is not None:
+                self.write(chunk)
+                await self.flush()
+                chunk = await in_thread(next, chunks, None)
+        except iostream.StreamClosedError:
+            chunks.close()
+            return
         self.finish()
 
 
+class ExportsHandler(DatasetHandler):
+    openapi = {"post": Op("Export a version as a job (progress in GET jobs/ID; the file at "
+                          "GET jobs/ID/result, kept a day)", access="dataset:read", status=202,
+                          body={"type": "object", "additionalProperties": False,
+                                "properties": {"format": FORMAT, "version": REF}},
+                          response=JOB_VIEW, body_example={"format": "loophub"})}
+
+    def post(self, name: str) -> None:
+        fmt = self.body.get("format", "loophub")
+        version = str(self.body.get("version", "head"))
+        who, datasets, folder = self.actor, self.datasets, self.ctx.job_files
+        datasets.check_access(who, name, "read")
+        filename = _export_name(name, version, fmt)
+
+        def work(ctx: JobContext) -> dict:
+            target = Path(folder) / ctx.job_id / filename
+            target.parent.mkdir(parents=True, exist_ok=True)
+            size = 0
+            chunks = datasets.export(who, name, fmt, version=version, progress=ctx.progress)
+            with open(target, "wb") as out:
+                for chunk in chunks:
+                    out.write(chunk)
+                    size += len(chunk)
+            return {"file": str(target), "filename": filename, "size": size,
+                    "media_type": _media_type(fmt)}
+
+        self.write_json(self.ctx.jobs.start(who, "export", work, target=f"dataset:{name}",
+                                            params={"format": fmt, "version": version}))
+
+
+def _media_type(fmt: str) -> str:
+    return "application/x-ndjson" if fmt == "loophub" else "application/zip"
+
+
+def _export_name(name: str, version: str, fmt: str) -> str:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{name}-{version}-{fmt}")
+    return f"{safe}.{'jsonl' if fmt == 'loophub' else 'zip'}"
+
+
 class LineageHandler(DatasetHandler):
-    openapi = {"get": {"summary": "Models trained on a version ?version=head"},
-               "post": {"summary": "Record that {model_name, model_version} was trained on "
-                                   "{version}"}}
+    openapi = {"get": Op("Models trained on a version", access="dataset:read",
+                         query={"version": {"type": "string", "maxLength": 255,
+                                            "default": "head"}},
+                         response={"type": "object"}),
+               "post": Op("Record that a model version was trained on a version (writers "
+                          "only: the owner sees it)", access="dataset:write", status=201,
+                          body={"type": "object", "required": ["version", "model_name",
+                                                               "model_version"],
+                                "additionalProperties": False, "properties": {
+                                    "version": REF,
+                                    "model_name": {"type": "string", "minLength": 1,
+                                                   "maxLength": 255},
+                                    "model_version": {"type": ["string", "integer"],
+                                                      "maxLength": 255, "minimum": 0},
+                                    "relation": {"enum": ["trained_on", "evaluated_on"]}}},
+                          response={"type": "object"},
+                          body_example={"version": "head", "model_name": "m",
+                                        "model_version": "1"})}
 
     def get(self, name: str) -> None:
         self.write_json({"models": self.datasets.models_trained_on(
-            self.actor, name, self.get_argument("version", "head"))})
+            self.actor, name, self.query["version"])})
 
     def post(self, name: str) -> None:
-        body = self.body_dict()
-        for key in ("version", "model_name", "model_version"):
-            if not isinstance(body.get(key), str | int):
-                raise InvalidInput(f"'{key}' is required")
+        body = self.body
         self.write_json(self.datasets.record_lineage(
             self.actor, name, str(body["version"]), body["model_name"],
-            str(body["model_version"]), body.get("relation", "trained_on")), 201)
+            str(body["model_version"]), body.get("relation", "trained_on")))
 
 
 D = "datasets/(?P<name>[^/]+)"
@@ -446,7 +550,6 @@ R = D + "/records/(?P<record_id>[^/]+)"
 ROUTES: list[tuple[str, type]] = [
     ("datasets/schemas", SchemasHandler),
     ("datasets/uploads", UploadHandler),
-    ("datasets/imports/(?P<job_id>[^/]+)", ImportJobHandler),
     ("datasets", DatasetsHandler),
     (D, OneDatasetHandler),
     (D + "/state", StateHandler),
@@ -464,5 +567,7 @@ ROUTES: list[tuple[str, type]] = [
     (D + "/tags/(?P<tag>[^/]+)", TagHandler),
     (D + "/checkout", CheckoutHandler),
     (D + "/export", ExportHandler),
+    (D + "/exports", ExportsHandler),
     (D + "/lineage", LineageHandler),
 ]
+

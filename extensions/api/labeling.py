@@ -1,92 +1,96 @@
 """Labeling routes: thin adapters over loophub.labeling.service.LabelingService.
 
 Leases, labeling settings (overlap, lease length), progress, media bytes for the
-labeling widgets, agreement, the review queue and model predictions.
+labeling widgets, agreement, the review queue and model predictions. Scans (progress,
+agreement, review, predictions) run off the event loop.
 """
 
 from __future__ import annotations
 
-from loophub.errors import InvalidInput
+from loophub.errors import TooLarge
 
+from .base import Op, in_thread
 from .datasets import DatasetHandler
+
+RECORD_ID = {"type": "string", "minLength": 1, "maxLength": 1024}
+ANY = {"type": "object"}
 
 
 def labeling_service(ctx):
-    """One LabelingService per API process, built on first use beside ctx.datasets."""
-    service = ctx.__dict__.get("labeling_service")
-    if service is None:
-        from loophub.labeling.service import LabelingService
-
-        service = ctx.__dict__["labeling_service"] = LabelingService(ctx.db, ctx.datasets)
-    return service
+    """The API process's LabelingService (ServiceContext.labeling)."""
+    return ctx.labeling
 
 
 class LabelingHandler(DatasetHandler):
     @property
     def labeling(self):
-        return labeling_service(self.ctx)
-
-    def int_argument(self, name: str, default: int) -> int:
-        try:
-            return int(self.get_argument(name, str(default)))
-        except ValueError as exc:
-            raise InvalidInput(f"{name} must be a whole number") from exc
+        return self.ctx.labeling
 
 
 class SettingsHandler(LabelingHandler):
-    openapi = {"get": {"summary": "Labeling settings: overlap (labels wanted per item), "
-                                  "lease_seconds"},
-               "put": {"summary": "Change {overlap?, lease_seconds?} (owner or admin)"}}
+    openapi = {"get": Op("Labeling settings: overlap (labels wanted per item), lease_seconds",
+                         access="dataset:read", response=ANY),
+               "put": Op("Change overlap and lease length (owner or admin)",
+                         access="dataset:manage", response=ANY,
+                         body={"type": "object", "additionalProperties": False, "properties": {
+                             "overlap": {"type": "integer", "minimum": 1, "maximum": 50},
+                             "lease_seconds": {"type": "number", "minimum": 5,
+                                               "maximum": 604800}}},
+                         body_example={"overlap": 1})}
 
     def get(self, name: str) -> None:
         self.write_json(self.labeling.settings(self.actor, name))
 
     def put(self, name: str) -> None:
-        body = self.body_dict()
-        if set(body) - {"overlap", "lease_seconds"}:
-            raise InvalidInput(f"unknown fields {sorted(set(body) - {'overlap', 'lease_seconds'})}")
-        self.write_json(self.labeling.configure(self.actor, name, **body))
+        self.write_json(self.labeling.configure(self.actor, name, **self.body))
 
 
 class LeasesHandler(LabelingHandler):
-    openapi = {"get": {"summary": "Active leases: who holds which item until when"},
-               "post": {"summary": "Lease up to {count} items needing your label {count, "
-                                   "split?}; items you hold come first (resume)"}}
+    openapi = {"get": Op("Active leases: who holds which item until when",
+                         access="dataset:read", response=ANY),
+               "post": Op("Lease up to count items needing your label; items you hold come "
+                          "first (resume)", access="dataset:write", response=ANY,
+                          body={"type": "object", "additionalProperties": False, "properties": {
+                              "count": {"type": "integer", "minimum": 1, "maximum": 50},
+                              "split": {"type": ["string", "null"], "maxLength": 255}}},
+                          body_example={"count": 1})}
 
     def get(self, name: str) -> None:
         self.write_json({"leases": self.labeling.leases(self.actor, name)})
 
-    def post(self, name: str) -> None:
-        body = self.body_dict()
-        count, split = body.get("count", 1), body.get("split")
-        if not isinstance(count, int) or (split is not None and not isinstance(split, str)):
-            raise InvalidInput("expected {\"count\": n, \"split\": name or null}")
-        self.write_json({"items": self.labeling.acquire(self.actor, name, count, split=split)})
+    async def post(self, name: str) -> None:
+        self.write_json({"items": await in_thread(
+            self.labeling.acquire, self.actor, name, self.body.get("count", 1),
+            split=self.body.get("split"))})
 
 
 class ReleaseHandler(LabelingHandler):
-    openapi = {"post": {"summary": "Give back your leases {record_ids?} (all when omitted)"}}
+    openapi = {"post": Op("Give back your leases (all when record_ids is omitted)",
+                          access="dataset:write", response=ANY,
+                          body={"type": "object", "additionalProperties": False, "properties": {
+                              "record_ids": {"type": "array", "items": RECORD_ID,
+                                             "maxItems": 1000}}},
+                          body_example={})}
 
     def post(self, name: str) -> None:
-        ids = self.body_dict().get("record_ids")
-        if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str)
-                                                                  for i in ids)):
-            raise InvalidInput("record_ids must be a list of record ids")
-        self.write_json({"released": self.labeling.release(self.actor, name, ids)})
+        self.write_json({"released": self.labeling.release(self.actor, name,
+                                                           self.body.get("record_ids"))})
 
 
 class SkipsHandler(LabelingHandler):
-    openapi = {"post": {"summary": "Skip an item {record_id}: not offered to you again"}}
+    openapi = {"post": Op("Skip an item: not offered to you again", access="dataset:write",
+                          response=ANY,
+                          body={"type": "object", "required": ["record_id"],
+                                "additionalProperties": False,
+                                "properties": {"record_id": RECORD_ID}},
+                          body_example={"record_id": "r1"})}
 
     def post(self, name: str) -> None:
-        record_id = self.body_dict().get("record_id")
-        if not isinstance(record_id, str):
-            raise InvalidInput("expected {\"record_id\": ...}")
-        self.write_json(self.labeling.skip(self.actor, name, record_id))
+        self.write_json(self.labeling.skip(self.actor, name, self.body["record_id"]))
 
 
 class SkipHandler(LabelingHandler):
-    openapi = {"delete": {"summary": "Undo a skip"}}
+    openapi = {"delete": Op("Undo a skip", access="dataset:write", status=204)}
 
     def delete(self, name: str, record_id: str) -> None:
         self.labeling.unskip(self.actor, name, record_id)
@@ -95,50 +99,70 @@ class SkipHandler(LabelingHandler):
 
 
 class ProgressHandler(LabelingHandler):
-    openapi = {"get": {"summary": "Labeling progress: total, done, mine, per-label and "
-                                  "per-split counts"}}
+    openapi = {"get": Op("Labeling progress: total, done, mine, per-label and per-split "
+                         "counts", access="dataset:read", response=ANY)}
 
-    def get(self, name: str) -> None:
-        self.write_json(self.labeling.progress(self.actor, name))
+    async def get(self, name: str) -> None:
+        self.write_json(await in_thread(self.labeling.progress, self.actor, name))
 
 
 class MediaHandler(LabelingHandler):
-    openapi = {"get": {"summary": "A record's media bytes (image) for the labeling widgets"}}
+    openapi = {"get": Op("A record's media bytes (image) for the labeling widgets",
+                         access="dataset:read", produces="application/octet-stream")}
 
-    def get(self, name: str, record_id: str) -> None:
-        data, kind = self.labeling.media(self.actor, name, record_id)
+    async def get(self, name: str, record_id: str) -> None:
+        data, kind = await in_thread(self.labeling.media, self.actor, name, record_id)
         self.set_header("Content-Type", kind)
         self.set_header("Cache-Control", "private, max-age=3600")
         self.finish(data)
 
 
 class AgreementHandler(LabelingHandler):
-    openapi = {"get": {"summary": "Inter-annotator agreement: Cohen's and Fleiss' kappa "
-                                  "(classes), IoU-matched F1 (boxes), span F1 (NER), per item"}}
+    openapi = {"get": Op("Inter-annotator agreement: Cohen's and Fleiss' kappa (classes), "
+                         "IoU-matched F1 (boxes), span F1 (NER), per item",
+                         access="dataset:read", response=ANY)}
 
-    def get(self, name: str) -> None:
-        self.write_json(self.labeling.agreement(self.actor, name))
+    async def get(self, name: str) -> None:
+        self.write_json(await in_thread(self.labeling.agreement, self.actor, name))
 
 
 class ReviewQueueHandler(LabelingHandler):
-    openapi = {"get": {"summary": "Items with unreviewed annotations, most disputed first "
-                                  "?limit=&annotator="}}
+    openapi = {"get": Op("Items with unreviewed annotations, most disputed first",
+                         access="dataset:read", response=ANY, query={
+                             "limit": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                       "default": 50},
+                             "annotator": {"type": "string", "maxLength": 255}})}
 
-    def get(self, name: str) -> None:
-        self.write_json({"items": self.labeling.review_queue(
-            self.actor, name, limit=self.int_argument("limit", 50),
-            annotator=self.get_argument("annotator", None))})
+    async def get(self, name: str) -> None:
+        self.write_json({"items": await in_thread(
+            self.labeling.review_queue, self.actor, name, limit=self.query["limit"],
+            annotator=self.query["annotator"])})
 
 
 class PredictionsHandler(LabelingHandler):
-    openapi = {"post": {"summary": "Store model predictions as pre-annotations {predictions: "
-                                   "[{record_id, model, version?, annotations}]}"}}
+    openapi = {"post": Op(
+        "Store model predictions as pre-annotations, all or none (at most "
+        "LoophubAPI.max_prediction_items per request, 413 past it)", access="dataset:write",
+        response=ANY, max_body=16 * 1024 * 1024, errors={413: "too many predictions"},
+        body={"type": "object", "required": ["predictions"], "additionalProperties": False,
+              "properties": {"predictions": {"type": "array", "items": {
+                  "type": "object", "required": ["record_id", "model"],
+                  "additionalProperties": False, "properties": {
+                      "record_id": RECORD_ID,
+                      "model": {"type": "string", "minLength": 1, "maxLength": 255},
+                      "version": {"type": ["string", "integer", "null"], "maxLength": 255},
+                      "annotations": {"type": "array", "maxItems": 1000,
+                                      "items": {"type": "object"}}}}}}},
+        body_example={"predictions": []})}
 
-    def post(self, name: str) -> None:
-        predictions = self.body_dict().get("predictions")
-        if not isinstance(predictions, list):
-            raise InvalidInput("expected {\"predictions\": [...]}")
-        self.write_json(self.labeling.put_predictions(self.actor, name, predictions))
+    async def post(self, name: str) -> None:
+        predictions = self.body["predictions"]
+        limit = self.ctx.max_prediction_items
+        if len(predictions) > limit:
+            raise TooLarge(f"{len(predictions)} predictions in one request; send at most "
+                           f"{limit} per request", detail={"limit": limit})
+        self.write_json(await in_thread(self.labeling.put_predictions, self.actor, name,
+                                        predictions))
 
 
 L = "labeling/(?P<name>[^/]+)"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from loophub.accounts import Accounts
-from loophub.store.models import AuditEvent
+from datetime import datetime
 
-from .base import ApiHandler
+from loophub import audit
+from loophub.accounts import Accounts
+from loophub.errors import InvalidInput
+
+from .base import ApiHandler, Op, in_thread
 
 NODE_SCHEMA = {
     "type": "object",
@@ -18,23 +21,25 @@ NODE_SCHEMA = {
 
 
 class HealthHandler(ApiHandler):
-    auth = "none"
-    openapi = {"get": {"summary": "Liveness and the state of the database and blob store",
-                       "response": {"type": "object"}}}
+    openapi = {"get": Op("Liveness and the state of the database and blob store",
+                         access="public", response={"type": "object", "properties": {
+                             "status": {"enum": ["ok", "degraded"]},
+                             "checks": {"type": "object"}}},
+                         errors={503: "degraded: a check failed"})}
 
-    def get(self) -> None:
-        checks = self.ctx.health()
+    async def get(self) -> None:
+        checks = await in_thread(self.ctx.health)
         self.write_json({"status": "ok" if all(checks.values()) else "degraded",
                          "version": self.ctx.version, "checks": checks},
                         200 if all(checks.values()) else 503)
 
 
 class MeHandler(ApiHandler):
-    openapi = {"get": {"summary": "Who the caller is", "response": {
+    openapi = {"get": Op("Who the caller is", response={
         "type": "object", "required": ["name", "groups", "admin"],
         "properties": {"name": {"type": "string"}, "kind": {"type": "string"},
                        "groups": {"type": "array", "items": {"type": "string"}},
-                       "admin": {"type": "boolean"}}}}}
+                       "admin": {"type": "boolean"}}})}
 
     def get(self) -> None:
         a = self.actor
@@ -43,10 +48,10 @@ class MeHandler(ApiHandler):
 
 
 class PoolHandler(ApiHandler):
-    openapi = {"get": {"summary": "Nodes of the resource pool and their capacity", "response": {
+    openapi = {"get": Op("Nodes of the resource pool and their capacity", response={
         "type": "object", "properties": {
             "nodes": {"type": "array", "items": NODE_SCHEMA},
-            "total": {"type": "object"}}}}}
+            "total": {"type": "object"}}})}
 
     def get(self) -> None:
         nodes = [n.to_dict() for n in self.ctx.pool]
@@ -60,60 +65,64 @@ class PoolHandler(ApiHandler):
 
 
 class AccountsHandler(ApiHandler):
-    auth = "admin"
     openapi = {
-        "get": {"summary": "List loophub login accounts", "response": {"type": "object"}},
-        "post": {"summary": "Create a login account; the generated password is returned once",
-                 "requestBody": {"content": {"application/json": {"schema": {
-                     "type": "object", "required": ["name"],
-                     "properties": {"name": {"type": "string"}, "admin": {"type": "boolean"}}}}}},
-                 "responses": {"201": {"description": "created"},
-                               "409": {"description": "exists"}}},
+        "get": Op("List loophub login accounts", access="admin", response={"type": "object"}),
+        "post": Op("Create a login account; the generated password is returned once",
+                   access="admin", status=201, response={"type": "object"},
+                   body={"type": "object", "required": ["name"], "additionalProperties": False,
+                         "properties": {"name": {"type": "string", "maxLength": 64},
+                                        "admin": {"type": "boolean"}}},
+                   errors={409: "the account exists"}, body_example={"name": "matrixuser"}),
     }
 
     def get(self) -> None:
-        with self.ctx.db.transaction() as s:
-            from loophub.store.models import Account
-
-            rows = [{"name": a.name, "admin": a.admin, "created": a.created}
-                    for a in s.query(Account).order_by(Account.name)]
-        self.write_json({"accounts": rows})
+        self.write_json({"accounts": Accounts(self.ctx.db).list()})
 
     def post(self) -> None:
-        body = self.json_body()
-        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
-            self.write_json({"error": "expected {\"name\": str, \"admin\": bool}",
-                             "detail": None}, 400)
-            return
-        admin = body.get("admin", False)
-        if not isinstance(admin, bool):
-            self.write_json({"error": "'admin' must be true or false", "detail": None}, 400)
-            return
-        password = Accounts(self.ctx.db).create(body["name"], admin=admin,
-                                                actor=self.actor.name)
-        self.write_json({"name": body["name"], "admin": admin, "password": password}, 201)
+        name, admin = self.body["name"], self.body.get("admin", False)
+        password = Accounts(self.ctx.db).create(name, admin=admin, actor=self.actor.name)
+        self.write_json({"name": name, "admin": admin, "password": password})
 
 
 class AuditHandler(ApiHandler):
-    auth = "admin"
-    openapi = {"get": {"summary": "The audit trail, newest first (?limit=100)",
-                       "response": {"type": "object"}}}
+    openapi = {"get": Op(
+        "The audit trail, newest first, filtered by actor, action (exact, or a prefix ending "
+        "in '.'), target (exact, or everything under it, e.g. dataset:pets) and time (ISO "
+        "8601 with a time zone); page with before=<id>", access="admin",
+        query={"actor": {"type": "string", "maxLength": 255},
+               "action": {"type": "string", "maxLength": 100},
+               "target": {"type": "string", "maxLength": 512},
+               "since": {"type": "string", "maxLength": 64},
+               "until": {"type": "string", "maxLength": 64},
+               "before": {"type": "integer", "minimum": 1, "maximum": 2**53},
+               "limit": {"type": "integer", "minimum": 1, "maximum": audit.MAX_PAGE,
+                         "default": 100}},
+        response={"type": "object", "properties": {"events": {"type": "array"}}})}
 
     def get(self) -> None:
-        try:
-            limit = min(int(self.get_argument("limit", "100")), 1000)
-        except ValueError:
-            self.write_json({"error": "limit must be a whole number", "detail": None}, 400)
-            return
+        q = self.query
         with self.ctx.db.transaction() as s:
-            rows = s.query(AuditEvent).order_by(AuditEvent.id.desc()).limit(max(limit, 1))
-            events = [{"at": e.at, "actor": e.actor, "action": e.action, "target": e.target,
-                       "detail": e.detail} for e in rows]
+            events = audit.events(s, actor=q["actor"], action=q["action"], target=q["target"],
+                                  since=self._time("since"), until=self._time("until"),
+                                  before=q["before"], limit=q["limit"])
         self.write_json({"events": events})
+
+    def _time(self, name: str) -> datetime | None:
+        raw = self.query[name]
+        if not raw:
+            return None
+        try:
+            value = datetime.fromisoformat(raw)
+        except ValueError as exc:
+            raise InvalidInput(f"{name}: expected an ISO 8601 time such as "
+                               "2026-12-06T14:00:00+00:00") from exc
+        if value.tzinfo is None:
+            raise InvalidInput(f"{name}: give a time zone (e.g. +00:00 or Z)")
+        return value
 
 
 class OpenAPIHandler(ApiHandler):
-    openapi = {"get": {"summary": "This document", "response": {"type": "object"}}}
+    openapi = {"get": Op("This document", response={"type": "object"})}
 
     def get(self) -> None:
         self.write_json(self.ctx.openapi)

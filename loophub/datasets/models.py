@@ -81,6 +81,9 @@ class DraftRecord(Base):
         # a commit's stream of rows no import packed (migration 0006)
         Index("ix_dataset_records_unpacked", "dataset_id", "seq",
               sqlite_where=text("pack IS NULL"), postgresql_where=text("pack IS NULL")),
+        # who holds a blob (may a user refer to a digest? loophub.store.grants)
+        Index("ix_dataset_records_media", "media_sha", sqlite_where=text("media_sha IS NOT NULL"),
+              postgresql_where=text("media_sha IS NOT NULL")),
     )
 
 

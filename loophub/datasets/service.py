@@ -8,6 +8,7 @@ read (optimistic concurrency, Conflict when stale).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,6 +23,8 @@ from typing import BinaryIO
 
 from sqlalchemy import and_, delete, select
 
+from loophub import access
+from loophub.access import Need
 from loophub.datasets import draft, versions
 from loophub.datasets.draft import RecordFilter
 from loophub.datasets.formats import FORMATS, read_dataset, validated_records, write_dataset
@@ -44,6 +47,7 @@ from loophub.datasets.splits import assign_splits
 from loophub.datasets.validation import RecordValidator, validate_label_schema
 from loophub.errors import Conflict, InvalidInput, NotFound, PermissionDenied, TooLarge
 from loophub.identity import Actor
+from loophub.store import grants
 from loophub.store.blobs import BlobStore, BlobTooLarge
 from loophub.store.db import Database
 from loophub.store.models import utcnow
@@ -106,42 +110,49 @@ class DatasetService:
             raise NotFound(f"no dataset named {name!r}; list datasets to see the names")
         return dataset
 
-    @staticmethod
-    def _can_read(actor: Actor, ds: Dataset) -> bool:
-        if actor.admin or ds.owner == actor.name:
-            return True
-        if ds.state == "deleted":
-            return False
-        return ds.visibility == "public" or (ds.group_name is not None
-                                             and ds.group_name in actor.groups)
-
-    @staticmethod
-    def _can_write(actor: Actor, ds: Dataset) -> bool:
-        return actor.admin or ds.owner == actor.name or (
-            ds.group_name is not None and ds.group_name in actor.groups)
-
-    def _readable(self, session, actor: Actor, name: str) -> Dataset:
+    def dataset_for(self, session, actor: Actor, name: str, need: Need = "read") -> Dataset:
+        """The dataset named NAME if ACTOR has NEED on it (loophub.access rules); writes
+        also need it active. Every room that acts on a dataset checks through here."""
         dataset = self._load(session, name)
-        if not self._can_read(actor, dataset):
-            raise NotFound(f"no dataset named {name!r} that you can see; ask its owner to "
-                           "share it with your group or make it public")
-        return dataset
-
-    def _writable(self, session, actor: Actor, name: str) -> Dataset:
-        dataset = self._readable(session, actor, name)
-        if not self._can_write(actor, dataset):
-            raise PermissionDenied(f"you can read dataset {name!r} but not change it; ask its "
-                                   f"owner {dataset.owner} to share it with one of your groups")
-        if dataset.state in ("archived", "deleted"):
+        access.require(actor, dataset, need, noun="dataset", name=name)
+        if need == "write" and dataset.state in ("archived", "deleted"):
             raise Conflict(f"dataset {name!r} is {dataset.state}; set it active to change it")
         return dataset
 
+    def check_access(self, actor: Actor, name: str, need: Need = "read") -> None:
+        """Raise unless ACTOR has NEED on dataset NAME (before accepting a job)."""
+        with self.db.session() as session:
+            self.dataset_for(session, actor, name, need)
+
+    def check_import(self, actor: Actor, name: str, digest: str) -> None:
+        """An import needs write access to the dataset and a right to the upload."""
+        with self.db.session() as session:
+            self.dataset_for(session, actor, name, "write")
+            missing = grants.may_reference(session, actor, [digest], [self._media_holders])
+            if missing:
+                raise grants.refuse(missing, "upload")
+
+    @staticmethod
+    def _media_holders(session, actor: Actor, digests: set[str]) -> set[str]:
+        """The digests a draft record of a dataset ACTOR can read holds as media."""
+        return set(session.scalars(
+            select(DraftRecord.media_sha).join(Dataset, Dataset.id == DraftRecord.dataset_id)
+            .where(DraftRecord.media_sha.in_(digests), DraftRecord.deleted.is_(False),
+                   access.readable_filter(actor, Dataset)).distinct()))
+
+    def _check_media_refs(self, session, actor: Actor, digests: set[str], where: str) -> None:
+        missing = grants.may_reference(session, actor, digests, [self._media_holders])
+        if missing:
+            raise grants.refuse(missing, where)
+
+    def _readable(self, session, actor: Actor, name: str) -> Dataset:
+        return self.dataset_for(session, actor, name, "read")
+
+    def _writable(self, session, actor: Actor, name: str) -> Dataset:
+        return self.dataset_for(session, actor, name, "write")
+
     def _managed(self, session, actor: Actor, name: str) -> Dataset:
-        dataset = self._readable(session, actor, name)
-        if not (actor.admin or dataset.owner == actor.name):
-            raise PermissionDenied(f"only the owner ({dataset.owner}) or an admin can do this "
-                                   f"to dataset {name!r}")
-        return dataset
+        return self.dataset_for(session, actor, name, "manage")
 
     # -- datasets --------------------------------------------------------------------
 
@@ -188,8 +199,9 @@ class DatasetService:
     def list_datasets(self, actor: Actor, *, state: str | None = None) -> list[dict]:
         """Datasets the actor can read; deleted ones only when asked by state."""
         with self.db.session() as session:
-            rows = session.scalars(select(Dataset).order_by(Dataset.name))
-            out = [self._describe(d) for d in rows if self._can_read(actor, d)]
+            rows = session.scalars(select(Dataset).where(access.readable_filter(actor, Dataset))
+                                   .order_by(Dataset.name))
+            out = [self._describe(d) for d in rows]
         if state is None:
             return [d for d in out if d["state"] != "deleted"]
         return [d for d in out if d["state"] == state]
@@ -267,15 +279,21 @@ class DatasetService:
             raise TooLarge(str(exc)) from None
         with self.db.transaction() as session:
             versions.register_blobs(session, [info.digest], "upload")
+            grants.grant(session, actor.name, [info.digest])
         return {"digest": info.digest, "size": info.size, "by": actor.name}
 
     def import_blob(self, actor: Actor, name: str, fmt: str, digest: str, *,
-                    progress: Progress | None = None) -> ImportReport:
+                    progress: Progress | None = None,
+                    source_name: str | None = None) -> ImportReport:
+        """Import an upload by digest (the actor's own, or one they can read)."""
+        self.check_import(actor, name, digest)
         with self.blobs.open(digest) as stream:
-            return self.import_data(actor, name, fmt, stream, progress=progress)
+            return self.import_data(actor, name, fmt, stream, progress=progress,
+                                    source_name=source_name)
 
     def import_data(self, actor: Actor, name: str, fmt: str, source: str | os.PathLike | BinaryIO,
-                    *, progress: Progress | None = None) -> ImportReport:
+                    *, progress: Progress | None = None,
+                    source_name: str | None = None) -> ImportReport:
         """Import a file, folder, zip or binary stream in format ``fmt`` into the draft.
 
         Every record is validated and its media stored before the one transaction that
@@ -286,8 +304,15 @@ class DatasetService:
             self._writable(session, actor, name)
         with tempfile.TemporaryDirectory(prefix="loophub-import-") as tmp:
             path = self._spool(source, Path(tmp)) if hasattr(source, "read") else Path(source)
-            with read_dataset(fmt, path, validate=False) as bundle:
-                return self._import_bundle(actor, name, fmt, bundle, progress, str(path))
+            try:
+                with read_dataset(fmt, path, validate=False) as bundle:
+                    return self._import_bundle(actor, name, fmt, bundle, progress, str(path))
+            except InvalidInput as exc:
+                # errors name the user's file, not the server's temporary copy of it
+                if source_name:
+                    exc.message = exc.message.replace(str(path), source_name)
+                    exc.args = (exc.message,)
+                raise
 
     def _spool(self, stream: BinaryIO, folder: Path) -> Path:
         target = folder / "upload"
@@ -312,6 +337,7 @@ class DatasetService:
         stored = 0
         media = bundle.media if isinstance(bundle.media, FolderMedia) else None
         media_digests: set[str] = set()
+        referenced: set[str] = set()  # media digests records name without their bytes
         records = bundle.records  # streamed: a 1M-record file is never held in memory
         total = len(records) if isinstance(records, list) else 0  # 0: not known up front
 
@@ -320,6 +346,8 @@ class DatasetService:
             for record in validated_records(records, validator, source, fmt):
                 if media is not None and self._store_media(media, record, media_digests):
                     stored += 1
+                elif digest := (record.get("media") or {}).get("sha256"):
+                    referenced.add(digest)
                 yield record
 
         packs = PackWriter(self.blobs)
@@ -328,6 +356,10 @@ class DatasetService:
                 dataset = self._writable(session, actor, name)
                 count = draft.upsert_many(session, dataset.id, prepared(), actor.name,
                                           lambda done: progress(done, total), packs)
+                # a digest is a name, not a right: records may only name media the actor
+                # sent or can read (refused: the whole import rolls back)
+                self._check_media_refs(session, actor, referenced - media_digests,
+                                       f"{source}: media.sha256")
                 if bundle.infer_classes:  # every record passed: the classes are complete
                     # (the current ones among them: merging adds only what the dataset lacks)
                     schema, added = _merged_schema(
@@ -339,6 +371,7 @@ class DatasetService:
             # that garbage collection may remove once the grace period is over.
             with self.db.transaction() as session:
                 versions.register_blobs(session, media_digests, "media")
+                grants.grant(session, actor.name, media_digests)
                 versions.register_blobs(session, [d for d, _ in packs.written], "draft")
         return ImportReport(name, fmt, count, stored, added)
 
@@ -403,6 +436,11 @@ class DatasetService:
         with self.db.transaction() as session:
             dataset = self._writable(session, actor, name)
             RecordValidator(dataset.label_schema).validate(record, source=name)
+            digest = (record.get("media") or {}).get("sha256")
+            if digest:
+                current = session.get(DraftRecord, (dataset.id, record["id"]))
+                if current is None or current.media_sha != digest:
+                    self._check_media_refs(session, actor, {digest}, "record.media.sha256")
             if expected_revision is not None:
                 return draft.replace_record(session, dataset.id, record, expected_revision,
                                             actor.name)
@@ -632,6 +670,11 @@ class DatasetService:
                                                                        target))
         return Bundle(target.label_schema, records, BlobMedia(self.blobs))
 
+    def _record_total(self, session, dataset: Dataset, version: str) -> int:
+        if version == "draft":
+            return 0  # not known without a count; progress shows records written
+        return self._resolve(session, dataset, version).record_count
+
     def materialize(self, actor: Actor, name: str, fmt: str, dst: str | os.PathLike, *,
                     version: str = "head") -> Path:
         """Write a version (or "draft") to the folder ``dst`` in format ``fmt``."""
@@ -642,12 +685,17 @@ class DatasetService:
         return Path(dst)
 
     def export(self, actor: Actor, name: str, fmt: str, *, version: str = "head",
-               chunk_size: int = 1 << 20) -> Iterator[bytes]:
+               chunk_size: int = 1 << 20, progress: Progress | None = None) -> Iterator[bytes]:
         """The export as a stream of byte chunks: JSONL for ``loophub``, a zip otherwise.
-        Permission and version are checked before the first chunk."""
+        Permission and version are checked before the first chunk; PROGRESS gets
+        (records written, records in the version)."""
         with self.db.session() as session:
             dataset = self._readable(session, actor, name)
             bundle = self._bundle(session, dataset, version)
+            total = self._record_total(session, dataset, version)
+        if progress is not None:
+            bundle = dataclasses.replace(bundle, records=_counted(bundle.records, total,
+                                                                  progress))
         if fmt not in FORMATS:
             raise InvalidInput(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
         if fmt == "loophub":
@@ -658,9 +706,11 @@ class DatasetService:
 
     def record_lineage(self, actor: Actor, name: str, version: str, model_name: str,
                        model_version: str, relation: str = "trained_on") -> dict:
-        """Note that a model version was trained (or evaluated) on a dataset version."""
+        """Note that a model version was trained (or evaluated) on a dataset version. Users
+        need write access (a lineage entry is shown to the owner); the model rooms record
+        what they trained on through the platform, with the job as evidence."""
         with self.db.transaction() as session:
-            dataset = self._readable(session, actor, name)
+            dataset = self._writable(session, actor, name)
             target = self._resolve(session, dataset, version)
             exists = session.scalars(select(DatasetLineage).where(and_(
                 DatasetLineage.version_id == target.id, DatasetLineage.model_name == model_name,
@@ -690,9 +740,10 @@ class DatasetService:
                                          DatasetVersion.id == DatasetLineage.version_id)
                                    .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
                                    .where(and_(DatasetLineage.model_name == model_name,
-                                               DatasetLineage.model_version == model_version)))
+                                               DatasetLineage.model_version == model_version,
+                                               access.readable_filter(actor, Dataset))))
             return [{"dataset": d.name, "version": v.id, "number": v.number,
-                     "relation": lin.relation} for lin, v, d in rows if self._can_read(actor, d)]
+                     "relation": lin.relation} for lin, v, d in rows]
 
     def pin(self, actor: Actor, name: str, version: str, ref: str) -> dict:
         """Keep a version from garbage collection on behalf of ``ref`` (e.g. a release)."""
@@ -778,6 +829,16 @@ def _jsonl_chunks(bundle: Bundle, chunk_size: int) -> Iterator[bytes]:
             buffer, size = [], 0
     if buffer:
         yield b"".join(buffer)
+
+
+def _counted(records, total: int, progress: Progress, every: int = 1000):
+    done = 0
+    for record in records:
+        yield record
+        done += 1
+        if done % every == 0:
+            progress(done, total)
+    progress(done, total or done)
 
 
 def _zip_chunks(fmt: str, bundle: Bundle, chunk_size: int) -> Iterator[bytes]:

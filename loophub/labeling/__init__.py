@@ -2,5 +2,5 @@
 
 Pure logic (agreement) beside a persistence layer (leases, per-dataset labeling
 settings); the API routes live in extensions/api/labeling.py and the notebook
-SDK in loophub.labeling.client.
+SDK in loophub.client.labeling (``Client().labeling``).
 """

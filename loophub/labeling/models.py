@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loophub.store.models import Base, utcnow
@@ -45,4 +45,5 @@ class Lease(Base):
     __table_args__ = (
         UniqueConstraint("dataset_id", "record_id", "slot", name="uq_lease_slot"),
         UniqueConstraint("dataset_id", "record_id", "holder", name="uq_lease_holder"),
+        Index("ix_labeling_leases_holder", "dataset_id", "holder"),
     )

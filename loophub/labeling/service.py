@@ -17,12 +17,16 @@ from collections.abc import Callable, Iterable
 from sqlalchemy import and_, delete, not_, select
 from sqlalchemy.exc import IntegrityError
 
+from loophub import audit
+from loophub.access import Need
 from loophub.datasets import draft
 from loophub.datasets.draft import RecordFilter
 from loophub.datasets.models import Dataset, DraftRecord
 from loophub.datasets.records import pack_labels, unpack_labels
-from loophub.datasets.service import Actor, DatasetService
-from loophub.errors import InvalidInput, NotFound, PermissionDenied
+from loophub.datasets.service import DatasetService
+from loophub.datasets.validation import RecordValidator
+from loophub.errors import InvalidInput, NotFound
+from loophub.identity import Actor
 from loophub.labeling.agreement import dataset_agreement, item_agreement, user_annotations
 from loophub.labeling.models import LabelingConfig, Lease
 from loophub.store.db import Database
@@ -41,10 +45,10 @@ class LabelingService:
 
     # -- settings ---------------------------------------------------------------------
 
-    def _dataset(self, session, actor: Actor, name: str) -> Dataset:
-        # The dataset room's own read check (NotFound unless readable); get_dataset would
-        # also count the draft, a scan on every lease.
-        return self.datasets._readable(session, actor, name)
+    def _dataset(self, session, actor: Actor, name: str, need: Need = "read") -> Dataset:
+        # The dataset room's check (loophub.access rules); get_dataset would also count
+        # the draft, a scan on every lease.
+        return self.datasets.dataset_for(session, actor, name, need)
 
     @staticmethod
     def _config(session, dataset: Dataset) -> LabelingConfig:
@@ -64,10 +68,7 @@ class LabelingService:
         if lease_seconds is not None and not 5 <= float(lease_seconds) <= 7 * 86400:
             raise InvalidInput("lease_seconds must be between 5 seconds and a week")
         with self.db.transaction() as session:
-            dataset = self._dataset(session, actor, name)
-            if not (actor.admin or dataset.owner == actor.name):
-                raise PermissionDenied(f"only the owner ({dataset.owner}) or an admin can "
-                                       f"change how {name!r} is labeled")
+            dataset = self._dataset(session, actor, name, "manage")
             config = session.get(LabelingConfig, dataset.id)
             if config is None:
                 config = LabelingConfig(dataset_id=dataset.id, overlap=1, lease_seconds=600.0)
@@ -77,13 +78,6 @@ class LabelingService:
                                     else config.lease_seconds)
             config.updated_by, config.updated_at = actor.name, utcnow()
             return {"overlap": config.overlap, "lease_seconds": config.lease_seconds}
-
-    @staticmethod
-    def _check_can_label(actor: Actor, dataset: Dataset) -> None:
-        if not (actor.admin or dataset.owner == actor.name
-                or (dataset.group_name and dataset.group_name in actor.groups)):
-            raise PermissionDenied(f"you can read dataset {dataset.name!r} but not label it; "
-                                   f"ask its owner {dataset.owner} to share it with your group")
 
     # -- leases -----------------------------------------------------------------------
 
@@ -97,8 +91,7 @@ class LabelingService:
         count = max(1, min(int(count), MAX_LEASES_PER_CALL))
         now = self.clock()
         with self.db.transaction() as session:
-            dataset = self._dataset(session, actor, name)
-            self._check_can_label(actor, dataset)
+            dataset = self._dataset(session, actor, name, "write")
             config = self._config(session, dataset)
             expires = now + config.lease_seconds
             session.execute(delete(Lease).where(and_(
@@ -185,7 +178,7 @@ class LabelingService:
     def release(self, actor: Actor, name: str, record_ids: list[str] | None = None) -> int:
         """Give back the actor's active leases (all of them when ``record_ids`` is None)."""
         with self.db.transaction() as session:
-            dataset = self._dataset(session, actor, name)
+            dataset = self._dataset(session, actor, name, "write")
             where = [Lease.dataset_id == dataset.id, Lease.holder == actor.name,
                      Lease.state == "active"]
             if record_ids is not None:
@@ -195,7 +188,7 @@ class LabelingService:
     def skip(self, actor: Actor, name: str, record_id: str) -> dict:
         """Leave an item to others: it is not offered to the actor again."""
         with self.db.transaction() as session:
-            dataset = self._dataset(session, actor, name)
+            dataset = self._dataset(session, actor, name, "write")
             draft.get_row(session, dataset.id, record_id)  # NotFound for unknown ids
             lease = session.scalars(select(Lease).where(and_(
                 Lease.dataset_id == dataset.id, Lease.record_id == record_id,
@@ -211,7 +204,7 @@ class LabelingService:
 
     def unskip(self, actor: Actor, name: str, record_id: str) -> None:
         with self.db.transaction() as session:
-            dataset = self._dataset(session, actor, name)
+            dataset = self._dataset(session, actor, name, "write")
             session.execute(delete(Lease).where(and_(
                 Lease.dataset_id == dataset.id, Lease.record_id == record_id,
                 Lease.holder == actor.name, Lease.state == "skipped")))
@@ -305,28 +298,52 @@ class LabelingService:
     # -- predictions ------------------------------------------------------------------
 
     def put_predictions(self, actor: Actor, name: str, predictions: list[dict]) -> dict:
-        """Store model predictions as pre-annotations (source kind "model").
+        """Store model predictions as pre-annotations (source kind "model"), all or none.
 
-        Each prediction is {"record_id", "model", "version"?, "annotations": [...]};
-        a model's earlier predictions on that record are replaced."""
+        Each prediction is {"record_id", "model", "version"?, "annotations": [...]}; a
+        model's earlier predictions on that record are replaced. Every record is read
+        and validated first, then written in one transaction (writers only)."""
+        for i, pred in enumerate(predictions):
+            if not isinstance(pred, dict) or not isinstance(pred.get("record_id"), str) \
+                    or not isinstance(pred.get("model"), str) \
+                    or not isinstance(pred.get("annotations", []), list):
+                raise InvalidInput(f"predictions[{i}]: needs 'record_id' and 'model' strings "
+                                   "and a list of 'annotations'",
+                                   detail={"field": f"predictions[{i}]"})
         written = 0
-        for pred in predictions:
-            record_id, model = pred.get("record_id"), pred.get("model")
-            if not isinstance(record_id, str) or not isinstance(model, str):
-                raise InvalidInput("each prediction needs 'record_id' and 'model' strings")
-            source = {"kind": "model", "name": model, "version": pred.get("version")}
-            current = self.datasets.get_record(actor, name, record_id)
-            record = current["record"]
-            kept = [a for a in record["annotations"]
-                    if not ((a.get("source") or {}).get("kind") == "model"
-                            and a["source"].get("name") == model)]
-            added = [{**ann, "source": source, "id": ann.get("id") or f"{model}-{i}-{record_id}"}
-                     for i, ann in enumerate(pred.get("annotations") or [])]
-            record["annotations"] = kept + added
-            self.datasets.put_record(actor, name, record, current["revision"])
-            written += len(added)
-        return {"records": len(predictions), "annotations": written}
-
+        with self.db.transaction() as session:
+            dataset = self._dataset(session, actor, name, "write")
+            wanted = sorted({p["record_id"] for p in predictions})
+            rows: dict[str, DraftRecord] = {}
+            for start in range(0, len(wanted), 500):
+                rows.update((r.record_id, r) for r in session.scalars(select(DraftRecord).where(
+                    DraftRecord.dataset_id == dataset.id,
+                    DraftRecord.record_id.in_(wanted[start:start + 500]),
+                    DraftRecord.deleted.is_(False))))
+            records: dict[str, dict] = {}
+            for i, pred in enumerate(predictions):
+                record_id, model = pred["record_id"], pred["model"]
+                if record_id not in rows:
+                    raise NotFound(f"predictions[{i}].record_id: no record {record_id!r} in "
+                                   f"dataset {name!r}", detail={"field": f"predictions[{i}]"})
+                record = records.get(record_id) or draft.to_record(rows[record_id])
+                source = {"kind": "model", "name": model, "version": pred.get("version")}
+                kept = [a for a in record["annotations"]
+                        if not ((a.get("source") or {}).get("kind") == "model"
+                                and a["source"].get("name") == model)]
+                added = [{**ann, "source": source,
+                          "id": ann.get("id") or f"{model}-{j}-{record_id}"}
+                         for j, ann in enumerate(pred.get("annotations") or [])]
+                record["annotations"] = kept + added
+                records[record_id] = record
+                written += len(added)
+            validator = RecordValidator(dataset.label_schema)
+            for record in records.values():
+                validator.validate(record, source=f"{name}: predictions")
+            draft.upsert_many(session, dataset.id, records.values(), actor.name)
+            audit.record(session, actor, "labeling.predictions", f"dataset:{name}",
+                         records=len(records), annotations=written)
+        return {"records": len(records), "annotations": written}
 
 def _free_slot(row: DraftRecord, leases: list[tuple[str, int | None]],
                overlap: int) -> int | None:

@@ -1,11 +1,15 @@
-"""The scheduler's I/O shell: persistence, the wall clock, and the views users see.
+"""The scheduler's persistence shell: the wall clock, the database, transitions and views.
 
-``SchedulerState`` (state.py) is pure; this class drives it with the wall clock and
-keeps the database in step: every event runs in one transaction that updates the
-request rows the decisions touched and saves the core's exported state, so a
-restart of the API service restores exactly what was queued and what was running.
-The API service is the only owner; the hub's FairSpawner, kernels and training jobs
-all reach it through the API.
+``SchedulerState`` (state.py) is pure; this class drives it with the wall clock and keeps
+the database in step. Every event (a submit, a release, a tick, new weights, a pool
+change, a reconciliation) has a stimulus id and runs in one transaction that updates the
+request rows its decisions touched, records each transition with its cause
+(``sched_transitions``) and saves the core's exported state, so a restart of the API
+service restores exactly what was queued and running, and "why did my server stop / why
+is it waiting" always has an answer.
+
+Each event returns its ``Transition``s; the API service's I/O shell delivers every one
+to the handler of the request's kind (extensions/api/shell.py), which acts on it.
 """
 
 from __future__ import annotations
@@ -20,16 +24,19 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from loophub.errors import InvalidInput, LoophubError, NotFound
+from loophub.errors import LoophubError, NotFound
 from loophub.pool import NodeSpec
-from loophub.scheduler.model import GIB, KINDS, Node, Request, Resources, SchedulerConfig
+from loophub.scheduler.model import GIB, Decision, Node, SchedulerConfig
+from loophub.scheduler.spec import RequestSpec
 from loophub.scheduler.state import SchedulerError, SchedulerState
+from loophub.scheduler.tables import SchedRequest, SchedSnapshot, SchedTransition
 from loophub.store import Database
-from loophub.store.models import SchedRequest, SchedSnapshot
 
 log = logging.getLogger("loophub.scheduler")
 ACTIVE = ("queued", "running")
+ENDED = ("done", "cancelled")
 SNAPSHOT_ID = 1
+SCHEDULER = "scheduler"  # the actor of what the scheduler decides on its own
 
 
 class Unschedulable(LoophubError):
@@ -48,57 +55,37 @@ class Tenancy:
     group_quotas: dict[str, dict[str, float]]
 
 
-def _number(spec: dict, key: str, where: str, *, default: float | None = None,
-            integer: bool = False, minimum: float = 0) -> float | None:
-    value = spec.get(key, default)
-    if value is None:
-        return None
-    ok_type = int if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, ok_type) or value < minimum:
-        kind = "a whole number" if integer else "a number"
-        raise InvalidInput(f"{where}.{key}: must be {kind} >= {minimum}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class Transition:
+    """A request changed state: what the shell delivers to the handler of its kind."""
+
+    request_id: str
+    action: str          # submit, start, preempt, end
+    state: str           # the state it is in now
+    reason: str
+    stimulus: str
+    actor: str           # who caused it (a user, a service, "scheduler")
+    spec: RequestSpec
+    submitted_by: str    # its holder: an end caused by anyone else stops its process
+    allocation: dict | None = None
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def by_holder(self) -> bool:
+        return self.actor == self.submitted_by
 
 
-def parse_request_spec(spec: Any, *, request_id: str, tenant: str,
-                       groups: Iterable[str]) -> Request:
-    """A Request from client JSON; every mistake named with its field."""
-    if not isinstance(spec, dict):
-        raise InvalidInput("request: expected a JSON object with kind, demand and count")
-    unknown = set(spec) - {"kind", "demand", "count", "gpu_type", "preemptible", "runtime",
-                           "key", "meta", "tenant", "groups"}
-    if unknown:
-        raise InvalidInput(f"request: unknown fields {sorted(unknown)}")
-    kind = spec.get("kind", "job")
-    if kind not in KINDS:
-        raise InvalidInput(f"request.kind: {kind!r} is not one of {sorted(KINDS)}")
-    demand = spec.get("demand")
-    if not isinstance(demand, dict) or not demand:
-        raise InvalidInput("request.demand: expected {\"cpu\": cores, \"mem\": bytes, "
-                           "\"gpu\": devices}")
-    values = {}
-    for key in demand:
-        if not isinstance(key, str) or not key.isidentifier():
-            raise InvalidInput(f"request.demand: {key!r} is not a resource name")
-        values[key] = _number(demand, key, "request.demand", integer=key in ("gpu", "mem"))
-    if not any(values.values()):
-        raise InvalidInput("request.demand: ask for at least some cpu, mem or gpu")
-    count = int(_number(spec, "count", "request", default=1, integer=True, minimum=1))
-    runtime = _number(spec, "runtime", "request", minimum=1)
-    gpu_type = spec.get("gpu_type")
-    if gpu_type is not None and not isinstance(gpu_type, str):
-        raise InvalidInput("request.gpu_type: must be a string such as 'a100' or 'a100|h100'")
-    preemptible = spec.get("preemptible", False)
-    if not isinstance(preemptible, bool):
-        raise InvalidInput("request.preemptible: must be true or false")
-    return Request(id=request_id, tenant=tenant, demand=Resources.from_dict(values),
-                   count=count, groups=tuple(sorted(set(groups))), kind=kind,
-                   preemptible=preemptible, runtime=runtime, gpu_type=gpu_type)
+def stimulus_id(event: str) -> str:
+    """A new stimulus id: everything one event causes carries it."""
+    return f"{event}-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass(frozen=True)
 class _QueueSnapshot:
-    """The policy's service order and the shares, computed once per view or listing."""
+    """The policy's service order and the shares at one change count of the core."""
 
     order: dict[str, int]
     shares: dict[str, float]
@@ -115,6 +102,8 @@ class SchedulerService:
                  clock: Callable[[], float] = time.time) -> None:
         self.db = db
         self.clock = clock
+        self._snapshot: tuple[tuple[int, float], _QueueSnapshot] | None = None
+        self._info: dict[str, dict] = {}
         self.state = self._load(policy, config or SchedulerConfig(),
                                 [Node.from_spec(n) for n in nodes])
 
@@ -134,15 +123,17 @@ class SchedulerService:
             state = SchedulerState.from_export(data)
             log.info("restored %d queued and %d running requests", len(state.queued),
                      len(state.running))
+        self.startup_transitions: list[Transition] = []
         with self.db.transaction() as s:
-            self._apply(s, self._reconcile_nodes(state, nodes), state)
+            self.startup_transitions = self._apply(
+                s, self._reconcile_nodes(state, nodes), stimulus_id("pool"), state)
         return state
 
-    def _reconcile_nodes(self, state: SchedulerState, nodes: list[Node]) -> list:
+    def _reconcile_nodes(self, state: SchedulerState, nodes: list[Node]) -> list[Decision]:
         """The pool may have changed while we were down: follow the configuration."""
         now = max(self.clock(), state.now)
         wanted = {n.name: n for n in nodes}
-        decisions = []
+        decisions: list[Decision] = []
         current = {name: state.node(name) for name in state.node_names()}
         for name, node in current.items():
             if wanted.get(name) != node:
@@ -152,24 +143,32 @@ class SchedulerService:
                 decisions += state.add_node(node, now)
         return decisions
 
-    # -- events ---------------------------------------------------------------
+    # -- recording ------------------------------------------------------------
 
     def _now(self) -> float:
         return max(self.clock(), self.state.now)
 
-    def _save(self, s: Session, state: SchedulerState | None = None) -> None:
-        data = (state or self.state).export_state()
+    def _save(self, s: Session, state: SchedulerState) -> None:
+        data = state.export_state()
         snapshot = s.get(SchedSnapshot, SNAPSHOT_ID)
         if snapshot is None:
             s.add(SchedSnapshot(id=SNAPSHOT_ID, data=data, saved_at=self.clock()))
         else:
             snapshot.data, snapshot.saved_at = data, self.clock()
 
-    def _apply(self, s: Session, decisions: list, state: SchedulerState | None = None
-               ) -> list[str]:
-        """Record what the core decided; returns the ids whose state changed."""
+    def _record(self, s: Session, rec: SchedRequest, action: str, *, reason: str,
+                stimulus: str, actor: str, at: float) -> Transition:
+        s.add(SchedTransition(request_id=rec.id, at=at, action=action, state=rec.state,
+                              stimulus=stimulus, actor=actor, reason=reason))
+        return Transition(request_id=rec.id, action=action, state=rec.state, reason=reason,
+                          stimulus=stimulus, actor=actor, spec=spec_of(rec),
+                          submitted_by=rec.submitted_by, allocation=rec.allocation)
+
+    def _apply(self, s: Session, decisions: list[Decision], stimulus: str,
+               state: SchedulerState | None = None) -> list[Transition]:
+        """Record what the core decided, with the stimulus that caused it."""
         state = state or self.state
-        changed = []
+        out = []
         for d in decisions:
             rec = s.get(SchedRequest, d.request_id)
             if rec is None:
@@ -180,45 +179,60 @@ class SchedulerService:
                 rec.started_at = d.allocation.start
                 rec.allocation = d.allocation.to_dict()
                 runs.append([d.allocation.start, None])
+                reason = "allocated on " + ", ".join(d.allocation.nodes())
             elif d.action == "preempt":
                 rec.state, rec.reason, rec.allocation = "queued", d.reason, None
                 rec.preemptions += 1
                 if runs:
                     runs[-1][1] = state.now
+                reason = d.reason
+            else:
+                continue
             rec.meta = {**rec.meta, "runs": runs}
-            changed.append(rec.id)
+            out.append(self._record(s, rec, d.action, reason=reason, stimulus=stimulus,
+                                    actor=SCHEDULER, at=state.now))
         self._save(s, state)
-        return changed
+        return out
 
-    def submit(self, spec: dict, *, tenant: str, groups: Iterable[str] = (),
-               key: str | None = None, meta: dict | None = None) -> tuple[dict, list[str]]:
-        """Queue a request (or return the active one with the same ``key``)."""
+    # -- events ---------------------------------------------------------------
+
+    def submit(self, spec: RequestSpec, *, actor: str, stimulus: str | None = None
+               ) -> tuple[dict, list[Transition]]:
+        """Queue a request, or return the active one with the same key (idempotent).
+
+        The key is built from the spec's owner, so a request can only ever hold its own
+        owner's place; ACTOR is who submitted it (its holder)."""
+        stimulus = stimulus or stimulus_id("submit")
+        key = spec.key
         with self.db.transaction() as s:
-            if key and (existing := self._active_by_key(s, key)) is not None:
+            if (existing := self._active_by_key(s, key)) is not None:
                 return self._view(existing), []
-        request = parse_request_spec(spec, request_id=uuid.uuid4().hex, tenant=tenant,
-                                     groups=groups)
+        request = spec.to_request(uuid.uuid4().hex)
         reason = self.state.fits_ever(request)
         if reason:
             raise Unschedulable(f"refused: {reason.split(': ', 1)[-1]}", detail={
                 "demand": request.demand.as_dict(), "count": request.count})
         now = self._now()
         with self.db.transaction() as s:
-            s.add(SchedRequest(
-                id=request.id, key=key, tenant=tenant, groups=list(request.groups),
-                kind=request.kind, spec=request.to_dict(), meta={**(meta or {}), "runs": []},
-                state="queued", submitted_at=now,
-            ))
+            rec = SchedRequest(id=request.id, key=key, tenant=spec.owner,
+                               groups=list(spec.groups), kind=spec.kind, spec=spec.to_json(),
+                               meta={"runs": []}, state="queued", submitted_at=now,
+                               submitted_by=actor)
+            s.add(rec)
             s.flush()
             try:
                 decisions = self.state.submit(request, now)
             except SchedulerError as exc:
                 raise Unschedulable(str(exc)) from exc
-            changed = [request.id, *self._apply(s, decisions)]
-        return self.get(request.id), changed
+            out = [self._record(s, rec, "submit", reason="queued", stimulus=stimulus,
+                                actor=actor, at=now)]
+            out += self._apply(s, decisions, stimulus)
+        return self.get(request.id), out
 
-    def cancel(self, request_id: str, reason: str = "cancelled") -> tuple[dict, list[str]]:
-        """Withdraw a queued request or release a running one. Idempotent."""
+    def cancel(self, request_id: str, *, reason: str, actor: str,
+               stimulus: str | None = None) -> tuple[dict, list[Transition]]:
+        """End a request: withdraw it from the queue or release what it holds. Idempotent."""
+        stimulus = stimulus or stimulus_id("release")
         with self.db.transaction() as s:
             rec = s.get(SchedRequest, request_id)
             if rec is None:
@@ -226,30 +240,23 @@ class SchedulerService:
             if rec.state not in ACTIVE:
                 return self._view(rec), []
             now = self._now()
-            was_running = rec.state == "running"
             decisions = self.state.cancel(request_id, now)
-            rec.state = "done" if was_running else "cancelled"
-            rec.reason, rec.ended_at, rec.allocation = reason, now, rec.allocation
+            rec.state = "done" if rec.state == "running" else "cancelled"
+            rec.reason, rec.ended_at = reason, now
             runs = [list(run) for run in rec.meta.get("runs", [])]  # copies: JSON change detection
             if runs and runs[-1][1] is None:
                 runs[-1][1] = now
-            rec.meta = {**rec.meta, "runs": runs}
-            changed = [request_id, *self._apply(s, decisions)]
-        return self.get(request_id), changed
+            rec.meta = {**rec.meta, "runs": runs, "ended_by": actor}
+            out = [self._record(s, rec, "end", reason=reason, stimulus=stimulus, actor=actor,
+                                at=now)]
+            out += self._apply(s, decisions, stimulus)
+        return self.get(request_id), out
 
-    def cancel_key(self, key: str, reason: str = "cancelled") -> tuple[dict | None, list[str]]:
+    def tick(self, stimulus: str | None = None) -> list[Transition]:
         with self.db.transaction() as s:
-            rec = self._active_by_key(s, key)
-            request_id = rec.id if rec else None
-        if request_id is None:
-            return None, []
-        return self.cancel(request_id, reason)
+            return self._apply(s, self.state.tick(self._now()), stimulus or stimulus_id("tick"))
 
-    def tick(self) -> list[str]:
-        with self.db.transaction() as s:
-            return self._apply(s, self.state.tick(self._now()))
-
-    def set_tenancy(self, tenancy: Tenancy) -> list[str]:
+    def set_tenancy(self, tenancy: Tenancy, stimulus: str | None = None) -> list[Transition]:
         """New weights/quotas (e.g. from hub group properties); reschedules if they changed."""
         cfg = self.state.config
         new = (tenancy.weights, tenancy.group_weights, tenancy.quotas, tenancy.group_quotas)
@@ -257,23 +264,39 @@ class SchedulerService:
             return []
         cfg.weights, cfg.group_weights, cfg.quotas, cfg.group_quotas = (dict(x) for x in new)
         self.state.config_changed()
-        return self.tick()
+        return self.tick(stimulus or stimulus_id("tenancy"))
 
-    def release_missing(self, kind: str, alive_keys: set[str], *, grace: float = 60
-                        ) -> list[str]:
-        """Release running requests of ``kind`` whose owner is gone (a server that died)."""
+    def release_missing(self, kind: str, alive_keys: set[str], *, grace: float = 60,
+                        stimulus: str | None = None) -> list[Transition]:
+        """End running requests of ``kind`` whose process is gone (a server that died)."""
+        stimulus = stimulus or stimulus_id("reconcile")
         cutoff = self._now() - grace
         with self.db.transaction() as s:
             stale = [r.id for r in s.scalars(select(SchedRequest).where(
                 SchedRequest.state == "running", SchedRequest.kind == kind))
                 if r.key and r.key not in alive_keys and (r.started_at or 0) < cutoff]
-        changed = []
+        out = []
         for request_id in stale:
             log.warning("releasing %s: its %s is gone", request_id, kind)
-            changed += self.cancel(request_id, reason=f"{kind} no longer running")[1]
-        return changed
+            out += self.cancel(request_id, reason=f"its {kind} is no longer running",
+                               actor="reconcile", stimulus=stimulus)[1]
+        return out
 
     # -- views ----------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """Grows with every change the scheduler makes (the views' cache key)."""
+        return self.state.change_count()
+
+    def _queue(self) -> _QueueSnapshot:
+        """The queue order and shares, computed once per change of the core, however many
+        views are read (N waiters cost O(N) per change, not O(N^2))."""
+        version = (self.version, self.state.now)  # aging reorders as time passes
+        if self._snapshot is None or self._snapshot[0] != version:
+            self._snapshot = (version, _QueueSnapshot.of(self.state))
+            self._info = {}
+        return self._snapshot[1]
 
     @staticmethod
     def _active_by_key(s: Session, key: str) -> SchedRequest | None:
@@ -292,21 +315,58 @@ class SchedulerService:
             rec = self._active_by_key(s, key)
             return self._view(rec) if rec else None
 
-    def _view(self, rec: SchedRequest, queue: _QueueSnapshot | None = None) -> dict:
+    def last_by_key(self, key: str) -> dict | None:
+        """The newest request with KEY, active or ended (why did my server stop?)."""
+        with self.db.transaction() as s:
+            rec = s.scalars(select(SchedRequest).where(SchedRequest.key == key)
+                            .order_by(SchedRequest.submitted_at.desc())).first()
+            return self._view(rec) if rec else None
+
+    def find(self, *, owner: str | None = None, key: str | None = None,
+             state: str | None = None, limit: int = 50) -> list[dict]:
+        """Requests newest first, active and ended, by owner, key and state."""
+        query = select(SchedRequest).order_by(SchedRequest.submitted_at.desc()).limit(limit)
+        if owner is not None:
+            query = query.where(SchedRequest.tenant == owner)
+        if key is not None:
+            query = query.where(SchedRequest.key == key)
+        if state is not None:
+            query = query.where(SchedRequest.state == state)
+        with self.db.transaction() as s:
+            return [self._view(r) for r in s.scalars(query)]
+
+    def history(self, request_id: str) -> list[dict]:
+        """Every transition of a request, oldest first, with its cause."""
+        with self.db.transaction() as s:
+            rows = s.scalars(select(SchedTransition).where(
+                SchedTransition.request_id == request_id).order_by(SchedTransition.id))
+            return [{"at": t.at, "action": t.action, "state": t.state, "reason": t.reason,
+                     "stimulus": t.stimulus, "actor": t.actor} for t in rows]
+
+    def _view(self, rec: SchedRequest) -> dict:
+        spec = rec.spec
         view = {
-            "id": rec.id, "key": rec.key, "tenant": rec.tenant, "groups": rec.groups,
-            "kind": rec.kind, "state": rec.state, "reason": rec.reason,
-            "demand": rec.spec["demand"], "count": rec.spec["count"],
-            "gpu_type": rec.spec.get("gpu_type"), "preemptible": rec.spec["preemptible"],
-            "submitted_at": rec.submitted_at, "started_at": rec.started_at,
-            "ended_at": rec.ended_at, "allocation": rec.allocation, "meta": rec.meta,
-            "preemptions": rec.preemptions,
+            "id": rec.id, "key": rec.key, "tenant": rec.tenant, "owner": rec.tenant,
+            "groups": rec.groups, "kind": rec.kind, "state": rec.state, "reason": rec.reason,
+            "demand": spec["demand"], "count": spec["count"], "gpu_type": spec.get("gpu_type"),
+            "preemptible": spec["preemptible"], "runtime": spec.get("runtime"),
+            "labels": spec.get("labels") or {},
+            **{name: spec[name] for name in ("server", "kernel", "job", "release", "replica")
+               if name in spec},
+            "submitted_by": rec.submitted_by, "ended_by": rec.meta.get("ended_by"),
+            "submitted_at": rec.submitted_at,
+            "started_at": rec.started_at, "ended_at": rec.ended_at,
+            "allocation": rec.allocation, "preemptions": rec.preemptions,
         }
         if rec.state == "queued":
-            view.update(self._queue_info(rec, queue or _QueueSnapshot.of(self.state)))
+            view.update(self._queue_info(rec))
         return view
 
-    def _queue_info(self, rec: SchedRequest, queue: _QueueSnapshot) -> dict:
+    def _queue_info(self, rec: SchedRequest) -> dict:
+        queue = self._queue()
+        info = self._info.get(rec.id)
+        if info is not None:
+            return info
         state = self.state
         position = queue.order.get(rec.id)
         mine = queue.shares.get(rec.tenant, 0.0)
@@ -320,18 +380,26 @@ class SchedulerService:
             "other_shares": [round(v, 4) for v in others],
         }
         info["message"] = explain_wait(info)
+        self._info[rec.id] = info
         return info
 
     def queue(self, tenant: str | None = None) -> list[dict]:
         """Active requests, queued first in service order, then running."""
-        snapshot = _QueueSnapshot.of(self.state)  # one queue order for the whole listing
         with self.db.transaction() as s:
             query = select(SchedRequest).where(SchedRequest.state.in_(ACTIVE))
             if tenant is not None:
                 query = query.where(SchedRequest.tenant == tenant)
-            views = [self._view(r, snapshot) for r in s.scalars(query)]
+            views = [self._view(r) for r in s.scalars(query)]
         return sorted(views, key=lambda v: (v["state"] != "queued", v.get("position") or 0,
                                             v["submitted_at"]))
+
+    def views(self, request_ids: Iterable[str]) -> list[dict]:
+        ids = list(request_ids)
+        if not ids:
+            return []
+        with self.db.transaction() as s:
+            return [self._view(r) for r in s.scalars(
+                select(SchedRequest).where(SchedRequest.id.in_(ids)))]
 
     def usage(self, since: float, until: float) -> dict:
         """Resource-hours per user and per group over [since, until], and current shares."""
@@ -365,6 +433,25 @@ class SchedulerService:
             nodes.append({**state.node(name).to_dict(), "free": state.node_free(name)})
         return {"policy": state.policy.name, "nodes": nodes,
                 "queued": len(state.queued), "running": len(state.running)}
+
+
+def spec_of(rec: SchedRequest) -> RequestSpec:
+    """A stored request's spec (rows from before typed specs had ``meta`` instead)."""
+    data: dict[str, Any] = {k: v for k, v in rec.spec.items()
+                            if k not in ("id", "tenant", "meta", "key")}
+    data["owner"] = rec.tenant
+    if "server" not in data and rec.kind in ("server", "kernel") and rec.key:
+        from loophub.scheduler.keys import parse_key
+
+        key = parse_key(rec.key)
+        data.update(zip(("server", "kernel")[:len(key.parts)], key.parts, strict=False))
+    data.setdefault("kind", rec.kind)
+    if rec.kind == "job":
+        data.setdefault("job", rec.id)
+    elif rec.kind == "service":
+        data.setdefault("release", rec.id)
+        data.setdefault("replica", "0")
+    return RequestSpec.from_json(data, owner=rec.tenant, groups=rec.groups)
 
 
 def explain_wait(info: dict) -> str:

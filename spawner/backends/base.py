@@ -8,45 +8,14 @@ returns from ``get_state`` is saved in the hub database with the spawner's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from traitlets.config import LoggingConfigurable
 
+from loophub.runtime import Placement
+
 if TYPE_CHECKING:
     from loophub.spawner.fairspawner import FairSpawner
-
-
-@dataclass(frozen=True)
-class Placement:
-    """One unit of an allocation, as the scheduler placed it."""
-
-    node: str
-    cpu: float
-    mem: int
-    gpus: tuple[int, ...] = ()
-    cores: tuple[int, ...] | None = None
-    runtime: float | None = None  # seconds the server may run (Slurm --time)
-
-    @classmethod
-    def from_unit(cls, unit: dict, runtime: float | None = None) -> Placement:
-        cores = unit.get("cores")
-        return cls(node=unit["node"], cpu=float(unit["cpu"]), mem=int(unit["mem"]),
-                   gpus=tuple(unit.get("gpus") or ()),
-                   cores=tuple(cores) if cores is not None else None, runtime=runtime)
-
-    def env(self) -> dict[str, str]:
-        """What the server's processes see of their allocation."""
-        threads = str(max(1, int(self.cpu)))
-        return {
-            "CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in self.gpus),
-            "LOOPHUB_ALLOC_CPU": f"{self.cpu:g}",
-            "LOOPHUB_ALLOC_MEM": str(self.mem),
-            "LOOPHUB_ALLOC_GPUS": ",".join(str(g) for g in self.gpus),
-            "LOOPHUB_ALLOC_NODE": self.node,
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-        }
 
 
 class Backend(LoggingConfigurable):

@@ -12,7 +12,6 @@ import pytest
 from jupyterhub.services.auth import HubOAuth
 
 from loophub.client import Client
-from loophub.labeling.client import Labeling
 
 
 class TokenIsUser(HubOAuth):
@@ -42,17 +41,14 @@ class InProcessApi:
     def client(self, user: str) -> Client:
         return Client(self.url, f"user:{user}")
 
-    def labeling(self, user: str) -> Labeling:
-        return Labeling(self.client(user))
+    def labeling(self, user: str):
+        return self.client(user).labeling
 
 
 @pytest.fixture
 def api(request, tmp_path, monkeypatch) -> Iterator[InProcessApi]:
     """SQLite by default; parametrize indirectly with "postgres" for PostgreSQL."""
     from loophub.extensions.api.app import ServiceContext, make_app
-    from loophub.extensions.api.datasets import ROUTES as DATASET_ROUTES
-    from loophub.extensions.api.labeling import ROUTES as LABELING_ROUTES
-    from loophub.extensions.api.routes import ROUTES as BASE_ROUTES
     from loophub.ports import free_port
     from loophub.settings import Settings
 
@@ -61,8 +57,7 @@ def api(request, tmp_path, monkeypatch) -> Iterator[InProcessApi]:
         monkeypatch.setenv("LOOPHUB_DB_URL", request.getfixturevalue("pg_schema_url"))
     settings = Settings.from_env()
     settings.ensure_dirs()
-    ctx = ServiceContext(settings=settings,
-                         routes=[*BASE_ROUTES, *DATASET_ROUTES, *LABELING_ROUTES])
+    ctx = ServiceContext(settings=settings)
     port = free_port()
     ready = threading.Event()
     state: dict = {}

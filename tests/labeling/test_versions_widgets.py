@@ -7,12 +7,12 @@ from tests.labeling.test_widgets import FrontEnd, image_dataset
 
 def test_commit_tag_and_diff_with_label_chart(api, tmp_path):
     image_dataset(api.client("ann"), "pets", tmp_path / "pets", count=4)
-    browser = VersionBrowser("pets", labeling=api.labeling("ann"))
+    browser = VersionBrowser("pets", client=api.client("ann"))
     assert browser.draft_changes["added_ids"] == ["img00", "img01", "img02", "img03"]
     assert "+4 added" in browser.draft_view.value
     first = browser.commit("import four images")
     assert first["number"] == 1 and browser.draft_changes["added"] == 0
-    labeler = ImageClassifier("pets", labeling=api.labeling("ann"))
+    labeler = ImageClassifier("pets", client=api.client("ann"))
     fe = FrontEnd(labeler)
     fe.op("img00", action="set_labels", labels=["cat"])
     fe.op("img01", action="set_labels", labels=["dog"])
@@ -31,9 +31,9 @@ def test_commit_tag_and_diff_with_label_chart(api, tmp_path):
 
 def test_overview_counts_splits_labels_and_samples(api, tmp_path):
     image_dataset(api.client("ann"), "pets", tmp_path / "pets", count=5)
-    FrontEnd(ImageClassifier("pets", labeling=api.labeling("ann"))).op(
+    FrontEnd(ImageClassifier("pets", client=api.client("ann"))).op(
         "img00", action="set_labels", labels=["dog"])
-    overview = DatasetOverview("pets", labeling=api.labeling("ann"), samples=3)
+    overview = DatasetOverview("pets", client=api.client("ann"), samples=3)
     assert overview.summary["records"] == 5 and overview.summary["labeled"] == 1
     assert overview.summary["labels"] == {"dog": 1}
     assert overview.body.value.count("<figure>") == 3
@@ -53,7 +53,7 @@ def test_overview_reports_agreement(api, tmp_path):
         for rid, label in zip(("img00", "img01"), labels, strict=True):
             rev = client.datasets.record("pets", rid)["revision"]
             client.datasets.annotate("pets", rid, {"type": "image_class", "label": label}, rev)
-    overview = DatasetOverview("pets", labeling=api.labeling("owen"))
+    overview = DatasetOverview("pets", client=api.client("owen"))
     assert overview.summary["agreement"]["items"] == 2
     assert "mean agreement 0.50" in overview.body.value and "Cohen's κ ann / ben" in \
         overview.body.value

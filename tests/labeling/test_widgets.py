@@ -57,7 +57,7 @@ def labels_on_server(api, dataset, user="ann"):
 
 
 def test_image_classifier_saves_each_label_and_resumes(api, pets):
-    widget = ImageClassifier("pets", labeling=api.labeling("ann"), prefetch=2)
+    widget = ImageClassifier("pets", client=api.client("ann"), prefetch=2)
     fe = FrontEnd(widget)
     sync = fe.received[0]
     assert sync[0]["type"] == "sync" and len(sync[0]["items"]) == 3
@@ -72,13 +72,13 @@ def test_image_classifier_saves_each_label_and_resumes(api, pets):
     assert labels_on_server(api, "pets") == {pets[0]: ["cat"], pets[1]: ["bird"]}
     assert widget.progress["mine"] == 2 and widget.progress["labels"] == {"bird": 1, "cat": 1}
     # "Kernel restart": a new widget resumes at the item it was on; nothing was lost.
-    again = ImageClassifier("pets", labeling=api.labeling("ann"), prefetch=2)
+    again = ImageClassifier("pets", client=api.client("ann"), prefetch=2)
     assert again.session.current.id == pets[2]
     assert again.progress["mine"] == 2
 
 
 def test_undo_redo_skip_back(api, pets):
-    widget = ImageClassifier("pets", labeling=api.labeling("ann"))
+    widget = ImageClassifier("pets", client=api.client("ann"))
     fe = FrontEnd(widget)
     fe.op(pets[0], action="set_labels", labels=["cat"])
     fe.op(pets[0], action="set_labels", labels=["dog"])
@@ -95,23 +95,23 @@ def test_undo_redo_skip_back(api, pets):
     fe.say({"type": "nav", "pos": 1})  # going back to a skipped item still lets you label it
     fe.op(pets[1], action="set_labels", labels=["bird"])
     assert labels_on_server(api, "pets")[pets[1]] == ["bird"]
-    other = ImageClassifier("pets", labeling=api.labeling("ann"))
+    other = ImageClassifier("pets", client=api.client("ann"))
     assert pets[1] not in [i.id for i in other.session.items]
 
 
 def test_two_labelers_get_disjoint_items(api, pets):
-    ann = ImageClassifier("pets", labeling=api.labeling("ann"), prefetch=2)
-    ben = ImageClassifier("pets", labeling=api.labeling("ben"), prefetch=2)
+    ann = ImageClassifier("pets", client=api.client("ann"), prefetch=2)
+    ben = ImageClassifier("pets", client=api.client("ben"), prefetch=2)
     assert not {i.id for i in ann.session.items} & {i.id for i in ben.session.items}
     ann.close()  # closing gives the unlabeled items back at once
-    cid = ImageClassifier("pets", labeling=api.labeling("cid"), prefetch=2)
+    cid = ImageClassifier("pets", client=api.client("cid"), prefetch=2)
     assert [i.id for i in cid.session.items] == pets[:3]
 
 
 def test_multi_label_toggles(api, tmp_path):
     image_dataset(api.client("ann"), "tags", tmp_path / "tags", count=2,
                   classes=("indoor", "person"), multi_label=True)
-    widget = ImageClassifier("tags", labeling=api.labeling("ann"))
+    widget = ImageClassifier("tags", client=api.client("ann"))
     assert widget.multi_label
     fe = FrontEnd(widget)
     fe.op("img00", action="set_labels", labels=["indoor", "person"])
@@ -120,15 +120,15 @@ def test_multi_label_toggles(api, tmp_path):
 
 
 def test_filters_browse_by_label_and_annotator(api, pets):
-    widget = ImageClassifier("pets", labeling=api.labeling("ann"))
+    widget = ImageClassifier("pets", client=api.client("ann"))
     fe = FrontEnd(widget)
     fe.op(pets[0], action="set_labels", labels=["cat"])
     fe.op(pets[1], action="set_labels", labels=["dog"])
-    by_label = ImageClassifier("pets", labeling=api.labeling("ann"), label="dog")
+    by_label = ImageClassifier("pets", client=api.client("ann"), label="dog")
     assert [i.id for i in by_label.session.items] == [pets[1]]
-    by_user = ImageClassifier("pets", labeling=api.labeling("ann"), annotator="ann")
+    by_user = ImageClassifier("pets", client=api.client("ann"), annotator="ann")
     assert [i.id for i in by_user.session.items] == pets[:2]
-    everything = ImageClassifier("pets", labeling=api.labeling("ann"), unlabeled=False,
+    everything = ImageClassifier("pets", client=api.client("ann"), unlabeled=False,
                                  prefetch=10)
     assert len(everything.session.items) == 6
 
@@ -137,7 +137,7 @@ def test_suggestions_are_accepted_as_the_users_labels(api, pets):
     api.labeling("owen").put_predictions("pets", [
         {"record_id": pets[0], "model": "cnn", "version": "1",
          "annotations": [{"type": "image_class", "label": "bird", "score": 0.8}]}])
-    widget = ImageClassifier("pets", labeling=api.labeling("ann"))
+    widget = ImageClassifier("pets", client=api.client("ann"))
     fe = FrontEnd(widget)
     assert widget.session.suggestions(widget.session.current)[0]["label"] == "bird"
     fe.op(pets[0], action="accept")
@@ -145,7 +145,7 @@ def test_suggestions_are_accepted_as_the_users_labels(api, pets):
 
 
 def test_stale_revision_is_retried_without_duplicates(api, pets):
-    widget = ImageClassifier("pets", labeling=api.labeling("ann"))
+    widget = ImageClassifier("pets", client=api.client("ann"))
     fe = FrontEnd(widget)
     # Someone else writes the record meanwhile (the widget's revision goes stale).
     ben = api.client("ben")
@@ -164,8 +164,8 @@ def test_text_classifier_and_wrong_task(api, tmp_path):
     make_dataset(api.client("ann"), "reviews", "text_classification", ["pos", "neg"], records,
                  tmp_path / "reviews")
     with pytest.raises(errors.InvalidInput, match="text_classification"):
-        ImageClassifier("reviews", labeling=api.labeling("ann"))
-    widget = labeler_for("reviews", labeling=api.labeling("ann"))
+        ImageClassifier("reviews", client=api.client("ann"))
+    widget = labeler_for("reviews", client=api.client("ann"))
     assert isinstance(widget, TextClassifier)
     fe = FrontEnd(widget)
     fe.op("t0", action="set_labels", labels=["pos"])
@@ -175,7 +175,7 @@ def test_text_classifier_and_wrong_task(api, tmp_path):
 def test_boxes_draw_move_resize_relabel_delete(api, tmp_path):
     image_dataset(api.client("ann"), "street", tmp_path / "street", count=2,
                   classes=("car", "person"), task="object_detection")
-    widget = BoxLabeler("street", labeling=api.labeling("ann"))
+    widget = BoxLabeler("street", client=api.client("ann"))
     fe = FrontEnd(widget)
     box = {"id": "b1", "type": "bbox", "label": "car", "bbox": [5, 5, 20, 10]}
     fe.op("img00", action="add", annotation=box)
@@ -195,7 +195,7 @@ def test_ner_spans_use_code_point_offsets(api, tmp_path):
     text = "Ana 🇵🇹 met 李小龍 in Zürich 🎉 today"
     make_dataset(api.client("ann"), "ner", "ner", ["PER", "LOC"],
                  [{"id": "s1", "text": text, "annotations": []}], tmp_path / "ner")
-    widget = SpanLabeler("ner", labeling=api.labeling("ann"))
+    widget = SpanLabeler("ner", client=api.client("ann"))
     fe = FrontEnd(widget)
     start = text.index("李小龍")  # Python indexes by code point, as the widget does
     fe.op("s1", action="add", annotation={"type": "span", "label": "PER", "start": start,
@@ -208,9 +208,9 @@ def test_ner_spans_use_code_point_offsets(api, tmp_path):
 def test_review_accepts_rejects_and_fixes(api, pets):
     api.labeling("owen").configure("pets", overlap=2)
     for user, label in (("ann", "cat"), ("ben", "dog")):
-        widget = ImageClassifier("pets", labeling=api.labeling(user))
+        widget = ImageClassifier("pets", client=api.client(user))
         FrontEnd(widget).op(pets[0], action="set_labels", labels=[label])
-    review = ReviewLabeler("pets", labeling=api.labeling("owen"))
+    review = ReviewLabeler("pets", client=api.client("owen"))
     fe = FrontEnd(review)
     assert review.session.current.id == pets[0] and review.session.current.agreement == 0.0
     fe.op(pets[0], action="fix", labels=["cat"])
@@ -224,9 +224,9 @@ def test_review_accepts_rejects_and_fixes(api, pets):
 def test_a_labeler_reviewing_their_own_item(api, pets):
     api.labeling("owen").configure("pets", overlap=2)
     for user, label in (("ann", "cat"), ("ben", "dog")):
-        FrontEnd(ImageClassifier("pets", labeling=api.labeling(user))).op(
+        FrontEnd(ImageClassifier("pets", client=api.client(user))).op(
             pets[0], action="set_labels", labels=[label])
-    fe = FrontEnd(ReviewLabeler("pets", labeling=api.labeling("ann")))
+    fe = FrontEnd(ReviewLabeler("pets", client=api.client("ann")))
     ack = fe.op(pets[0], action="fix", labels=["cat"])  # ann already says cat: no new label
     assert ack["type"] == "ack"
     anns = api.client("ann").datasets.record("pets", pets[0])["record"]["annotations"]
@@ -238,7 +238,7 @@ def test_a_labeler_reviewing_their_own_item(api, pets):
 
 
 def test_python_api_labels_like_the_keys(api, pets):
-    widget = ImageClassifier("pets", labeling=api.labeling("ann"))
+    widget = ImageClassifier("pets", client=api.client("ann"))
     FrontEnd(widget)
     widget.label("cat")
     assert widget.current["id"] == pets[1]
@@ -251,7 +251,7 @@ def test_python_api_labels_like_the_keys(api, pets):
 
 
 def test_filter_bar_switches_to_browsing(api, pets):
-    widget = ImageClassifier("pets", labeling=api.labeling("ann"))
+    widget = ImageClassifier("pets", client=api.client("ann"))
     fe = FrontEnd(widget)
     fe.op(pets[0], action="set_labels", labels=["dog"])
     sync = fe.say({"type": "filter", "label": "dog", "split": "", "annotator": "",

@@ -2,13 +2,13 @@
 
 from alembic import context
 
-from loophub.store.models import Base
+from loophub.store.models import load_tables
 
 config = context.config
 connection = config.attributes["connection"]
 context.configure(
     connection=connection,
-    target_metadata=Base.metadata,
+    target_metadata=load_tables().metadata,
     render_as_batch=connection.dialect.name == "sqlite",
     compare_type=True,
 )

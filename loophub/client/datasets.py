@@ -1,117 +1,19 @@
-"""The notebook SDK: ``Client()`` talks to the loophub API as the notebook's user.
-
-Inside a single-user server everything is found in the environment the hub sets
-(LOOPHUB_API_URL, JUPYTERHUB_API_TOKEN); from elsewhere pass ``url`` and ``token``
-(a token from `loophub token NAME`).
-"""
+"""``Client().datasets``: the dataset API, as a notebook user wants it."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
-
-import requests
 
 from loophub import errors
 
-_BY_STATUS: dict[int, type[errors.LoophubError]] = {
-    400: errors.InvalidInput, 401: errors.Unauthenticated, 403: errors.PermissionDenied,
-    404: errors.NotFound, 409: errors.Conflict, 413: errors.TooLarge,
-}
-
-
-def discover_api_url() -> str:
-    if url := os.environ.get("LOOPHUB_API_URL"):
-        return url
-    if public := os.environ.get("JUPYTERHUB_PUBLIC_URL"):
-        return public.rstrip("/") + "/services/loophub/api"
-    raise errors.InvalidInput(
-        "cannot find the loophub API: LOOPHUB_API_URL is not set (the hub sets it in spawned "
-        "servers); outside the hub pass Client(url='http://HOST:8000/services/loophub/api')"
-    )
-
-
-def discover_token() -> str:
-    token = os.environ.get("LOOPHUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN")
-    if not token:
-        raise errors.Unauthenticated(
-            "no API token: JUPYTERHUB_API_TOKEN is not set (the hub sets it in spawned "
-            "servers); outside the hub pass Client(token=...) from `loophub token NAME`"
-        )
-    return token
-
-
-class Client:
-    def __init__(self, url: str | None = None, token: str | None = None, *,
-                 timeout: float = 30) -> None:
-        self.url = (url or discover_api_url()).rstrip("/")
-        self.timeout = timeout
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"token {token or discover_token()}"
-
-    def __repr__(self) -> str:
-        return f"Client({self.url!r})"
-
-    def request(self, method: str, path: str, **kwargs) -> Any:
-        """Call ``path`` (relative to the API root); API errors raise LoophubError subclasses."""
-        kwargs.setdefault("timeout", self.timeout)
-        resp = self.session.request(method, f"{self.url}/{path.lstrip('/')}", **kwargs)
-        if resp.status_code >= 400:
-            raise self._error(resp)
-        if resp.status_code == 204 or not resp.content:
-            return None
-        return resp.json()
-
-    @staticmethod
-    def _error(resp: requests.Response) -> errors.LoophubError:
-        try:
-            body = resp.json()
-            message, detail = body.get("error") or resp.reason, body.get("detail")
-        except ValueError:
-            message, detail = f"{resp.status_code} {resp.reason}", None
-        cls = _BY_STATUS.get(resp.status_code, errors.LoophubError)
-        exc = cls(f"{resp.request.method} {resp.url}: {message}", detail=detail)
-        exc.status = resp.status_code
-        return exc
-
-    def health(self) -> dict:
-        return self.request("GET", "health")
-
-    def me(self) -> dict:
-        """Who this client acts as: name, groups, admin."""
-        return self.request("GET", "me")
-
-    def pool(self) -> dict:
-        """The resource pool: nodes with cpu, mem (bytes), gpu."""
-        return self.request("GET", "pool")
-
-    @property
-    def datasets(self) -> Datasets:
-        """Datasets: import, records, annotations, versions, export (see Datasets)."""
-        return Datasets(self)
-
-    @property
-    def labeling(self):
-        """Labeling: leases, predictions, agreement, review (loophub.labeling.client)."""
-        from loophub.labeling.client import Labeling
-
-        return Labeling(self)
-
-
-def _progress_bar(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="rec")
-
+if TYPE_CHECKING:
+    from loophub.client.core import Client
 
 def _zip_folder(folder: Path) -> Path:
     """A folder import goes up as one zip (streamed from a temporary file)."""
@@ -181,27 +83,16 @@ class Datasets:
 
     def import_(self, name: str, source: str | os.PathLike | BinaryIO, format: str, *,
                 progress: bool = True, poll: float = 0.5) -> dict:
-        """Import a file, folder or zip in ``format`` into the draft: all records or none."""
+        """Import a file, folder or zip in ``format`` into the draft: all records or none.
+        Runs as a job on the platform (``client.jobs``); a progress bar follows it."""
         digest = self.upload(source)["digest"]
-        job = self.client.request("POST", self._ds(name, "imports"),
-                                  json={"format": format, "upload": digest})
-        bar = _progress_bar(0, f"import {name}", progress)
-        try:
-            while job["state"] == "running":
-                time.sleep(poll)
-                job = self.client.request("GET", f"datasets/imports/{job['id']}")
-                if bar is not None and job["total"]:
-                    bar.total = job["total"]
-                    bar.n = job["done"]
-                    bar.refresh()
-        finally:
-            if bar is not None:
-                bar.close()
-        if job["state"] == "failed":
-            error = job["error"] or {}
-            raise errors.InvalidInput(error.get("error", "import failed"),
-                                      detail=error.get("detail"))
-        return job["report"]
+        filename = Path(source).name if isinstance(source, str | os.PathLike) else None
+        body = {"format": format, "upload": digest}
+        if filename:
+            body["filename"] = filename
+        job = self.client.request("POST", self._ds(name, "imports"), json=body)
+        return self.client.jobs.wait(job, progress=progress, poll=poll,
+                                     desc=f"import {name}")
 
     # -- records and annotations -------------------------------------------------------
 
@@ -272,9 +163,15 @@ class Datasets:
 
     # -- versions ----------------------------------------------------------------------
 
-    def commit(self, name: str, message: str) -> dict:
-        return self.client.request("POST", self._ds(name, "commits"), json={"message": message},
-                                   timeout=None)
+    def commit(self, name: str, message: str, *, progress: bool = False) -> dict:
+        """Commit the draft as a new version (a job on the platform; with ``progress`` a
+        bar follows it)."""
+        if not progress:
+            return self.client.request("POST", self._ds(name, "commits"),
+                                       json={"message": message}, timeout=None)
+        job = self.client.request("POST", self._ds(name, "commits"), json={"message": message},
+                                  params={"wait": "false"})
+        return self.client.jobs.wait(job, desc=f"commit {name}")
 
     def log(self, name: str, limit: int = 50) -> list[dict]:
         return self.client.request("GET", self._ds(name, "commits"),
@@ -301,19 +198,16 @@ class Datasets:
                                          "message": message})
 
     def export(self, name: str, dest: str | os.PathLike, format: str = "loophub", *,
-               version: str | int = "head") -> Path:
-        """Stream an export to ``dest`` (JSONL for loophub, a zip for the other formats)."""
-        resp = self.client.session.get(
-            f"{self.client.url}/{self._ds(name, 'export')}", stream=True, timeout=None,
-            params={"format": format, "version": str(version)})
-        if resp.status_code >= 400:
-            raise self.client._error(resp)
-        dest = Path(dest)
-        tmp = dest.with_name(dest.name + ".part")
-        with open(tmp, "wb") as out:
-            shutil.copyfileobj(resp.raw, out)
-        tmp.replace(dest)
-        return dest
+               version: str | int = "head", progress: bool = False) -> Path:
+        """Write an export to ``dest`` (JSONL for loophub, a zip for the other formats),
+        streamed. With ``progress`` it runs as a job with a progress bar, then downloads."""
+        if not progress:
+            return self.client.download(self._ds(name, "export"), dest, params={
+                "format": format, "version": str(version)})
+        job = self.client.request("POST", self._ds(name, "exports"),
+                                  json={"format": format, "version": str(version)})
+        self.client.jobs.wait(job, desc=f"export {name}")
+        return self.client.jobs.download(job["id"], dest)
 
     # -- lineage -----------------------------------------------------------------------
 

@@ -1,21 +1,26 @@
-"""``Labeling``: the labeling API for notebooks and the labeling widgets.
+"""``Client().labeling``: the labeling API for notebooks and the labeling widgets.
 
-Construct it from a Client (``Labeling(Client())``); it wraps the labeling routes and
-the annotation routes the widgets need, so a widget talks to one object.
+It wraps the labeling routes and the annotation routes the widgets need, so a widget
+talks to one object.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from loophub.client import Client
+if TYPE_CHECKING:
+    from loophub.client.core import Client
 
 
 class Labeling:
     def __init__(self, client: Client | None = None) -> None:
-        self.client = client or Client()
-        self.datasets = self.client.datasets
+        if client is None:
+            from loophub.client.core import Client
+
+            client = Client()
+        self.client = client
+        self.datasets = client.datasets
 
     def _path(self, name: str, *parts: str) -> str:
         return "/".join(["labeling", quote(name, safe=""), *parts])
@@ -64,11 +69,7 @@ class Labeling:
 
     def media(self, name: str, record_id: str) -> tuple[bytes, str]:
         """The record's media bytes and their type."""
-        resp = self.client.session.get(
-            f"{self.client.url}/{self._path(name, 'media', quote(record_id, safe=''))}",
-            timeout=self.client.timeout)
-        if resp.status_code >= 400:
-            raise self.client._error(resp)
+        resp = self.client.raw("GET", self._path(name, "media", quote(record_id, safe="")))
         return resp.content, resp.headers.get("Content-Type", "application/octet-stream")
 
     def agreement(self, name: str) -> dict:
