@@ -73,6 +73,7 @@ class ServiceContext:
     max_prediction_items: int = 1000
     job_workers: int = 2
     reconcile_interval: float = 30.0
+    reconcile_grace: float = 60.0
     unclaimed_spawn_after: float = 15.0
     hub: Hub | None = None
 
@@ -120,6 +121,7 @@ class ServiceContext:
                                    config=config)
         shell = SchedulerShell(service, SchedulerConfig.from_dict(config.to_dict()), self.hub,
                                reconcile_every=self.reconcile_interval,
+                               reconcile_grace=self.reconcile_grace,
                                unclaimed_after=self.unclaimed_spawn_after)
         shell.register("server", ServerHandler(self.hub))
         shell.register("kernel", KernelHandler(self.hub))
@@ -170,7 +172,8 @@ class FairnessHandler(HubOAuthenticated, web.RequestHandler):
         if not self.current_user.get("admin"):
             raise web.HTTPError(403, "the fairness view is for hub admins")
         self.finish((Path(__file__).parent / "fairness.html").read_text()
-                    .replace("{{prefix}}", self.settings["loophub"].prefix))
+                    .replace("{{prefix}}", self.settings["loophub"].prefix)
+                    .replace("{{xsrf}}", web.escape.xhtml_escape(self.xsrf_token)))
 
 
 class NotFoundHandler(ApiHandler):
@@ -257,6 +260,9 @@ class LoophubAPI(Application):
     reconcile_interval = Float(30.0, help="Seconds between checks that the servers the hub "
                                           "runs and the scheduler's allocations agree."
                                ).tag(config=True)
+    reconcile_grace = Float(60.0, help="Seconds a server may run before the hub must know it "
+                                       "(younger allocations are never taken for dead)."
+                            ).tag(config=True)
     unclaimed_spawn_after = Float(15.0, help="Seconds an allocated server may go unclaimed "
                                              "by a waiting spawner before the service starts "
                                              "it through the hub.").tag(config=True)
@@ -319,7 +325,7 @@ class LoophubAPI(Application):
             scheduler_policy=self.scheduler_policy, scheduler_config=dict(self.scheduler_config),
             max_upload_bytes=self.max_upload_bytes,
             max_prediction_items=self.max_prediction_items, job_workers=self.job_workers,
-            reconcile_interval=self.reconcile_interval,
+            reconcile_interval=self.reconcile_interval, reconcile_grace=self.reconcile_grace,
             unclaimed_spawn_after=self.unclaimed_spawn_after, hub=hub)
 
     def start(self) -> None:

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
+from loophub.errors import LoophubError
 from loophub.pool import PoolConfigError, parse_mem
 from loophub.scheduler import keys
 from loophub.scheduler.model import SchedulerConfig
@@ -33,6 +35,7 @@ from loophub.scheduler.spec import RequestSpec
 from .hub import Hub
 
 log = logging.getLogger("loophub.api")
+PREEMPTED_FOR = re.compile(r"^for ([0-9a-f]{32})\b")
 
 
 class KindHandler(Protocol):
@@ -87,11 +90,13 @@ class SchedulerShell:
 
     def __init__(self, service: SchedulerService, base_config: SchedulerConfig,
                  hub: Hub | None = None, *, reconcile_every: float = 30.0,
-                 unclaimed_after: float = 15.0, tenancy_every: float = 30.0) -> None:
+                 reconcile_grace: float = 60.0, unclaimed_after: float = 15.0,
+                 tenancy_every: float = 30.0) -> None:
         self.service = service
         self.base_config = base_config
         self.hub = hub
         self.reconcile_every = reconcile_every
+        self.reconcile_grace = reconcile_grace
         self.unclaimed_after = unclaimed_after
         self.tenancy_every = tenancy_every
         self.handlers: dict[str, KindHandler] = {}
@@ -145,7 +150,7 @@ class SchedulerShell:
                      t.spec.key, t.state, t.reason or "-", t.request_id[:8], t.actor)
             handler = self.handlers.get(t.kind)
             if t.action == "preempt" and getattr(handler, "on_preempt", "end") == "end":
-                _, more = self.service.cancel(t.request_id, reason=f"preempted: {t.reason}",
+                _, more = self.service.cancel(t.request_id, reason=self.explain_preemption(t),
                                               actor=SCHEDULER, stimulus=t.stimulus)
                 pending.extend(more)
             if handler is not None:
@@ -155,6 +160,21 @@ class SchedulerShell:
         self._changed.set()
         self._changed = asyncio.Event()
         self._schedule_wakeup()
+
+    def explain_preemption(self, t: Transition) -> str:
+        """Who got the resources, in words (the core says 'for <request id>')."""
+        match = PREEMPTED_FOR.match(t.reason or "")
+        if not match:
+            return f"preempted: {t.reason}" if t.reason else "preempted"
+        try:
+            taker = self.service.get(match.group(1))
+        except LoophubError:
+            return f"preempted: {t.reason}"
+        what = taker.get("server") or taker.get("kernel") or taker.get("job") or \
+            taker.get("release") or ""
+        named = f' "{what}"' if what else ""
+        return (f"preempted: the fair scheduler gave its resources to {taker['owner']}'s "
+                f"{taker['kind']}{named}")
 
     async def _act(self, handler: KindHandler, t: Transition) -> None:
         method = {"start": handler.started, "preempt": handler.preempted,
@@ -261,7 +281,8 @@ class SchedulerShell:
         self._missing = {k: self._missing.get(k, 0) + 1 for k in gone}
         confirmed = {k for k, n in self._missing.items() if n >= 2}
         keep = (running - confirmed) | {k for k in running if self._recently_seen_key(k, views)}
-        self.deliver(self.service.release_missing("server", keep, grace=60, stimulus=stimulus))
+        self.deliver(self.service.release_missing("server", keep, grace=self.reconcile_grace,
+                                                  stimulus=stimulus))
 
     async def _stop_stray_servers(self, views: list[dict], alive: dict[str, tuple]) -> None:
         """A server the hub runs whose request does not (it ended while the hub or this

@@ -241,7 +241,9 @@ class SchedulerService:
                 return self._view(rec), []
             now = self._now()
             decisions = self.state.cancel(request_id, now)
-            rec.state = "done" if rec.state == "running" else "cancelled"
+            # done: it ran (and may still have a process, e.g. just preempted); cancelled:
+            # withdrawn before it ever started
+            rec.state = "done" if rec.started_at is not None else "cancelled"
             rec.reason, rec.ended_at = reason, now
             runs = [list(run) for run in rec.meta.get("runs", [])]  # copies: JSON change detection
             if runs and runs[-1][1] is None:
