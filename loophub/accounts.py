@@ -19,7 +19,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from loophub import audit
 from loophub.errors import Conflict, InvalidInput, NotFound
 from loophub.store import Database
-from loophub.store.models import Base, utcnow
+from loophub.store.models import Base, iso, utcnow
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
@@ -118,5 +118,5 @@ class Accounts:
 
     def list(self) -> list[dict]:
         with self.db.transaction() as s:
-            return [{"name": a.name, "admin": a.admin, "created": a.created}
+            return [{"name": a.name, "admin": a.admin, "created": iso(a.created)}
                     for a in s.scalars(select(Account).order_by(Account.name))]

@@ -13,7 +13,7 @@ from sqlalchemy import DateTime, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from loophub.identity import Actor
-from loophub.store.models import Base, utcnow
+from loophub.store.models import Base, iso, utcnow
 
 MAX_PAGE = 1000
 
@@ -68,5 +68,5 @@ def events(session: Session, *, actor: str | None = None, action: str | None = N
         query = query.where(AuditEvent.at < until)
     if before:
         query = query.where(AuditEvent.id < before)
-    return [{"id": e.id, "at": e.at, "actor": e.actor, "action": e.action, "target": e.target,
+    return [{"id": e.id, "at": iso(e.at), "actor": e.actor, "action": e.action, "target": e.target,
              "detail": e.detail} for e in session.scalars(query)]

@@ -30,7 +30,7 @@ from loophub import audit
 from loophub.errors import Conflict, InvalidInput, LoophubError, NotFound
 from loophub.identity import Actor
 from loophub.store import BlobStore, Database
-from loophub.store.models import Base, utcnow
+from loophub.store.models import Base, iso, utcnow
 
 log = logging.getLogger("loophub.jobs")
 ACTIVE = ("queued", "running")
@@ -72,10 +72,6 @@ class JobCancelled(LoophubError):
     status = 409
 
 
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def view(job: Job) -> dict[str, Any]:
     """The JSON form every route and the SDK use."""
     return {
@@ -83,8 +79,8 @@ def view(job: Job) -> dict[str, Any]:
         "state": job.state, "done": job.done, "total": job.total, "message": job.message,
         "params": job.params, "result": job.result, "error": job.error,
         "cause": job.cause, "has_log": bool(job.log_blob or job.log_tail),
-        "created_at": _iso(job.created_at), "started_at": _iso(job.started_at),
-        "ended_at": _iso(job.ended_at),
+        "created_at": iso(job.created_at), "started_at": iso(job.started_at),
+        "ended_at": iso(job.ended_at),
     }
 
 

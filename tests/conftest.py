@@ -63,6 +63,15 @@ def db_url(request, tmp_path) -> str:
     return request.getfixturevalue("pg_schema_url")
 
 
+@pytest.fixture
+def api(request, tmp_path, monkeypatch):
+    """An in-process API with every route (identity from tokens "user:NAME"); SQLite by
+    default, parametrize indirectly with "postgres" for PostgreSQL (tests/inprocess.py)."""
+    from tests.inprocess import serve_api
+
+    yield from serve_api(request, tmp_path, monkeypatch)
+
+
 @pytest.fixture(scope="session")
 def hub(tmp_path_factory):
     """One real platform (`loophub up`: JupyterHub + proxy + API) for the session."""

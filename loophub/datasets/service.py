@@ -341,25 +341,38 @@ class DatasetService:
         records = bundle.records  # streamed: a 1M-record file is never held in memory
         total = len(records) if isinstance(records, list) else 0  # 0: not known up front
 
-        def prepared():
+        checked: set[str] = set()  # referenced digests the actor may use
+        where = f"{source}: media.sha256"
+
+        def vetted(window: list[dict], session) -> list[dict]:
+            # before they are written: rows this import writes must not vouch for themselves
+            self._check_media_refs(session, actor, referenced - checked - media_digests, where)
+            checked.update(referenced)
+            return window
+
+        def prepared(session):
             nonlocal stored
+            window: list[dict] = []
             for record in validated_records(records, validator, source, fmt):
                 if media is not None and self._store_media(media, record, media_digests):
                     stored += 1
                 elif digest := (record.get("media") or {}).get("sha256"):
                     referenced.add(digest)
-                yield record
+                window.append(record)
+                if len(window) >= 500:
+                    yield from vetted(window, session)
+                    window = []
+            yield from vetted(window, session)
 
         packs = PackWriter(self.blobs)
         try:
             with self.db.transaction() as session:
                 dataset = self._writable(session, actor, name)
-                count = draft.upsert_many(session, dataset.id, prepared(), actor.name,
-                                          lambda done: progress(done, total), packs)
                 # a digest is a name, not a right: records may only name media the actor
-                # sent or can read (refused: the whole import rolls back)
-                self._check_media_refs(session, actor, referenced - media_digests,
-                                       f"{source}: media.sha256")
+                # sent or can read (checked a window at a time before the window is written;
+                # refused: the whole import rolls back)
+                count = draft.upsert_many(session, dataset.id, prepared(session), actor.name,
+                                          lambda done: progress(done, total), packs)
                 if bundle.infer_classes:  # every record passed: the classes are complete
                     # (the current ones among them: merging adds only what the dataset lacks)
                     schema, added = _merged_schema(

@@ -87,6 +87,10 @@ class RequestSpec:
         if others:
             raise InvalidInput(f"request: {', '.join(sorted(set(others)))} do(es) not apply "
                                f"to a {self.kind} request", detail={"field": others[0]})
+        if self.kind in ("server", "kernel") and self.count != 1:
+            raise InvalidInput(f"request.count: a {self.kind} runs on one unit (got "
+                               f"{self.count}); ask for a larger unit instead",
+                               detail={"field": "count"})
         if not any(v > 0 for v in self.demand.as_dict().values()):
             raise InvalidInput("request.demand: ask for some cpu, mem or gpu",
                                detail={"field": "demand"})

@@ -29,6 +29,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def aware(moment: datetime) -> datetime:
+    """MOMENT with its time zone: SQLite gives back naive datetimes for UTC columns."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def iso(moment: datetime | None) -> str | None:
+    """An ISO 8601 time that says its zone ('...+00:00'), for every API answer."""
+    return aware(moment).isoformat() if moment is not None else None
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict: JSON}
 

@@ -1,90 +1,12 @@
-"""An in-process loophub API (the real tornado app with the dataset and labeling routes)
-for fast tests: identity comes from the token "user:NAME" instead of a running hub."""
+"""Helpers of the labeling tests: real PNGs and small datasets made through the API (the
+in-process API fixture ``api`` lives in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import io
-import threading
-from collections.abc import Iterator
-
-import pytest
-from jupyterhub.services.auth import HubOAuth
 
 from loophub.client import Client
-
-
-class TokenIsUser(HubOAuth):
-    """Maps 'Authorization: token user:NAME' to the hub user NAME (no hub in these tests)."""
-
-    async def _check_hub_authorization(self, url, api_token, cache_key=None, use_cache=True):
-        if not api_token.startswith("user:"):
-            return None
-        name = api_token.removeprefix("user:")
-        return {"name": name, "kind": "user", "groups": ["team"], "admin": name == "root"}
-
-    async def _get_user_cookie(self, handler):
-        return None
-
-
-class InProcessApi:
-    def __init__(self, url: str, ctx) -> None:
-        self.url, self.ctx = url, ctx
-
-    @property
-    def service(self):
-        """The API's LabelingService (tests swap its clock to expire leases)."""
-        from loophub.extensions.api.labeling import labeling_service
-
-        return labeling_service(self.ctx)
-
-    def client(self, user: str) -> Client:
-        return Client(self.url, f"user:{user}")
-
-    def labeling(self, user: str):
-        return self.client(user).labeling
-
-
-@pytest.fixture
-def api(request, tmp_path, monkeypatch) -> Iterator[InProcessApi]:
-    """SQLite by default; parametrize indirectly with "postgres" for PostgreSQL."""
-    from loophub.extensions.api.app import ServiceContext, make_app
-    from loophub.ports import free_port
-    from loophub.settings import Settings
-
-    monkeypatch.setenv("LOOPHUB_HOME", str(tmp_path / "home"))
-    if getattr(request, "param", "sqlite") == "postgres":
-        monkeypatch.setenv("LOOPHUB_DB_URL", request.getfixturevalue("pg_schema_url"))
-    settings = Settings.from_env()
-    settings.ensure_dirs()
-    ctx = ServiceContext(settings=settings)
-    port = free_port()
-    ready = threading.Event()
-    state: dict = {}
-
-    def serve() -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        # Handlers take HubOAuth.instance(): make the singleton ours for this test.
-        TokenIsUser.clear_instance()
-        HubOAuth.clear_instance()
-        auth = TokenIsUser.instance(api_token="unused", api_url="http://127.0.0.1:1/hub/api",
-                                    oauth_client_id="service-loophub", access_scopes=set())
-        server = make_app(ctx, hub_auth=auth).listen(port, "127.0.0.1")
-        state["loop"], state["server"] = loop, server
-        ready.set()
-        loop.run_forever()
-        server.stop()
-        loop.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(30)
-    yield InProcessApi(f"http://127.0.0.1:{port}/services/loophub/api", ctx)
-    state["loop"].call_soon_threadsafe(state["loop"].stop)
-    thread.join(10)
-    ctx.db.dispose()
-    TokenIsUser.clear_instance()
+from tests.inprocess import InProcessApi, TokenIsUser  # noqa: F401 (imported from here)
 
 
 def png_bytes(width: int = 64, height: int = 48, color=(200, 40, 40)) -> bytes:
