@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from tornado.ioloop import IOLoop, PeriodicCallback
 
+from loophub import audit
 from loophub.errors import LoophubError
 from loophub.pool import PoolConfigError, parse_mem
 from loophub.scheduler import keys
@@ -109,6 +110,7 @@ class SchedulerShell:
         self._strays: dict[str, int] = {}
         self._orphans: dict[str, int] = {}
         self.tenancy_read_at = 0.0
+        self._members: dict[str, frozenset[str]] | None = None
 
     def register(self, kind: str, handler: KindHandler) -> None:
         self.handlers[kind] = handler
@@ -245,8 +247,27 @@ class SchedulerShell:
             log.warning("cannot read hub groups: %s", exc)
             return
         self.tenancy_read_at = time.monotonic()
+        self._audit_membership(groups)
         self.deliver(self.service.set_tenancy(tenancy_from_groups(groups, self.base_config),
                                               stimulus_id("tenancy")))
+
+    def _audit_membership(self, groups: list[dict]) -> None:
+        """Group-driven permission changes (who joined or left a group: what they may read
+        and write changes with it) go to the audit trail as the service sees them."""
+        members = {g["name"]: frozenset(g.get("users") or ()) for g in groups}
+        previous, self._members = self._members, members
+        if previous is None:
+            return
+        changes = []
+        for name in sorted(set(members) | set(previous)):
+            before, after = previous.get(name, frozenset()), members.get(name, frozenset())
+            if before != after:
+                changes.append((name, sorted(after - before), sorted(before - after)))
+        if changes:
+            with self.service.db.transaction() as s:
+                for name, joined, left in changes:
+                    audit.record(s, "hub groups", "group.members", f"group:{name}",
+                                 joined=joined or None, left=left or None)
 
     async def fresh_tenancy(self, max_age: float = 0.0) -> None:
         """Quotas must hold at submit time, not up to a refresh period later."""

@@ -77,6 +77,8 @@ class LabelingService:
             config.lease_seconds = (float(lease_seconds) if lease_seconds is not None
                                     else config.lease_seconds)
             config.updated_by, config.updated_at = actor.name, utcnow()
+            audit.record(session, actor, "labeling.settings", f"dataset:{name}",
+                         overlap=config.overlap, lease_seconds=config.lease_seconds)
             return {"overlap": config.overlap, "lease_seconds": config.lease_seconds}
 
     # -- leases -----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from loophub import audit
 from loophub.errors import LoophubError, NotFound
 from loophub.pool import NodeSpec
 from loophub.scheduler.model import GIB, Decision, Node, SchedulerConfig
@@ -226,6 +227,8 @@ class SchedulerService:
                 raise Unschedulable(str(exc)) from exc
             out = [self._record(s, rec, "submit", reason="queued", stimulus=stimulus,
                                 actor=actor, at=now)]
+            audit.record(s, actor, "scheduler.submit", f"request:{rec.id}", key=key,
+                         kind=spec.kind, owner=spec.owner, stimulus=stimulus)
             out += self._apply(s, decisions, stimulus)
         return self.get(request.id), out
 
@@ -251,6 +254,9 @@ class SchedulerService:
             rec.meta = {**rec.meta, "runs": runs, "ended_by": actor}
             out = [self._record(s, rec, "end", reason=reason, stimulus=stimulus, actor=actor,
                                 at=now)]
+            if actor != SCHEDULER:  # the scheduler's own decisions are its transitions
+                audit.record(s, actor, "scheduler.release", f"request:{rec.id}", key=rec.key,
+                             owner=rec.tenant, reason=reason, stimulus=stimulus)
             out += self._apply(s, decisions, stimulus)
         return self.get(request_id), out
 
@@ -258,15 +264,23 @@ class SchedulerService:
         with self.db.transaction() as s:
             return self._apply(s, self.state.tick(self._now()), stimulus or stimulus_id("tick"))
 
-    def set_tenancy(self, tenancy: Tenancy, stimulus: str | None = None) -> list[Transition]:
+    def set_tenancy(self, tenancy: Tenancy, stimulus: str | None = None,
+                    actor: str = "hub groups") -> list[Transition]:
         """New weights/quotas (e.g. from hub group properties); reschedules if they changed."""
         cfg = self.state.config
         new = (tenancy.weights, tenancy.group_weights, tenancy.quotas, tenancy.group_quotas)
-        if new == (cfg.weights, cfg.group_weights, cfg.quotas, cfg.group_quotas):
+        old = (cfg.weights, cfg.group_weights, cfg.quotas, cfg.group_quotas)
+        if new == old:
             return []
+        stimulus = stimulus or stimulus_id("tenancy")
+        with self.db.transaction() as s:
+            audit.record(s, actor, "scheduler.tenancy", "scheduler", stimulus=stimulus,
+                         changed={name: {"from": before, "to": after} for name, before, after in
+                                  zip(("weights", "group_weights", "quotas", "group_quotas"),
+                                      old, new, strict=True) if before != after})
         cfg.weights, cfg.group_weights, cfg.quotas, cfg.group_quotas = (dict(x) for x in new)
         self.state.config_changed()
-        return self.tick(stimulus or stimulus_id("tenancy"))
+        return self.tick(stimulus)
 
     def release_missing(self, kind: str, alive_keys: set[str], *, grace: float = 60,
                         stimulus: str | None = None) -> list[Transition]:
