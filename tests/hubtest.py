@@ -80,6 +80,22 @@ def start_hub(home: Path, *, env: dict | None = None, timeout: float = 120,
                        f"last lines of {log}:\n{log_tail(log, 60)}")
 
 
+def pids(command: str, *environ: str) -> list[int]:
+    """Processes whose command line has COMMAND and whose environment has every ENVIRON
+    string (e.g. a home folder, 'JUPYTERHUB_USER=bob')."""
+    found = []
+    out = subprocess.run(["pgrep", "-f", command], capture_output=True, text=True).stdout
+    for pid in out.split():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = f.read()
+        except OSError:
+            continue
+        if all(marker.encode() in env for marker in environ):
+            found.append(int(pid))
+    return found
+
+
 def spawn_server(hub: RunningHub, admin_token: str, user: str, timeout: float = 120) -> None:
     resp = hub.hub_api(admin_token, "POST", f"users/{user}/server")
     assert resp.status_code in (201, 202), resp.text

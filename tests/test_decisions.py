@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 
 import pytest
 import requests
 
-from tests.hubtest import start_hub
+from tests.hubtest import pids, start_hub
 
 pytestmark = pytest.mark.hub
 POOL = '[{"name": "node1", "cpu": 2, "mem": "8G", "gpu": 4}]'
@@ -173,17 +172,8 @@ def test_the_next_start_shows_why_the_last_server_stopped(dhub):
 
 
 def _api_pid(hub) -> int:
-    out = subprocess.run(["pgrep", "-f", "loophub.extensions.api"], capture_output=True,
-                         text=True).stdout.split()
-    for pid in out:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        if str(hub.home).encode() in environ:
-            return int(pid)
-    raise AssertionError("the API service process was not found")
+    [pid] = pids("loophub.extensions.api", str(hub.home))
+    return pid
 
 
 def test_kills_and_an_api_restart_leave_views_and_processes_in_agreement(dhub):
@@ -204,18 +194,9 @@ def test_kills_and_an_api_restart_leave_views_and_processes_in_agreement(dhub):
 
 
 def _server_pid(hub, user) -> int:
-    out = subprocess.run(["pgrep", "-f", "jupyterhub.singleuser"], capture_output=True,
-                         text=True).stdout.split()
-    for pid in out:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        if f"JUPYTERHUB_USER={user}\0".encode() in environ \
-                and b"JUPYTERHUB_SERVER_NAME=\0" in environ and str(hub.home).encode() in environ:
-            return int(pid)
-    raise AssertionError(f"{user}'s server process was not found")
+    [pid] = pids("jupyterhub.singleuser", str(hub.home), f"JUPYTERHUB_USER={user}\0",
+                 "JUPYTERHUB_SERVER_NAME=\0")
+    return pid
 
 
 def _api_up(hub) -> bool:

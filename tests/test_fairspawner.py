@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from tests.hubtest import run_in_kernel, start_hub
+from tests.hubtest import pids, run_in_kernel, start_hub
 
 pytestmark = pytest.mark.hub
 POOL = '[{"name": "node1", "cpu": 2, "mem": "8G", "gpu": 4}]'
@@ -44,18 +44,9 @@ def fair_hub(tmp_path_factory):
 def _kill_servers(home):
     """--keep-servers leaves servers running: end the ones this module started."""
     import signal
-    import subprocess
 
-    out = subprocess.run(["pgrep", "-f", "jupyterhub.singleuser"], capture_output=True,
-                         text=True).stdout.split()
-    for pid in out:
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read()
-        except OSError:
-            continue
-        if str(home).encode() in environ:
-            os.killpg(int(pid), signal.SIGKILL)
+    for pid in pids("jupyterhub.singleuser", str(home)):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def spawn(hub, user, name="", options=None):

@@ -428,6 +428,26 @@ def test_restart_keeps_the_allocation(khub):
 
 
 @pytest.mark.hub
+def test_a_kernel_whose_allocation_ends_under_it_is_shut_down(khub):
+    """An admin releases a running kernel's request: the API shuts the kernel down through
+    its server (the scheduler must not count the GPU free while the kernel holds it)."""
+    hub, admin, token = khub
+    resp = _kernels_api(hub, token, "POST", json={"name": "python3-gpu1"})
+    assert resp.status_code == 201, resp.text
+    kernel_id = resp.json()["id"]
+    [request] = _kernel_requests(hub, admin)
+    assert request["kernel"] == kernel_id
+    released = requests.delete(f"{hub.api}/scheduler/requests/{request['id']}", timeout=30,
+                               params={"reason": "GPU needed for maintenance"},
+                               headers={"Authorization": f"token {admin}"})
+    assert released.status_code == 200 and released.json()["state"] == "done"
+    _until(lambda: _kernels_api(hub, token, "GET", f"/{kernel_id}").status_code == 404, 30,
+           "kernel shut down")
+    assert "GPU needed for maintenance" in (hub.home / "jupyterhub.log").read_text()
+    assert not _kernel_requests(hub, admin)
+
+
+@pytest.mark.hub
 def test_stopping_the_server_releases_its_kernels(khub):
     """Last: stops the server. Earlier refused and timed-out starts must not break its stop."""
     hub, admin, token = khub
@@ -474,22 +494,3 @@ def test_with_pending_kernels_the_queue_reason_shows_in_the_kernel_model(tmp_pat
     finally:
         _stop_khub(hub, admin)
 
-
-@pytest.mark.hub
-def test_a_kernel_whose_allocation_ends_under_it_is_shut_down(khub):
-    """An admin releases a running kernel's request: the API shuts the kernel down through
-    its server (the scheduler must not count the GPU free while the kernel holds it)."""
-    hub, admin, token = khub
-    resp = _kernels_api(hub, token, "POST", json={"name": "python3-gpu1"})
-    assert resp.status_code == 201, resp.text
-    kernel_id = resp.json()["id"]
-    [request] = _kernel_requests(hub, admin)
-    assert request["kernel"] == kernel_id
-    released = requests.delete(f"{hub.api}/scheduler/requests/{request['id']}", timeout=30,
-                               params={"reason": "GPU needed for maintenance"},
-                               headers={"Authorization": f"token {admin}"})
-    assert released.status_code == 200 and released.json()["state"] == "done"
-    _until(lambda: _kernels_api(hub, token, "GET", f"/{kernel_id}").status_code == 404, 30,
-           "kernel shut down")
-    assert "GPU needed for maintenance" in (hub.home / "jupyterhub.log").read_text()
-    assert not _kernel_requests(hub, admin)

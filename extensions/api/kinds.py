@@ -18,49 +18,54 @@ from .hub import Hub
 log = logging.getLogger("loophub.api")
 
 
-class ServerHandler:
-    """Notebook servers: stopped through the hub API when their allocation ends under
-    them. The user sees why on the spawn page and options form of their next start
-    (FairSpawner reads the ended request's reason)."""
+class ProcessHandler:
+    """A kind whose requests hold a process that does not resume after a preemption: the
+    shell ends a preempted request in the same stimulus, and ``ended`` stops the process
+    when someone other than its holder ended it."""
 
     on_preempt = "end"
+    what = "process"
 
     def __init__(self, hub: Hub | None) -> None:
         self.hub = hub
 
     async def started(self, t: Transition) -> None:
-        """Its spawner waits for this (the shell starts it when none does)."""
+        """Its holder waits for this (the shell starts an unclaimed server itself)."""
 
     async def preempted(self, t: Transition) -> None:
-        """Servers do not resume: the shell ends the request, ``ended`` stops it."""
+        """Not resumed: the shell ends the request and ``ended`` stops the process."""
 
     async def ended(self, t: Transition) -> None:
         if t.by_holder or t.state != "done" or self.hub is None:
-            return  # the spawner stopped it, or it never ran (its spawner gives up)
-        owner, server = t.spec.owner, t.spec.server or ""
-        if await self.hub.stop_server(owner, server):
-            log.info("%s: stopped %s's server %r: %s", t.stimulus, owner, server, t.reason)
+            return  # its holder stopped it, or it never ran (its waiter gives up)
+        if await self.stop(t):
+            log.info("%s: stopped %s's %s: %s", t.stimulus, t.spec.owner, self.describe(t),
+                     t.reason)
+
+    async def stop(self, t: Transition) -> bool:
+        raise NotImplementedError
+
+    def describe(self, t: Transition) -> str:
+        return self.what
 
 
-class KernelHandler:
-    """Sized kernels: shut down through their server's REST API when their allocation
-    ends under them."""
+class ServerHandler(ProcessHandler):
+    """Notebook servers, stopped through the hub API. The user sees why on the spawn page
+    and options form of their next start (FairSpawner reads the ended request's reason)."""
 
-    on_preempt = "end"
+    def describe(self, t: Transition) -> str:
+        return f"server {t.spec.server or ''!r}"
 
-    def __init__(self, hub: Hub | None) -> None:
-        self.hub = hub
+    async def stop(self, t: Transition) -> bool:
+        return await self.hub.stop_server(t.spec.owner, t.spec.server or "")
 
-    async def started(self, t: Transition) -> None:
-        """The kernel provisioner waits for this."""
 
-    async def preempted(self, t: Transition) -> None:
-        """Kernels do not resume: the shell ends the request, ``ended`` stops it."""
+class KernelHandler(ProcessHandler):
+    """Sized kernels, shut down through their server's REST API."""
 
-    async def ended(self, t: Transition) -> None:
-        if t.by_holder or t.state != "done" or self.hub is None:
-            return
-        owner, server, kernel = t.spec.owner, t.spec.server or "", t.spec.kernel or ""
-        if await self.hub.shutdown_kernel(owner, server, kernel):
-            log.info("%s: shut down %s's kernel %s on server %r: %s", t.stimulus, owner,
-                     kernel, server, t.reason)
+    def describe(self, t: Transition) -> str:
+        return f"kernel {t.spec.kernel} on server {t.spec.server or ''!r}"
+
+    async def stop(self, t: Transition) -> bool:
+        return await self.hub.shutdown_kernel(t.spec.owner, t.spec.server or "",
+                                              t.spec.kernel or "")
