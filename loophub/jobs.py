@@ -23,8 +23,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, String, Text, select, update
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from loophub import audit
 from loophub.errors import Conflict, InvalidInput, LoophubError, NotFound
@@ -33,9 +33,15 @@ from loophub.store import BlobStore, Database
 from loophub.store.models import Base, iso, utcnow
 
 log = logging.getLogger("loophub.jobs")
-ACTIVE = ("queued", "running")
+# Every job kind shares these; training uses the fine ones (starting, preempted, retrying)
+ACTIVE = ("queued", "starting", "running", "preempted", "retrying")
 ENDED = ("succeeded", "failed", "cancelled", "interrupted")
 STATES = ACTIVE + ENDED
+# A job that runs once (an import, an export, a commit); training has its own table
+ONCE: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled", "interrupted"}),
+    "running": frozenset({"succeeded", "failed", "cancelled", "interrupted"}),
+}
 LOG_TAIL = 16 * 1024  # characters of the log kept in the row while the job runs
 PROGRESS_EVERY = 0.5  # seconds between progress writes
 
@@ -64,6 +70,44 @@ class Job(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     __table_args__ = (Index("ix_jobs_owner_created", "owner", "created_at"),)
+
+
+class JobEvent(Base):
+    """A job moved to another state: when, why, and who or what moved it."""
+
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    actor: Mapped[str] = mapped_column(String(255), default="")
+
+    __table_args__ = (Index("ix_job_events_job", "job_id", "id"),)
+
+
+def check_transition(current: str, new: str, table: dict[str, frozenset[str]] = ONCE) -> None:
+    """Raise Conflict unless a job may move from CURRENT to NEW under TABLE."""
+    if new not in STATES:
+        raise Conflict(f"unknown job state {new!r}")
+    if current in ENDED:
+        raise Conflict(f"the job already ended ({current})")
+    if new not in table.get(current, frozenset()):
+        raise Conflict(f"a job cannot go from {current} to {new}")
+
+
+def move(session: Session, job: Job, state: str, reason: str, *, actor: str = "",
+         table: dict[str, frozenset[str]] = ONCE) -> None:
+    """Move JOB to STATE in the caller's transaction, recording the event with its reason."""
+    check_transition(job.state, state, table)
+    now = utcnow()
+    job.state, job.message = state, reason
+    if state in ("starting", "running") and job.started_at is None:
+        job.started_at = now
+    if state in ENDED:
+        job.ended_at = now
+    session.add(JobEvent(job_id=job.id, at=now, state=state, reason=reason, actor=actor))
 
 
 class JobCancelled(LoophubError):
@@ -140,6 +184,8 @@ class JobStore:
         self._stopping = ""  # why every running job is being stopped (the service stops)
         self._live: dict[str, dict] = {}
         self._lock = threading.Lock()
+        # kind -> how to cancel it (rooms whose jobs hold processes register theirs)
+        self.cancellers: dict[str, Callable[[Actor, str], dict]] = {}
 
     # -- creating and running ------------------------------------------------------
 
@@ -151,6 +197,7 @@ class JobStore:
                       state="queued", params=params or {}, cause=cause or actor.name,
                       message="waiting to start")
             s.add(job)
+            s.add(JobEvent(job_id=job.id, state="queued", reason="accepted", actor=actor.name))
             audit.record(s, actor, f"job.{kind}", f"job:{job.id}", target=target)
             s.flush()
             return view(job)
@@ -165,7 +212,7 @@ class JobStore:
                 return view(job) if job else {}
             if self.cancel_requested(job_id):
                 return self._end(job_id, ctx, "cancelled", message="cancelled before it started")
-            job.state, job.started_at, job.message = "running", utcnow(), "running"
+            move(s, job, "running", "running")
         try:
             result = work(ctx)
         except JobCancelled as exc:
@@ -189,7 +236,8 @@ class JobStore:
         digest = self.blobs.put_bytes(text.encode()) if text else None
         with self.db.transaction() as s:
             job = s.get(Job, job_id)
-            job.state, job.ended_at, job.message = state, utcnow(), message
+            if job.state != state:
+                move(s, job, state, message)
             job.done, job.total = max(job.done, ctx.done), max(job.total, ctx.total)
             if state == "succeeded" and job.total:
                 job.done = job.total
@@ -261,19 +309,34 @@ class JobStore:
     # -- cancelling and restarting ---------------------------------------------------
 
     def cancel(self, actor: Actor, job_id: str) -> dict:
-        """Cancel a queued job at once, or ask a running one to stop at its next report."""
+        """Cancel a queued job at once, or ask a running one to stop at its next report.
+        Kinds with processes of their own (training) cancel through their room
+        (``cancellers``), so one route cancels every job."""
         with self.db.transaction() as s:
             job = self._visible(s, actor, job_id)
             if job.state in ENDED:
                 raise Conflict(f"job {job_id} already ended ({job.state})")
+            kind = job.kind
+        if kind in self.cancellers:
+            return self.cancellers[kind](actor, job_id)
+        with self.db.transaction() as s:
+            job = self._visible(s, actor, job_id)
             with self._lock:
                 self._cancel.add(job_id)
             if job.state == "queued":
-                job.state, job.ended_at, job.message = "cancelled", utcnow(), "cancelled"
+                move(s, job, "cancelled", f"cancelled by {actor.name}", actor=actor.name)
             else:
                 job.message = f"cancel requested by {actor.name}"
             audit.record(s, actor, "job.cancel", f"job:{job_id}")
             return view(job)
+
+    def events(self, actor: Actor, job_id: str) -> list[dict]:
+        """Every state the job went through, with when and why."""
+        with self.db.transaction() as s:
+            self._visible(s, actor, job_id)
+            return [{"at": iso(e.at), "state": e.state, "reason": e.reason, "actor": e.actor}
+                    for e in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id)
+                                       .order_by(JobEvent.id))]
 
     def cancel_requested(self, job_id: str) -> bool:
         with self._lock:
@@ -285,13 +348,16 @@ class JobStore:
         with self._lock:
             self._stopping = reason
 
-    def interrupt_active(self, reason: str) -> list[str]:
-        """At start-up: every job a stopped process was running is reported interrupted."""
+    def interrupt_active(self, reason: str, *, resumable: tuple[str, ...] = ()) -> list[str]:
+        """At start-up: every job a stopped process was running is reported interrupted,
+        but for RESUMABLE kinds, whose rooms pick them up again (training)."""
         with self.db.transaction() as s:
-            ids = list(s.scalars(select(Job.id).where(Job.state.in_(ACTIVE))))
-            if ids:
-                s.execute(update(Job).where(Job.id.in_(ids)).values(
-                    state="interrupted", ended_at=utcnow(), message=reason))
+            jobs = list(s.scalars(select(Job).where(Job.state.in_(ACTIVE),
+                                                    Job.kind.not_in(resumable))))
+            for job in jobs:
+                move(s, job, "interrupted", reason, actor="loophub",
+                     table={job.state: frozenset({"interrupted"})})
+            ids = [job.id for job in jobs]
         for job_id in ids:
             log.warning("job %s was interrupted: %s", job_id, reason)
         return ids

@@ -22,6 +22,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "loophub.scheduler.tables",
     "loophub.datasets.models",
     "loophub.labeling.models",
+    "loophub.training.tables",
 )
 
 
