@@ -184,8 +184,6 @@ class JobStore:
         self._stopping = ""  # why every running job is being stopped (the service stops)
         self._live: dict[str, dict] = {}
         self._lock = threading.Lock()
-        # kind -> how to cancel it (rooms whose jobs hold processes register theirs)
-        self.cancellers: dict[str, Callable[[Actor, str], dict]] = {}
 
     # -- creating and running ------------------------------------------------------
 
@@ -310,17 +308,12 @@ class JobStore:
 
     def cancel(self, actor: Actor, job_id: str) -> dict:
         """Cancel a queued job at once, or ask a running one to stop at its next report.
-        Kinds with processes of their own (training) cancel through their room
-        (``cancellers``), so one route cancels every job."""
+        (Kinds with processes of their own, training, cancel through their room; the API
+        routes every job's cancel to the right one.)"""
         with self.db.transaction() as s:
             job = self._visible(s, actor, job_id)
             if job.state in ENDED:
                 raise Conflict(f"job {job_id} already ended ({job.state})")
-            kind = job.kind
-        if kind in self.cancellers:
-            return self.cancellers[kind](actor, job_id)
-        with self.db.transaction() as s:
-            job = self._visible(s, actor, job_id)
             with self._lock:
                 self._cancel.add(job_id)
             if job.state == "queued":

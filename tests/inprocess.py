@@ -55,8 +55,11 @@ def serve_api(request, tmp_path, monkeypatch) -> Iterator[InProcessApi]:
         monkeypatch.setenv("LOOPHUB_DB_URL", request.getfixturevalue("pg_schema_url"))
     settings = Settings.from_env()
     settings.ensure_dirs()
-    ctx = ServiceContext(settings=settings)
     port = free_port()
+    url = f"http://127.0.0.1:{port}/services/loophub/api"
+    # training jobs' workers act with "user:OWNER" tokens, which TokenIsUser maps back
+    ctx = ServiceContext(settings=settings, api_url=url,
+                         token_for=lambda owner, job: f"user:{owner}")
     ready = threading.Event()
     state: dict = {}
 
@@ -73,13 +76,15 @@ def serve_api(request, tmp_path, monkeypatch) -> Iterator[InProcessApi]:
         ready.set()
         loop.run_forever()
         server.stop()
+        if "runner" in ctx.__dict__:  # training workers and the Dask scheduler
+            loop.run_until_complete(ctx.runner.close())
         loop.close()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     ready.wait(30)
-    yield InProcessApi(f"http://127.0.0.1:{port}/services/loophub/api", ctx)
+    yield InProcessApi(url, ctx)
     state["loop"].call_soon_threadsafe(state["loop"].stop)
-    thread.join(10)
+    thread.join(60)
     ctx.db.dispose()
     TokenIsUser.clear_instance()

@@ -2,7 +2,8 @@
 
 Labelers (driven by the dataset's label schema): ImageClassifier, TextClassifier,
 BoxLabeler, SpanLabeler, ReviewLabeler, and ``labeler_for(dataset)`` to pick one.
-Versioning: VersionBrowser and DatasetOverview. Everything talks to the platform through
+Versioning: VersionBrowser and DatasetOverview. Training: JobMonitor (what a training job
+shows in a cell: live curves, state, log, Stop). Everything talks to the platform through
 the client SDK (loophub.client.Client): each widget takes ``client=`` (default: the
 notebook user's ``Client()``).
 """
@@ -16,12 +17,14 @@ from loophub.widgets.labeler import (
     TextClassifier,
     labeler_for,
 )
+from loophub.widgets.training import JobMonitor
 from loophub.widgets.versions import DatasetOverview, VersionBrowser
 
 __all__ = [
     "BoxLabeler",
     "DatasetOverview",
     "ImageClassifier",
+    "JobMonitor",
     "Labeler",
     "ReviewLabeler",
     "SpanLabeler",

@@ -25,6 +25,7 @@ import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
@@ -52,9 +53,11 @@ from .openapi import build_openapi
 from .routes import ROUTES
 from .scheduler import ROUTES as SCHEDULER_ROUTES
 from .shell import SchedulerShell
+from .training import ROUTES as TRAINING_ROUTES
 
 log = logging.getLogger("loophub.api")
-ALL_ROUTES = [*ROUTES, *SCHEDULER_ROUTES, *JOB_ROUTES, *DATASET_ROUTES, *LABELING_ROUTES]
+ALL_ROUTES = [*ROUTES, *SCHEDULER_ROUTES, *JOB_ROUTES, *DATASET_ROUTES, *LABELING_ROUTES,
+              *TRAINING_ROUTES]
 
 
 @dataclass
@@ -76,6 +79,12 @@ class ServiceContext:
     reconcile_grace: float = 60.0
     unclaimed_spawn_after: float = 15.0
     hub: Hub | None = None
+    api_url: str = ""                  # this service's API, as the workers it starts reach it
+    dask_scheduler_address: str = ""   # training on an existing Dask cluster ("": our own)
+    preempt_grace: float = 60.0
+    training_token_ttl: int = 7 * 86400
+    # (owner, job id) -> an API token the job's workers act with (tests without a hub)
+    token_for: Any = None
 
     @cached_property
     def db(self) -> Database:
@@ -111,6 +120,68 @@ class ServiceContext:
         return JobRunner(JobStore(self.db, self.blobs), workers=self.job_workers)
 
     @cached_property
+    def training(self):
+        from loophub.training.service import TrainingService
+
+        return TrainingService(self.db, self.blobs, self.datasets, self.jobs.store,
+                               self.settings.home / "cache")
+
+    @cached_property
+    def runner(self):
+        from loophub.training.runner import LocalLauncher, TrainingRunner
+
+        return TrainingRunner(
+            self.training, api_url=self.api_url, token_for=self._training_token,
+            release=self._release_training, revoke=self._revoke_training_token,
+            launcher=LocalLauncher(self.settings.home / "logs" / "training"),
+            scheduler_address=self.dask_scheduler_address, preempt_grace=self.preempt_grace)
+
+    async def _training_token(self, owner: str, job_id: str) -> str:
+        """A token for the job's workers: the owner's rights, only for this API, expiring."""
+        if self.token_for is not None:
+            return self.token_for(owner, job_id)
+        if self.hub is None:
+            raise RuntimeError("training needs the hub to issue tokens (no hub here)")
+        token, token_id = await self.hub.create_token(
+            owner, f"training job {job_id}", self.training_token_ttl,
+            ["access:services!service=loophub"])
+        self._tokens[job_id] = (owner, token_id)
+        return token
+
+    async def _revoke_training_token(self, job_id: str) -> None:
+        owner, token_id = self._tokens.pop(job_id, (None, None))
+        if owner and self.hub is not None:
+            try:
+                await self.hub.revoke_token(owner, token_id)
+            except Exception as exc:  # it expires by itself
+                log.warning("could not revoke the token of job %s: %s", job_id, exc)
+
+    @cached_property
+    def _tokens(self) -> dict[str, tuple[str, str]]:
+        return {}
+
+    async def _release_training(self, job_id: str, reason: str) -> None:
+        from loophub.training.service import RUNNER
+
+        request_id = self.training.state_of(job_id)[1].request_id
+        if request_id:
+            self.scheduler.release(request_id, reason=reason, actor=RUNNER)
+
+    async def cancel_training(self, actor, job_id: str) -> dict:
+        """Cancel a training job whatever its state: it leaves the queue, or its ranks stop;
+        its allocation is given back."""
+        from loophub.errors import Conflict
+        from loophub.jobs import ENDED
+
+        view = self.training.get(actor, job_id)
+        if view["state"] in ENDED:
+            raise Conflict(f"training job {job_id} already ended ({view['state']})")
+        reason = f"cancelled by {actor.name}"
+        await self.runner.stop(job_id, reason, state="cancelled")
+        await self._release_training(job_id, reason)
+        return self.training.get(actor, job_id)
+
+    @cached_property
     def scheduler(self) -> SchedulerShell:
         from loophub.scheduler.service import SchedulerService
 
@@ -125,7 +196,16 @@ class ServiceContext:
                                unclaimed_after=self.unclaimed_spawn_after)
         shell.register("server", ServerHandler(self.hub))
         shell.register("kernel", KernelHandler(self.hub))
+        from .training import JobHandler
+
+        shell.register("job", JobHandler(self.runner))
         return shell
+
+    async def recover_training(self) -> None:
+        """Jobs whose request still runs after a restart start again from their checkpoint."""
+        running = {v["job"]: v["allocation"] for v in self.scheduler.service.queue()
+                   if v["kind"] == "job" and v["state"] == "running" and v.get("job")}
+        await self.runner.recover(running)
 
     @cached_property
     def openapi(self) -> dict:
@@ -227,6 +307,7 @@ class LoophubAPI(Application):
         "db_url": "LOOPHUB_DB_URL", "blob_url": "LOOPHUB_BLOB_URL", "pool": "LOOPHUB_POOL",
         "trusted_services": "LOOPHUB_TRUSTED_SERVICES",
         "max_upload_bytes": "LOOPHUB_MAX_UPLOAD_BYTES", "public_url": "LOOPHUB_PUBLIC_URL",
+        "dask_scheduler_address": "LOOPHUB_DASK_SCHEDULER",
     }
 
     home = Unicode(help="Where the platform keeps its state (default $LOOPHUB_HOME or "
@@ -266,6 +347,14 @@ class LoophubAPI(Application):
     unclaimed_spawn_after = Float(15.0, help="Seconds an allocated server may go unclaimed "
                                              "by a waiting spawner before the service starts "
                                              "it through the hub.").tag(config=True)
+    dask_scheduler_address = Unicode("", help="Train on an existing Dask cluster (its "
+                                     "scheduler's address, e.g. a dask-gateway or "
+                                     "dask-jobqueue cluster's); empty: the platform runs its "
+                                     "own Dask scheduler ($LOOPHUB_DASK_SCHEDULER)."
+                                     ).tag(config=True)
+    preempt_grace = Float(60.0, help="Seconds a preempted training job's ranks have to "
+                                     "checkpoint and stop before their workers are stopped."
+                          ).tag(config=True)
     public_url = Unicode("", help="The hub's public URL (to reach users' servers through "
                                   "the proxy; $LOOPHUB_PUBLIC_URL).").tag(config=True)
 
@@ -314,7 +403,7 @@ class LoophubAPI(Application):
                         blob_url=self.blob_url or base.blob_url, hub_db_url=base.hub_db_url,
                         pool=self.pool or base.pool)
 
-    def context(self, prefix: str) -> ServiceContext:
+    def context(self, prefix: str, api_url: str = "") -> ServiceContext:
         hub = None
         if os.environ.get("JUPYTERHUB_API_TOKEN"):
             hub = Hub(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"],
@@ -326,15 +415,18 @@ class LoophubAPI(Application):
             max_upload_bytes=self.max_upload_bytes,
             max_prediction_items=self.max_prediction_items, job_workers=self.job_workers,
             reconcile_interval=self.reconcile_interval, reconcile_grace=self.reconcile_grace,
-            unclaimed_spawn_after=self.unclaimed_spawn_after, hub=hub)
+            unclaimed_spawn_after=self.unclaimed_spawn_after, hub=hub, api_url=api_url,
+            dask_scheduler_address=self.dask_scheduler_address,
+            preempt_grace=self.preempt_grace)
 
     def start(self) -> None:
         prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/loophub/")
         url = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101"))
-        ctx = self.context(prefix)
+        ctx = self.context(prefix, api_url=f"{url.scheme}://{url.netloc}{prefix}api")
         ctx.db, ctx.blobs  # migrate, connect and create the store before serving  # noqa: B018
         ctx.jobs.store.interrupt_active("the loophub API service stopped while this job ran; "
-                                        "nothing it did was kept: run it again")
+                                        "nothing it did was kept: run it again",
+                                        resumable=("train",))
         auth = HubOAuth.instance(cache_max_age=self.auth_cache_seconds)
         app = make_app(ctx, hub_auth=auth)
         try:
@@ -346,12 +438,15 @@ class LoophubAPI(Application):
                       url.port, exc)
             sys.exit(2)
         ctx.scheduler.start_background()
+        ioloop.IOLoop.current().add_callback(ctx.recover_training)
         log.info("loophub API %s listening on %s%s", loophub.__version__, url.geturl(), prefix)
         loop = ioloop.IOLoop.current()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: loop.add_callback_from_signal(loop.stop))
         loop.start()
         ctx.jobs.shutdown()
+        if "runner" in ctx.__dict__:
+            ioloop.IOLoop.current().run_sync(ctx.runner.close, timeout=60)
         log.info("loophub API stopped")
 
 

@@ -83,6 +83,17 @@ class Hub:
         await self.api("DELETE", self._server_path(user, server), ok=(400,))
         return True
 
+    async def create_token(self, user: str, note: str, expires_in: int,
+                           scopes: list[str]) -> tuple[str, str]:
+        """A new API token for USER limited to SCOPES: (token, its id to revoke it)."""
+        model = await self.api("POST", f"/users/{quote(user, safe='')}/tokens", {
+            "note": note, "expires_in": expires_in, "scopes": scopes})
+        return model["token"], model["id"]
+
+    async def revoke_token(self, user: str, token_id: str) -> None:
+        await self.api("DELETE", f"/users/{quote(user, safe='')}/tokens/{quote(token_id)}",
+                       ok=(404,))
+
     async def shutdown_kernel(self, user: str, server: str, kernel_id: str) -> bool:
         """Shut a kernel down through its server's REST API (behind the proxy)."""
         model = await self.server(user, server)

@@ -92,7 +92,11 @@ class JobHandler(ApiHandler):
     def get(self, job_id: str) -> None:
         self.write_json(self.ctx.jobs.store.get(self.actor, job_id))
 
-    def delete(self, job_id: str) -> None:
+    async def delete(self, job_id: str) -> None:
+        view = self.ctx.jobs.store.get(self.actor, job_id)
+        if view["kind"] == "train":  # its ranks run on the scheduler's allocation
+            self.write_json(await self.ctx.cancel_training(self.actor, job_id))
+            return
         self.write_json(self.ctx.jobs.store.cancel(self.actor, job_id))
 
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from loophub.client.jobs import Jobs
     from loophub.client.labeling import Labeling
     from loophub.client.scheduler import Scheduler
+    from loophub.client.training import Training
 
 BY_STATUS: dict[int, type[errors.LoophubError]] = {
     400: errors.InvalidInput, 401: errors.Unauthenticated, 403: errors.PermissionDenied,
@@ -171,6 +172,13 @@ class Client:
         from loophub.client.scheduler import Scheduler
 
         return Scheduler(self)
+
+    @cached_property
+    def training(self) -> Training:
+        """Training on the platform's Dask: recipes or your own function, live progress."""
+        from loophub.client.training import Training
+
+        return Training(self)
 
     @cached_property
     def jobs(self) -> Jobs:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from loophub.client.cli import client_from, guarded, online
 from loophub.datasets.formats import FORMATS, convert, validate_source
-from loophub.errors import LoophubError
 
 
 def _progress_printer(enabled: bool):
@@ -43,19 +43,6 @@ def handle_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _guarded(handler):
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return handler(args)
-        except LoophubError as exc:
-            print(f"error: {exc.message}", file=sys.stderr)
-            return 2
-        except OSError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    return run
-
-
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``data`` with ``convert`` and ``validate``; returns the ``data`` parser whose
     ``actions`` sub-parsers (``parser.actions``) can take more actions."""
@@ -72,48 +59,20 @@ def register(subparsers) -> argparse.ArgumentParser:
     conv.add_argument("src", help="file, folder or zip to read")
     conv.add_argument("dst", help="file or folder to write")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    conv.set_defaults(func=_guarded(handle_convert))
+    conv.set_defaults(func=guarded(handle_convert))
     val = actions.add_parser("validate", help="check a dataset file or folder (offline)")
     val.add_argument("--format", required=True, choices=list(FORMATS), metavar="FMT")
     val.add_argument("src")
-    val.set_defaults(func=_guarded(handle_validate))
-    register_online(actions)
+    val.set_defaults(func=guarded(handle_validate))
+    registeronline(actions)
     return data
 
 
 # -- online actions: the same operations against a running platform ---------------------
 
 
-def _client(args: argparse.Namespace):
-    """A Client from --url/--token, else LOOPHUB_API_URL / LOOPHUB_TOKEN, else the
-    platform `loophub up` runs in --home (its run.json)."""
-    import json
-    import os
-    from pathlib import Path
-
-    from loophub.client import Client
-    from loophub.errors import InvalidInput
-    from loophub.settings import Settings
-
-    url = args.url or os.environ.get("LOOPHUB_API_URL")
-    if not url:
-        run = Settings.from_env(args.home).home / "run.json"
-        if not run.exists():
-            raise InvalidInput("no running platform found: pass --url, set LOOPHUB_API_URL, or "
-                               "start one with `loophub up`")
-        url = json.loads(Path(run).read_text())["url"] + "/services/loophub/api"
-    return Client(url, args.token or None)
-
-
-def _online(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--url", help="API root, e.g. http://127.0.0.1:8000/services/loophub/api")
-    parser.add_argument("--token", help="hub API token (default: $LOOPHUB_TOKEN)")
-    parser.add_argument("--home", help="LOOPHUB_HOME of a local `loophub up`")
-    return parser
-
-
 def handle_import(args: argparse.Namespace) -> int:
-    client = _client(args)
+    client = client_from(args)
     if args.create:
         client.datasets.create(args.name)
     report = client.datasets.import_(args.name, args.src, args.format, progress=not args.quiet)
@@ -123,19 +82,19 @@ def handle_import(args: argparse.Namespace) -> int:
 
 
 def handle_export(args: argparse.Namespace) -> int:
-    path = _client(args).datasets.export(args.name, args.dst, args.format, version=args.version)
+    path = client_from(args).datasets.export(args.name, args.dst, args.format, version=args.version)
     print(f"wrote {path}")
     return 0
 
 
 def handle_commit(args: argparse.Namespace) -> int:
-    version = _client(args).datasets.commit(args.name, args.message)
+    version = client_from(args).datasets.commit(args.name, args.message)
     print(f"committed version {version['number']} of {args.name}")
     return 0
 
 
 def handle_log(args: argparse.Namespace) -> int:
-    for v in _client(args).datasets.log(args.name, limit=args.limit):
+    for v in client_from(args).datasets.log(args.name, limit=args.limit):
         tags = f" [{', '.join(v.get('tags') or [])}]" if v.get("tags") else ""
         print(f"v{v['number']}{tags}  {v.get('created', '')}  {v.get('author', '')}  "
               f"{v.get('records', '')} records  {v.get('message', '')}")
@@ -143,7 +102,7 @@ def handle_log(args: argparse.Namespace) -> int:
 
 
 def handle_diff(args: argparse.Namespace) -> int:
-    diff = _client(args).datasets.diff(args.name, args.base, args.target)
+    diff = client_from(args).datasets.diff(args.name, args.base, args.target)
     target = "draft" if diff["target"] == "draft" else f"v{diff['target_number']}"
     print(f"v{diff['base_number']} -> {target}: "
           f"{len(diff['added_ids'])} added, {len(diff['removed_ids'])} removed, "
@@ -153,32 +112,32 @@ def handle_diff(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_online(actions) -> None:
-    imp = _online(actions.add_parser("import", help="import a file, folder or zip (online)"))
+def registeronline(actions) -> None:
+    imp = online(actions.add_parser("import", help="import a file, folder or zip (online)"))
     imp.add_argument("name")
     imp.add_argument("src")
     imp.add_argument("--format", required=True, choices=list(FORMATS), metavar="FMT")
     imp.add_argument("--create", action="store_true", help="create the dataset first")
     imp.add_argument("-q", "--quiet", action="store_true")
-    imp.set_defaults(func=_guarded(handle_import))
-    exp = _online(actions.add_parser("export", help="export a version (online)"))
+    imp.set_defaults(func=guarded(handle_import))
+    exp = online(actions.add_parser("export", help="export a version (online)"))
     exp.add_argument("name")
     exp.add_argument("dst")
     exp.add_argument("--format", default="loophub", choices=list(FORMATS), metavar="FMT")
     exp.add_argument("--version", default="head")
-    exp.set_defaults(func=_guarded(handle_export))
-    com = _online(actions.add_parser("commit", help="commit the draft (online)"))
+    exp.set_defaults(func=guarded(handle_export))
+    com = online(actions.add_parser("commit", help="commit the draft (online)"))
     com.add_argument("name")
     com.add_argument("-m", "--message", required=True)
-    com.set_defaults(func=_guarded(handle_commit))
-    log = _online(actions.add_parser("log", help="list versions (online)"))
+    com.set_defaults(func=guarded(handle_commit))
+    log = online(actions.add_parser("log", help="list versions (online)"))
     log.add_argument("name")
     log.add_argument("--limit", type=int, default=50)
-    log.set_defaults(func=_guarded(handle_log))
-    dif = _online(actions.add_parser("diff", help="diff two versions (online)"))
+    log.set_defaults(func=guarded(handle_log))
+    dif = online(actions.add_parser("diff", help="diff two versions (online)"))
     dif.add_argument("name")
     dif.add_argument("base")
     dif.add_argument("target", nargs="?", default="head",
                      help="a version, or 'draft' for the uncommitted changes (default: head)")
-    dif.set_defaults(func=_guarded(handle_diff))
+    dif.set_defaults(func=guarded(handle_diff))
 

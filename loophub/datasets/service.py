@@ -688,6 +688,41 @@ class DatasetService:
             return 0  # not known without a count; progress shows records written
         return self._resolve(session, dataset, version).record_count
 
+    def resolve_version(self, actor: Actor, name: str, ref: str) -> dict:
+        """The committed version REF of a dataset ACTOR can read: id, number, label schema,
+        record count (what a training job pins)."""
+        if ref == "draft":
+            raise InvalidInput("a committed version is needed here, not the draft; commit it")
+        with self.db.session() as session:
+            dataset = self._readable(session, actor, name)
+            version = self._resolve(session, dataset, ref)
+            return {"dataset": dataset.name, "id": version.id, "number": version.number,
+                    "label_schema": version.label_schema, "records": version.record_count,
+                    "task": (version.label_schema or {}).get("task", "")}
+
+    def version_records(self, actor: Actor, name: str, version_id: str) -> Iterator[dict]:
+        """The records of a committed version, streamed (ACTOR must read the dataset)."""
+        with self.db.session() as session:
+            dataset = self._readable(session, actor, name)
+            bundle = self._bundle(session, dataset, version_id)
+        return iter(bundle.records)
+
+    def link_version(self, version_id: str, model_name: str, model_version: str, *,
+                     relation: str = "trained_on", by: str) -> None:
+        """Record that a model (or a training job) used a version, with the platform's own
+        evidence (the job that read it): no permission is asked, since reading a version
+        is what gave the right to train on it. Keeps the version from collection."""
+        with self.db.transaction() as session:
+            exists = session.scalars(select(DatasetLineage).where(and_(
+                DatasetLineage.version_id == version_id,
+                DatasetLineage.model_name == model_name,
+                DatasetLineage.model_version == model_version,
+                DatasetLineage.relation == relation))).first()
+            if exists is None:
+                session.add(DatasetLineage(version_id=version_id, model_name=model_name,
+                                           model_version=model_version, relation=relation,
+                                           created_by=by, created=utcnow()))
+
     def materialize(self, actor: Actor, name: str, fmt: str, dst: str | os.PathLike, *,
                     version: str = "head") -> Path:
         """Write a version (or "draft") to the folder ``dst`` in format ``fmt``."""

@@ -1,0 +1,174 @@
+"""The supervised training loop the recipes share: DDP when there are several ranks,
+AdamW with one-cycle learning rates, curves reported every step, validation each epoch,
+checkpoints every N steps (and at each epoch's end, and when the job must stop), and
+resume that continues the same curves: the model, optimizer, scheduler and RNG states
+and the position inside the epoch come back, so at most one checkpoint interval of steps
+is done again.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from loophub.training.context import TrainContext
+from loophub.training.streams import RecordStream
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    checkpoint_every: int | None = None  # steps; None: each epoch
+    num_workers: int = 0                 # DataLoader worker processes per rank
+
+    @classmethod
+    def from_params(cls, params: dict, **defaults: Any) -> LoopConfig:
+        values = {**defaults, **{k: v for k, v in params.items()
+                                 if k in cls.__dataclass_fields__}}
+        return cls(**values)
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": np.random.get_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+
+
+def fit(ctx: TrainContext, model, *, train: RecordStream, val: RecordStream | None,
+        loss_fn: Callable, evaluate: Callable[[Any, Any], dict[str, float]],
+        config: LoopConfig, monitor: str = "val_accuracy",
+        augment: Callable | None = None) -> dict[str, float]:
+    """Train MODEL on TRAIN; EVALUATE(logits, targets) gives summable counts whose names
+    end in ``_sum`` plus ``n`` (summed over ranks, then divided by n). Returns the best
+    validation metrics (MONITOR, higher is better)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    seed_everything(config.seed + ctx.rank)
+    model = model.to(ctx.device)
+    net = model
+    if ctx.world_size > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr,
+                                  weight_decay=config.weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / config.batch_size))
+    total = steps_per_epoch * config.epochs
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr,
+                                                    total_steps=total)
+    step, best = 0, {}
+    saved = ctx.restore()
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        set_rng_state(saved["rng"][ctx.rank] if ctx.rank < len(saved["rng"]) else
+                      saved["rng"][0])
+        step, best = int(saved["_step"]), dict(saved.get("best") or {})
+        ctx.log(f"resumed at step {step} (epoch {step // steps_per_epoch})")
+
+    def state() -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": gather_rng(ctx), "best": best}
+    ctx.keep_state(state)
+    every = config.checkpoint_every
+    while step < total:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        train.set_epoch(epoch, skip=done_in_epoch * config.batch_size)
+        loader = DataLoader(train, batch_size=config.batch_size,
+                            num_workers=config.num_workers)
+        net.train()
+        started, seen = time.perf_counter(), 0
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
+            if augment is not None:
+                inputs = augment(inputs)
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(net(inputs), targets)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            seen += len(targets) * ctx.world_size
+            elapsed = time.perf_counter() - started
+            ctx.report(step, epoch=step / steps_per_epoch, loss=loss.item(),
+                       lr=scheduler.get_last_lr()[0],
+                       samples_per_s=seen / elapsed if elapsed > 0 else 0.0)
+            if every and step % every == 0 and step % steps_per_epoch:
+                ctx.checkpoint(state(), step=step, epoch=step / steps_per_epoch)
+            if step >= total or step % steps_per_epoch == 0:
+                break
+        if val is not None:
+            scores = evaluate_split(ctx, net, val, evaluate, config.batch_size, prefix="val")
+            ctx.report(step, epoch=step / steps_per_epoch, **scores)
+            if monitor in scores and scores[monitor] >= best.get(monitor, -math.inf):
+                best = scores
+        ctx.checkpoint(state(), step=step, epoch=step / steps_per_epoch,
+                       metric=best.get(monitor))
+    ctx.flush()
+    return best
+
+
+def evaluate_split(ctx: TrainContext, net, split: RecordStream, evaluate: Callable,
+                   batch_size: int, prefix: str) -> dict[str, float]:
+    """Metrics over a split, summed across ranks (each rank evaluates its share)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    net.eval()
+    sums: dict[str, float] = {}
+    with torch.no_grad():
+        for inputs, targets in DataLoader(split, batch_size=batch_size):
+            counts = evaluate(net(inputs.to(ctx.device)), targets.to(ctx.device))
+            for key, value in counts.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+    if ctx.world_size > 1:
+        import torch.distributed as dist
+
+        keys = sorted(sums) or ["n"]
+        tensor = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64)
+        dist.all_reduce(tensor)
+        sums = dict(zip(keys, tensor.tolist(), strict=True))
+    n = sums.get("n", 0.0) or 1.0
+    net.train()
+    return {f"{prefix}_{k.removesuffix('_sum')}": v / n for k, v in sums.items()
+            if k.endswith("_sum")}
+
+
+def gather_rng(ctx: TrainContext) -> list[dict]:
+    """Every rank's RNG state (rank order), so each resumes its own stream."""
+    if ctx.world_size == 1:
+        return [rng_state()]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(states, rng_state())
+    return states

@@ -1,0 +1,73 @@
+"""Built-in recipes, by name. Each trains from scratch (no weights can be downloaded),
+driven by the dataset's label schema, and leaves a servable artifact (TorchScript plus
+its preprocessing and label names) that needs no user code to load.
+
+A recipe is a ``Recipe``: its name, the tasks it trains for, its parameters with
+defaults and what they mean, which records it can learn from, and ``train(ctx)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from loophub.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    tasks: tuple[str, ...]
+    description: str
+    params: dict[str, tuple[Any, str]] = field(default_factory=dict)  # name -> (default, help)
+    usable: Callable[[dict], bool] = lambda record: True  # records it can learn from
+    train: Callable[[Any], dict] | None = None
+
+    def defaults(self) -> dict[str, Any]:
+        return {name: default for name, (default, _) in self.params.items()}
+
+    def check_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise InvalidInput(f"training.params: {', '.join(unknown)} is not a parameter of "
+                               f"the {self.name} recipe; it takes {', '.join(self.params)}",
+                               detail={"field": f"params.{unknown[0]}"})
+        out = self.defaults()
+        for name, value in params.items():
+            default = self.params[name][0]
+            if isinstance(default, bool) != isinstance(value, bool) or (
+                    isinstance(default, int | float) and not isinstance(value, int | float)):
+                raise InvalidInput(f"training.params.{name}: expected a value like "
+                                   f"{default!r}, got {value!r}",
+                                   detail={"field": f"params.{name}"})
+            out[name] = value
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "tasks": list(self.tasks), "description": self.description,
+                "params": {k: {"default": d, "help": h} for k, (d, h) in self.params.items()}}
+
+
+def recipes() -> dict[str, Recipe]:
+    """Every built-in recipe by name (imported on use: they import torch)."""
+    from loophub.training.recipes import image, text
+
+    found = [*image.RECIPES, *text.RECIPES]
+    return {r.name: r for r in found}
+
+
+def recipe(name: str, task: str | None = None) -> Recipe:
+    """The recipe NAME, checked against the dataset's TASK; errors say what fits."""
+    known = recipes()
+    if name not in known:
+        raise InvalidInput(f"training.recipe: no recipe {name!r}; one of "
+                           f"{', '.join(sorted(known))}", detail={"field": "recipe"})
+    found = known[name]
+    if task is not None and task not in found.tasks:
+        fitting = sorted(r.name for r in known.values() if task in r.tasks)
+        raise InvalidInput(
+            f"training.recipe: {name} trains {', '.join(found.tasks)}, but the dataset's task "
+            f"is {task}" + (f"; for {task} use {', '.join(fitting)}" if fitting else ""),
+            detail={"field": "recipe"})
+    return found

@@ -1,0 +1,202 @@
+"""Image classification from scratch: a small CNN and a ResNet-style net.
+
+Images are read from the materialized version, converted to the recipe's mode (L or
+RGB), resized, scaled to [0, 1] and normalised with the training split's mean and std;
+the same steps, written into the artifact's ``preprocess``, are what the model server
+applies. Training batches are augmented with small random shifts and rotations.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from loophub.training.context import TrainContext
+from loophub.training.loop import LoopConfig, fit
+from loophub.training.recipes import Recipe
+from loophub.training.recipes.labels import class_label
+
+COMMON = {
+    "epochs": (20, "passes over the training split"),
+    "batch_size": (64, "samples per step on each rank"),
+    "lr": (3e-3, "peak learning rate (one-cycle)"),
+    "weight_decay": (1e-4, "AdamW weight decay"),
+    "image_size": (32, "images are resized to image_size x image_size"),
+    "channels": (0, "1 (grayscale) or 3 (RGB); 0: from the first image"),
+    "augment": (True, "random shifts (up to 1/8 of the size) and rotations (10 degrees)"),
+    "seed": (0, "random seed"),
+    "checkpoint_every": (0, "steps between checkpoints (0: at each epoch's end)"),
+    "num_workers": (0, "DataLoader worker processes per rank"),
+}
+
+
+def usable(record: dict) -> bool:
+    return class_label(record, "image_class") is not None and bool(
+        (record.get("media") or {}).get("sha256"))
+
+
+def load_image(path, mode: str, size: int):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    with Image.open(path) as image:
+        pixels = image.convert(mode).resize((size, size), Image.BILINEAR)
+        array = np.asarray(pixels, dtype=np.float32) / 255.0
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def image_stats(ctx: TrainContext, mode: str, size: int, limit: int = 512
+                ) -> tuple[list[float], list[float]]:
+    """Mean and std per channel over the first LIMIT training images (the same on every
+    rank: each reads the same records)."""
+    import torch
+
+    seen = []
+    for record in ctx.version.records("train"):
+        if usable(record):
+            seen.append(load_image(ctx.version.media_path(record), mode, size))
+            if len(seen) >= limit:
+                break
+    if not seen:
+        return [0.5] * (1 if mode == "L" else 3), [0.5] * (1 if mode == "L" else 3)
+    stack = torch.stack(seen)
+    mean = stack.mean(dim=(0, 2, 3))
+    std = stack.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return mean.tolist(), std.tolist()
+
+
+def detect_mode(ctx: TrainContext, channels: int) -> str:
+    if channels in (1, 3):
+        return "L" if channels == 1 else "RGB"
+    from PIL import Image
+
+    for record in ctx.version.records("train"):
+        if usable(record):
+            with Image.open(ctx.version.media_path(record)) as image:
+                return "L" if image.mode in ("1", "L", "LA", "I", "I;16") else "RGB"
+    return "RGB"
+
+
+def small_cnn(channels: int, classes: int, size: int):
+    import torch.nn as nn
+
+    def block(inp: int, out: int) -> list:
+        return [nn.Conv2d(inp, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
+    feat = size // 4
+    return nn.Sequential(
+        *block(channels, 32), *block(32, 32), nn.MaxPool2d(2),
+        *block(32, 64), *block(64, 64), nn.MaxPool2d(2), nn.Dropout(0.25),
+        nn.Flatten(), nn.Linear(64 * feat * feat, 128), nn.ReLU(), nn.Dropout(0.3),
+        nn.Linear(128, classes))
+
+
+def resnet(channels: int, classes: int, size: int):
+    import torch.nn as nn
+
+    class Basic(nn.Module):
+        def __init__(self, inp: int, out: int, stride: int) -> None:
+            super().__init__()
+            self.body = nn.Sequential(
+                nn.Conv2d(inp, out, 3, stride, 1, bias=False), nn.BatchNorm2d(out), nn.ReLU(),
+                nn.Conv2d(out, out, 3, 1, 1, bias=False), nn.BatchNorm2d(out))
+            self.skip = nn.Identity() if stride == 1 and inp == out else nn.Sequential(
+                nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            self.act = nn.ReLU()
+
+        def forward(self, x):
+            return self.act(self.body(x) + self.skip(x))
+
+    return nn.Sequential(
+        nn.Conv2d(channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        Basic(32, 32, 1), Basic(32, 32, 1), Basic(32, 64, 2), Basic(64, 64, 1),
+        Basic(64, 128, 2), Basic(128, 128, 1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, classes))
+
+
+def augmenter(size: int):
+    """Batch augmentation: a random shift (up to size/8) and rotation (10 degrees)."""
+    import torch
+    import torch.nn.functional as F
+
+    def augment(x):
+        n = x.shape[0]
+        angle = (torch.rand(n, device=x.device) - 0.5) * (2 * math.pi / 18)
+        shift = (torch.rand(n, 2, device=x.device) - 0.5) * 0.25 * 2
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                             torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    return augment
+
+
+def accuracy_counts(logits, targets) -> dict[str, float]:
+    return {"accuracy_sum": float((logits.argmax(1) == targets).sum()), "n": float(len(targets))}
+
+
+def train_classifier(ctx: TrainContext, build) -> dict[str, Any]:
+    import torch
+    import torch.nn.functional as F
+
+    p = ctx.params
+    if ctx.label_schema.get("multi_label"):
+        raise ValueError("this recipe trains single-label classification; the dataset is "
+                         "multi-label")
+    labels = ctx.label_names
+    index = {name: i for i, name in enumerate(labels)}
+    size = int(p["image_size"])
+    mode = detect_mode(ctx, int(p["channels"]))
+    mean, std = image_stats(ctx, mode, size)
+    norm_mean = torch.tensor(mean).view(-1, 1, 1)
+    norm_std = torch.tensor(std).view(-1, 1, 1)
+
+    def sample(record: dict, version) -> tuple:
+        pixels = load_image(version.media_path(record), mode, size)
+        return (pixels - norm_mean) / norm_std, index[class_label(record, "image_class")]
+
+    channels = 1 if mode == "L" else 3
+    model = build(channels, len(labels), size)
+    config = LoopConfig.from_params(p, checkpoint_every=int(p["checkpoint_every"]) or None)
+    augment = augmenter(size) if p["augment"] else None
+
+    def loss_fn(logits, targets):
+        return F.cross_entropy(logits, targets, label_smoothing=0.05)
+
+    val_split = "val" if ctx.version.count("val") else None
+    best = fit(ctx, model, train=ctx.data("train", transform=sample),
+               val=ctx.data(val_split, transform=sample) if val_split else None,
+               loss_fn=loss_fn, evaluate=accuracy_counts, config=config, augment=augment)
+    preprocess = {"kind": "image", "mode": mode, "size": [size, size], "scale": 1 / 255,
+                  "mean": mean, "std": std}
+    example = torch.zeros(1, channels, size, size)
+    final = dict(best)
+    if ctx.version.count("test"):
+        from loophub.training.loop import evaluate_split
+
+        final.update(evaluate_split(ctx, model, ctx.data("test", transform=sample),
+                                    accuracy_counts, config.batch_size, prefix="test"))
+    ctx.final(**final)
+    ctx.save_model(model, example, preprocess=preprocess, labels=labels,
+                   extra={"recipe": ctx.params.get("_recipe", "")})
+    return final
+
+
+def _cnn(ctx: TrainContext) -> dict[str, Any]:
+    return train_classifier(ctx, small_cnn)
+
+
+def _resnet(ctx: TrainContext) -> dict[str, Any]:
+    return train_classifier(ctx, resnet)
+
+
+RECIPES = [
+    Recipe("image-cnn", ("image_classification",),
+           "a small CNN (4 conv layers) trained from scratch; good for digits-sized images",
+           params=dict(COMMON), usable=usable, train=_cnn),
+    Recipe("image-resnet", ("image_classification",),
+           "a ResNet-style net (6 residual blocks) trained from scratch",
+           params={**COMMON, "image_size": (64, COMMON["image_size"][1])}, usable=usable,
+           train=_resnet),
+]
