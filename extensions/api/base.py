@@ -36,6 +36,7 @@ from loophub.identity import Actor
 log = logging.getLogger("loophub.api")
 
 MAX_JSON_BODY = 1024 * 1024      # bytes of a JSON body unless the operation says otherwise
+DRAIN_LIMIT = 256 * 1024 * 1024  # bytes of a refused request's body read (and dropped) first
 MAX_DEPTH = 32                   # nesting of arrays and objects in a JSON body
 MAX_INT = 2**53                  # integers outside +-2^53 are refused (JSON's safe range)
 METHODS = ("get", "post", "put", "patch", "delete")
@@ -62,7 +63,7 @@ class Op:
     max_body: int = MAX_JSON_BODY
     response: dict | None = None
     status: int = 200
-    produces: str = "application/json"
+    produces: str | tuple[str, ...] = "application/json"  # media types of the success body
     errors: dict[int, str] = field(default_factory=dict)
     description: str = ""
     body_example: Any = None
@@ -190,8 +191,12 @@ def _convert(raw: str, schema: dict, name: str) -> Any:
 class ApiHandler(HubOAuthenticated, web.RequestHandler):
     """JSON API handler; subclasses declare ``openapi = {method: Op(...)}``."""
 
+    SUPPORTED_METHODS = (*web.RequestHandler.SUPPORTED_METHODS, "TRACE")
     openapi: dict[str, Op] = {}
     _forbidden: dict | None = None
+    _refusal: Exception | None = None  # the answer once the body has arrived (refuse)
+    _body_size = 0
+    _undecodable: InvalidInput | None = None  # a path or query value that is not UTF-8
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -199,6 +204,9 @@ class ApiHandler(HubOAuthenticated, web.RequestHandler):
             func = cls.__dict__.get(method)
             if func is not None and not getattr(func, "_checks_body", False):
                 setattr(cls, method, _loading_body(func))
+        prepare = cls.__dict__.get("prepare")
+        if prepare is not None and not getattr(prepare, "_refuses_late", False):
+            cls.prepare = _refusing_late(prepare)
 
     @property
     def ctx(self):
@@ -217,21 +225,70 @@ class ApiHandler(HubOAuthenticated, web.RequestHandler):
             self._forbidden = model
             raise
 
+    def decode_argument(self, value: bytes, name: str | None = None) -> str:
+        """Path and query values as text; one that is not UTF-8 is refused from prepare
+        (tornado's own 400, raised before prepare, closes the connection)."""
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            # path values are decoded before prepare, while path_kwargs is still unset
+            where = "query" if getattr(self, "path_kwargs", None) is not None else "path"
+            where = f"{where} parameter {name or ''}".strip()
+            self._undecodable = InvalidInput(
+                f"{where}: not UTF-8 ({value[:40]!r}); percent-encode UTF-8 bytes",
+                detail={"field": name})
+            return value.decode("utf-8", "replace")
+
+    def initialize(self) -> None:
+        # Tornado answers a method it does not know (QUERY, PROPFIND, ...) before prepare
+        # and closes the connection (see refuse): such a request goes through as TRACE,
+        # which every route refuses with 405 and Allow, and is logged under its own name.
+        self.verb = self.request.method
+        if self.verb not in self.SUPPORTED_METHODS:
+            self.request.method = "TRACE"
+
     async def prepare(self) -> None:
-        method = self.request.method.lower()
-        if method not in self.openapi:
-            self.set_header("Allow", ", ".join(m.upper() for m in self.openapi))
-            raise web.HTTPError(405, f"{self.request.method} is not allowed here; allowed: "
-                                     f"{', '.join(m.upper() for m in self.openapi)}")
         self._body_parts: list[bytes] = []
         self._body_size = 0
         self.body: Any = None
+        self.query: dict[str, Any] = {}
+        if self.request.method.lower() not in self.openapi:
+            self.refuse(web.HTTPError(405, f"{self.verb} is not allowed here; allowed: "
+                                           + ", ".join(m.upper() for m in self.openapi)))
+            return
         op = self.op
-        if op.access != "public":
-            await self._require_identity(op)
-        self._check_path()
-        self.query = self._parse_query(op)
-        self._check_body_headers(op)
+        try:
+            if op.access != "public":
+                await self._require_identity(op)
+            self._check_path()
+            self.query = self._parse_query(op)
+            if self._undecodable is not None:
+                raise self._undecodable
+            self._check_body_headers(op)
+        except (LoophubError, web.HTTPError) as exc:
+            self.refuse(exc)
+
+    def refuse(self, exc: Exception) -> None:
+        """Answer EXC (an error) once the whole request has been read: its body, if any,
+        is read and dropped (up to DRAIN_LIMIT bytes), then the method raises EXC.
+
+        Tornado closes a connection whose answer was finished before its request was
+        read (as when prepare raises, body or not). The hub's proxy keeps connections
+        open and sends the next request on one that is closing: it gets "socket hang
+        up" and answers 503 with an HTML page of its own; and a client still sending a
+        large body gets a reset instead of this JSON error."""
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > DRAIN_LIMIT:
+            raise exc  # too much to read only to refuse it: the connection closes
+        self._refusal = exc
+        self._body_parts = []
+
+    async def _refused(self, *args: Any, **kwargs: Any) -> None:
+        """The method of what the route does not declare: its refusal from prepare."""
+        self.check_refusal()
+        raise web.HTTPError(405)
+
+    get = post = put = patch = delete = head = options = trace = _refused
 
     async def _identify(self) -> dict | None:
         """The caller's hub model, fetched without blocking the event loop (HubAuth's
@@ -312,13 +369,24 @@ class ApiHandler(HubOAuthenticated, web.RequestHandler):
 
     def data_received(self, chunk: bytes) -> None:
         self._body_size += len(chunk)
-        if self._body_size > self.op.max_body:
-            raise TooLarge(f"the body is larger than {self.op.max_body} bytes, the limit of "
-                           "this route", detail={"limit": self.op.max_body})
-        self._body_parts.append(chunk)
+        if self._refusal is None and self._body_size > self.op.max_body:
+            self._refusal = TooLarge(f"the body is larger than {self.op.max_body} bytes, the "
+                                     "limit of this route", detail={"limit": self.op.max_body})
+            self._body_parts = []
+        if self._refusal is None:
+            self._body_parts.append(chunk)
+        elif self._body_size > DRAIN_LIMIT and not self._finished:
+            # too much to read only to refuse it: answer now (the connection then closes)
+            self._handle_request_exception(self._refusal)
+
+    def check_refusal(self) -> None:
+        """Raise the error ``refuse`` held back while the body arrived."""
+        if self._refusal is not None:
+            raise self._refusal
 
     def _load_body(self) -> None:
         """Parse and validate the JSON body (operations with a raw body read their own)."""
+        self.check_refusal()
         op = self.op
         if op.body is None:
             return
@@ -367,6 +435,9 @@ class ApiHandler(HubOAuthenticated, web.RequestHandler):
             body = {"error": exc.log_message or self._reason, "detail": None}
         else:
             body = {"error": "internal error; the service log has the details", "detail": None}
+        if self.get_status() == 405:
+            self.set_header("Allow", ", ".join(m.upper() for m in self.openapi))
+            self.request.method = self.verb  # the access log names the method sent
         self.clear_header("Content-Disposition")
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(dumps(body))
@@ -382,6 +453,22 @@ class ApiHandler(HubOAuthenticated, web.RequestHandler):
 
 class _UnsupportedMediaType(LoophubError):
     status = 415
+
+
+def _refusing_late(prepare: Callable) -> Callable:
+    """Wrap a route's own prepare so the errors it raises are answered after the request
+    was read, like the base prepare's (ApiHandler.refuse)."""
+    @functools.wraps(prepare)
+    async def wrapper(self: ApiHandler) -> None:
+        try:
+            result = prepare(self)
+            if inspect.isawaitable(result):
+                await result
+        except (LoophubError, web.HTTPError) as exc:
+            self.refuse(exc)
+
+    wrapper._refuses_late = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _loading_body(func: Callable) -> Callable:

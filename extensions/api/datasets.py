@@ -16,10 +16,11 @@ from tornado import iostream
 
 from loophub.datasets.formats import FORMATS
 from loophub.datasets.models import STATES, VISIBILITIES
+from loophub.datasets.schemas import inline_schema
 from loophub.errors import InvalidInput, TooLarge
 from loophub.jobs import JobContext
 
-from .base import ApiHandler, Op, in_thread
+from .base import DRAIN_LIMIT, ApiHandler, Op, in_thread
 from .jobs import JOB_VIEW
 
 NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
@@ -29,10 +30,36 @@ REF = {"type": ["string", "integer"], "maxLength": 255, "minimum": 0,
 REVISION = {"type": "integer", "minimum": 0, "maximum": 2**53,
             "description": "the revision you read (or If-Match); 409 when someone wrote since"}
 TEXT = {"type": "string", "maxLength": 10_000}
-LABEL_SCHEMA = {"type": "object", "description": "task and classes (GET datasets/schemas)"}
+# The dataset room's own JSON Schemas (GET datasets/schemas), self-contained: a body the
+# document calls valid passes the rules the room checks (dataset classes aside).
+LABEL_SCHEMA = {**inline_schema("label_schema"),
+                "description": "task and classes (GET datasets/schemas)"}
+RECORD = inline_schema("record")
+ANNOTATION = inline_schema("record", "annotation")
+STRING, INTEGER, TIME = {"type": "string"}, {"type": "integer"}, {"type": "string"}
 DATASET_VIEW = {"type": "object", "required": ["name", "owner", "state"], "properties": {
-    "name": {"type": "string"}, "owner": {"type": "string"}, "visibility": {"enum": list(
-        VISIBILITIES)}, "state": {"enum": list(STATES)}, "label_schema": {"type": "object"}}}
+    "name": STRING, "owner": STRING, "group": {"type": ["string", "null"]},
+    "visibility": {"enum": list(VISIBILITIES)}, "description": STRING,
+    "label_schema": {"type": "object"}, "state": {"enum": list(STATES)},
+    "state_changed_by": STRING, "state_changed_at": TIME, "created": TIME,
+    "head_version": {"type": ["string", "null"]}, "versions": INTEGER,
+    "draft_records": INTEGER, "uncommitted": {"type": "boolean"}}}
+RECORD_ITEM = {"type": "object", "required": ["record", "revision"], "properties": {
+    "record": {"type": "object"}, "revision": INTEGER, "updated_by": STRING,
+    "updated_at": TIME}}
+WRITTEN = {"type": "object", "required": ["id", "revision"],
+           "properties": {"id": STRING, "revision": INTEGER}}
+ANNOTATION_WRITTEN = {"type": "object", "required": ["revision", "annotation_id"],
+                      "properties": {"revision": INTEGER, "annotation_id": STRING}}
+VERSION_VIEW = {"type": "object", "required": ["id", "number"], "properties": {
+    "id": STRING, "number": INTEGER, "parents": {"type": "array", "items": STRING},
+    "author": STRING, "message": STRING, "created": TIME, "records": INTEGER,
+    "label_counts": {"type": "object", "additionalProperties": INTEGER},
+    "stored_bytes": INTEGER, "tags": {"type": "array", "items": STRING}}}
+COMMITTED = {**VERSION_VIEW, "properties": {
+    **VERSION_VIEW["properties"], "added": INTEGER, "changed": INTEGER, "removed": INTEGER,
+    "job": STRING}}
+IDS = {"type": "array", "items": STRING}
 FORMAT = {"enum": list(FORMATS)}
 ACCEPTED = {"type": "object", "properties": {"job": JOB_VIEW}}
 
@@ -58,7 +85,10 @@ class DatasetHandler(ApiHandler):
 
 class SchemasHandler(DatasetHandler):
     openapi = {"get": Op("The JSON Schemas (2020-12) of records, annotations and label "
-                         "schemas, and the supported formats", response={"type": "object"})}
+                         "schemas, and the supported formats", response={
+                             "type": "object", "required": ["schemas", "formats"],
+                             "properties": {"schemas": {"type": "object"},
+                                            "formats": {"type": "array", "items": FORMAT}}})}
 
     def get(self) -> None:
         self.write_json({"schemas": self.datasets.schemas(), "formats": self.datasets.formats()})
@@ -112,7 +142,12 @@ class OneDatasetHandler(DatasetHandler):
 
 class StateHandler(DatasetHandler):
     openapi = {"get": Op("Lifecycle history: who changed the state, when",
-                         access="dataset:read", response={"type": "object"}),
+                         access="dataset:read", response={
+                             "type": "object", "required": ["history"], "properties": {
+                                 "history": {"type": "array", "items": {
+                                     "type": "object", "properties": {
+                                         "from": STRING, "to": STRING, "by": STRING,
+                                         "at": TIME}}}}}),
                "put": Op("Move to another lifecycle state", access="dataset:manage",
                          body={"type": "object", "required": ["state"],
                                "additionalProperties": False,
@@ -132,29 +167,46 @@ class UploadHandler(DatasetHandler):
 
     openapi = {"post": Op("Upload a file (any format, streamed; raw body); returns its digest "
                           "for an import", raw_body="application/octet-stream", status=201,
-                          max_body=20 * 1024**3, response={"type": "object", "properties": {
-                              "digest": DIGEST, "size": {"type": "integer"}}},
+                          max_body=20 * 1024**3, response={
+                              "type": "object", "required": ["digest", "size"], "properties": {
+                                  "digest": DIGEST, "size": {"type": "integer", "minimum": 1},
+                                  "by": STRING}},
                           errors={413: "over the size limit"})}
 
     async def prepare(self) -> None:
         await super().prepare()
         limit = self.ctx.max_upload_bytes
+        # the connection reads what a refusal drains; data_received holds the upload limit
+        self.request.connection.set_max_body_size(max(limit, DRAIN_LIMIT))
+        if self._refusal is not None:
+            return
         length = self.request.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > limit:
-            raise TooLarge(f"the upload is {int(length)} bytes; the limit is {limit} bytes",
-                           detail={"limit": limit})
-        self.request.connection.set_max_body_size(limit)
+            self.refuse(TooLarge(f"the upload is {int(length)} bytes; the limit is {limit} "
+                                 "bytes", detail={"limit": limit}))
+            return
         self._size = 0
         self._spool = tempfile.TemporaryFile()  # noqa: SIM115 (closed in post)
 
     def data_received(self, chunk: bytes) -> None:
+        if self._refusal is not None:  # drained, then refused
+            super().data_received(chunk)
+            return
         self._size += len(chunk)
         if self._size > self.ctx.max_upload_bytes:
-            raise TooLarge(f"the upload is larger than {self.ctx.max_upload_bytes} bytes",
-                           detail={"limit": self.ctx.max_upload_bytes})
+            self._spool.close()
+            self._body_size = self._size - len(chunk)
+            self._refusal = TooLarge(f"the upload is larger than {self.ctx.max_upload_bytes} "
+                                     "bytes", detail={"limit": self.ctx.max_upload_bytes})
+            super().data_received(chunk)
+            return
         self._spool.write(chunk)
 
     async def post(self) -> None:
+        self.check_refusal()
+        if not self._size:
+            self._spool.close()
+            raise InvalidInput("the upload is empty: send the file's bytes as the body")
         self._spool.seek(0)
         try:
             info = await in_thread(self.datasets.upload, self.actor, self._spool)
@@ -203,13 +255,14 @@ class RecordsHandler(DatasetHandler):
             "after": {"type": "string", "maxLength": 2048},
             "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
             "total": {"type": "boolean", "default": False}},
-            response={"type": "object", "properties": {
-                "records": {"type": "array"}, "next_cursor": {"type": ["string", "null"]},
+            response={"type": "object", "required": ["records"], "properties": {
+                "records": {"type": "array", "items": RECORD_ITEM},
+                "next_cursor": {"type": ["string", "null"]},
                 "total": {"type": ["integer", "null"]}}}),
         "post": Op("Add a record", access="dataset:write", status=201,
                    body={"type": "object", "required": ["record"], "additionalProperties": False,
-                         "properties": {"record": {"type": "object"}}},
-                   response={"type": "object"}, errors={409: "a record with that id exists"},
+                         "properties": {"record": RECORD}},
+                   response=WRITTEN, errors={409: "a record with that id exists"},
                    body_example={"record": {"id": "matrix-new", "annotations": []}}),
     }
 
@@ -233,10 +286,10 @@ R_QUERY = {"revision": REVISION}
 class RecordHandler(DatasetHandler):
     openapi = {
         "get": Op("One draft record with its revision", access="dataset:read",
-                  response={"type": "object"}),
-        "put": Op("Replace a record", access="dataset:write", response={"type": "object"},
+                  response=RECORD_ITEM),
+        "put": Op("Replace a record", access="dataset:write", response=WRITTEN,
                   body={"type": "object", "required": ["record"], "additionalProperties": False,
-                        "properties": {"record": {"type": "object"}, "revision": REVISION}},
+                        "properties": {"record": RECORD, "revision": REVISION}},
                   errors={409: "stale revision"},
                   body_example={"record": {"id": "r1", "annotations": []}, "revision": 1}),
         "delete": Op("Delete a record (?revision= or If-Match)", access="dataset:write",
@@ -264,7 +317,8 @@ class NextHandler(DatasetHandler):
     openapi = {"get": Op("The next unlabeled record", access="dataset:read",
                          query={"after": {"type": "string", "maxLength": 2048},
                                 "split": {"type": "string", "maxLength": 255}},
-                         response={"type": "object"})}
+                         response={"type": "object", "required": ["item"], "properties": {
+                             "item": {"anyOf": [RECORD_ITEM, {"type": "null"}]}}})}
 
     def get(self, name: str) -> None:
         self.write_json({"item": self.datasets.next_unlabeled(
@@ -272,14 +326,14 @@ class NextHandler(DatasetHandler):
 
 
 ANNOTATION_BODY = {"type": "object", "required": ["annotation"], "additionalProperties": False,
-                   "properties": {"annotation": {"type": "object"}, "revision": REVISION}}
+                   "properties": {"annotation": ANNOTATION, "revision": REVISION}}
 
 
 class AnnotationsHandler(DatasetHandler):
     openapi = {"post": Op("Add an annotation", access="dataset:write", status=201,
-                          body=ANNOTATION_BODY, response={"type": "object"},
+                          body=ANNOTATION_BODY, response=ANNOTATION_WRITTEN,
                           errors={409: "stale revision"},
-                          body_example={"annotation": {"type": "class", "label": "x"},
+                          body_example={"annotation": {"type": "image_class", "label": "x"},
                                         "revision": 1})}
 
     def post(self, name: str, record_id: str) -> None:
@@ -289,11 +343,11 @@ class AnnotationsHandler(DatasetHandler):
 
 class AnnotationHandler(DatasetHandler):
     openapi = {"put": Op("Replace an annotation", access="dataset:write", body=ANNOTATION_BODY,
-                         response={"type": "object"}, errors={409: "stale revision"},
-                         body_example={"annotation": {"type": "class", "label": "x"},
+                         response=ANNOTATION_WRITTEN, errors={409: "stale revision"},
+                         body_example={"annotation": {"type": "image_class", "label": "x"},
                                        "revision": 1}),
                "delete": Op("Delete an annotation (?revision= or If-Match)",
-                            access="dataset:write", query=R_QUERY, response={"type": "object"},
+                            access="dataset:write", query=R_QUERY, response=ANNOTATION_WRITTEN,
                             errors={409: "stale revision"})}
 
     def put(self, name: str, record_id: str, annotation_id: str) -> None:
@@ -312,7 +366,7 @@ class ReviewHandler(DatasetHandler):
                                 "additionalProperties": False, "properties": {
                                     "state": {"enum": ["pending", "accepted", "rejected"]},
                                     "revision": REVISION, "comment": TEXT}},
-                          response={"type": "object"}, errors={409: "stale revision"},
+                          response=ANNOTATION_WRITTEN, errors={409: "stale revision"},
                           body_example={"state": "accepted", "revision": 1})}
 
     def post(self, name: str, record_id: str, annotation_id: str) -> None:
@@ -331,7 +385,9 @@ class SplitsHandler(DatasetHandler):
                                                                   "minimum": 0, "maximum": 1}},
                               "seed": {"type": "string", "maxLength": 64},
                               "stratify": {"type": "boolean"}}},
-                          response={"type": "object"}, body_example={})}
+                          response={"type": "object", "required": ["splits"], "properties": {
+                              "splits": {"type": "object", "additionalProperties": INTEGER}}},
+                          body_example={})}
 
     async def post(self, name: str) -> None:
         self.write_json({"splits": await in_thread(self.datasets.assign_splits, self.actor,
@@ -347,14 +403,15 @@ class CommitsHandler(DatasetHandler):
                    body={"type": "object", "required": ["message"],
                          "additionalProperties": False,
                          "properties": {"message": {**TEXT, "minLength": 1}}},
-                   response={"type": "object"},
+                   response=COMMITTED,
                    errors={202: "accepted (wait=false): poll the job",
                            409: "someone else committed this dataset at the same time"},
                    body_example={"message": "matrix"}),
         "get": Op("The version log", access="dataset:read",
                   query={"limit": {"type": "integer", "minimum": 1, "maximum": 1000,
                                    "default": 50}},
-                  response={"type": "object"}),
+                  response={"type": "object", "required": ["versions"], "properties": {
+                      "versions": {"type": "array", "items": VERSION_VIEW}}}),
     }
 
     async def post(self, name: str) -> None:
@@ -394,7 +451,14 @@ class DiffHandler(DatasetHandler):
                          query={"base": {"type": "string", "minLength": 1, "maxLength": 255},
                                 "target": {"type": "string", "minLength": 1, "maxLength": 255,
                                            "default": "head"}},
-                         response={"type": "object"})}
+                         response={"type": "object", "properties": {
+                             "base": STRING, "target": STRING, "added": INTEGER,
+                             "removed": INTEGER, "changed": INTEGER,
+                             "label_change": {"type": "object",
+                                              "additionalProperties": INTEGER},
+                             "base_number": INTEGER,
+                             "target_number": {"type": ["integer", "null"]},
+                             "added_ids": IDS, "removed_ids": IDS, "changed_ids": IDS}})}
 
     async def get(self, name: str) -> None:
         if not self.query["base"]:
@@ -409,7 +473,10 @@ class TagsHandler(DatasetHandler):
                           body={"type": "object", "required": ["tag"],
                                 "additionalProperties": False,
                                 "properties": {"tag": NAME, "version": REF}},
-                          response={"type": "object"}, errors={409: "the tag exists"},
+                          response={"type": "object", "required": ["tag", "version"],
+                                    "properties": {"tag": STRING, "version": STRING,
+                                                   "number": INTEGER}},
+                          errors={409: "the tag exists"},
                           body_example={"tag": "matrix", "version": "head"})}
 
     def post(self, name: str) -> None:
@@ -433,7 +500,9 @@ class CheckoutHandler(DatasetHandler):
                                 "additionalProperties": False, "properties": {
                                     "version": REF, "revert": {"type": "boolean"},
                                     "message": {"type": ["string", "null"], "maxLength": 10_000}}},
-                          response={"type": "object"}, body_example={"version": "head"})}
+                          response={"type": "object", "properties": {
+                              **COMMITTED["properties"], "records": INTEGER}},
+                          body_example={"version": "head"})}
 
     async def post(self, name: str) -> None:
         body = self.body
@@ -454,7 +523,7 @@ EXPORT_QUERY = {"format": {**FORMAT, "default": "loophub"},
 class ExportHandler(DatasetHandler):
     openapi = {"get": Op("Export a version, streamed (JSONL for loophub, a zip otherwise)",
                          access="dataset:read", query=EXPORT_QUERY,
-                         produces="application/octet-stream")}
+                         produces=("application/x-ndjson", "application/zip"))}
 
     async def get(self, name: str) -> None:
         fmt, version = self.query["format"], self.query["version"]
@@ -518,7 +587,11 @@ class LineageHandler(DatasetHandler):
     openapi = {"get": Op("Models trained on a version", access="dataset:read",
                          query={"version": {"type": "string", "maxLength": 255,
                                             "default": "head"}},
-                         response={"type": "object"}),
+                         response={"type": "object", "required": ["models"], "properties": {
+                             "models": {"type": "array", "items": {
+                                 "type": "object", "properties": {
+                                     "model": STRING, "model_version": STRING,
+                                     "relation": STRING, "by": STRING}}}}}),
                "post": Op("Record that a model version was trained on a version (writers "
                           "only: the owner sees it)", access="dataset:write", status=201,
                           body={"type": "object", "required": ["version", "model_name",
@@ -530,7 +603,9 @@ class LineageHandler(DatasetHandler):
                                     "model_version": {"type": ["string", "integer"],
                                                       "maxLength": 255, "minimum": 0},
                                     "relation": {"enum": ["trained_on", "evaluated_on"]}}},
-                          response={"type": "object"},
+                          response={"type": "object", "properties": {
+                              "dataset": STRING, "version": STRING, "number": INTEGER,
+                              "model": STRING, "model_version": STRING, "relation": STRING}},
                           body_example={"version": "head", "model_name": "m",
                                         "model_version": "1"})}
 

@@ -26,6 +26,7 @@ JOB_VIEW = {"type": "object", "required": ["id", "kind", "state"], "properties":
     "target": {"type": "string"},
     "state": {"enum": list(STATES)}, "done": {"type": "integer"}, "total": {"type": "integer"},
     "message": {"type": "string"}, "result": {"type": ["object", "null"]},
+    "params": {"type": "object"}, "cause": {"type": "string"}, "has_log": {"type": "boolean"},
     "error": {"type": ["object", "null"]}, "created_at": {"type": "string"},
     "started_at": {"type": ["string", "null"]}, "ended_at": {"type": ["string", "null"]}}}
 
@@ -112,7 +113,8 @@ class JobLogHandler(ApiHandler):
 
 class JobResultHandler(ApiHandler):
     openapi = {"get": Op("Download the file a job produced (an export), streamed",
-                         access="own", produces="application/octet-stream",
+                         access="own", produces=("application/x-ndjson", "application/zip",
+                                                 "application/octet-stream"),
                          errors={409: "the job has not succeeded or produced no file"})}
 
     async def get(self, job_id: str) -> None:

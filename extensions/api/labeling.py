@@ -10,10 +10,14 @@ from __future__ import annotations
 from loophub.errors import TooLarge
 
 from .base import Op, in_thread
-from .datasets import DatasetHandler
+from .datasets import ANNOTATION, DatasetHandler
 
 RECORD_ID = {"type": "string", "minLength": 1, "maxLength": 1024}
 ANY = {"type": "object"}
+INTEGER, NUMBER, STRING = {"type": "integer"}, {"type": "number"}, {"type": "string"}
+SETTINGS = {"type": "object", "required": ["overlap", "lease_seconds"],
+            "properties": {"overlap": INTEGER, "lease_seconds": NUMBER}}
+COUNTS = {"type": "object", "additionalProperties": INTEGER}
 
 
 def labeling_service(ctx):
@@ -29,9 +33,9 @@ class LabelingHandler(DatasetHandler):
 
 class SettingsHandler(LabelingHandler):
     openapi = {"get": Op("Labeling settings: overlap (labels wanted per item), lease_seconds",
-                         access="dataset:read", response=ANY),
+                         access="dataset:read", response=SETTINGS),
                "put": Op("Change overlap and lease length (owner or admin)",
-                         access="dataset:manage", response=ANY,
+                         access="dataset:manage", response=SETTINGS,
                          body={"type": "object", "additionalProperties": False, "properties": {
                              "overlap": {"type": "integer", "minimum": 1, "maximum": 50},
                              "lease_seconds": {"type": "number", "minimum": 5,
@@ -47,9 +51,20 @@ class SettingsHandler(LabelingHandler):
 
 class LeasesHandler(LabelingHandler):
     openapi = {"get": Op("Active leases: who holds which item until when",
-                         access="dataset:read", response=ANY),
+                         access="dataset:read", response={
+                             "type": "object", "required": ["leases"], "properties": {
+                                 "leases": {"type": "array", "items": {
+                                     "type": "object", "properties": {
+                                         "record_id": STRING, "holder": STRING,
+                                         "slot": {"type": ["integer", "null"]},
+                                         "expires_at": NUMBER}}}}}),
                "post": Op("Lease up to count items needing your label; items you hold come "
-                          "first (resume)", access="dataset:write", response=ANY,
+                          "first (resume)", access="dataset:write", response={
+                              "type": "object", "required": ["items"], "properties": {
+                                  "items": {"type": "array", "items": {
+                                      "type": "object", "required": ["record", "revision"],
+                                      "properties": {"record": ANY, "revision": INTEGER,
+                                                     "expires_at": NUMBER}}}}},
                           body={"type": "object", "additionalProperties": False, "properties": {
                               "count": {"type": "integer", "minimum": 1, "maximum": 50},
                               "split": {"type": ["string", "null"], "maxLength": 255}}},
@@ -66,7 +81,9 @@ class LeasesHandler(LabelingHandler):
 
 class ReleaseHandler(LabelingHandler):
     openapi = {"post": Op("Give back your leases (all when record_ids is omitted)",
-                          access="dataset:write", response=ANY,
+                          access="dataset:write", response={
+                              "type": "object", "required": ["released"],
+                              "properties": {"released": INTEGER}},
                           body={"type": "object", "additionalProperties": False, "properties": {
                               "record_ids": {"type": "array", "items": RECORD_ID,
                                              "maxItems": 1000}}},
@@ -79,7 +96,8 @@ class ReleaseHandler(LabelingHandler):
 
 class SkipsHandler(LabelingHandler):
     openapi = {"post": Op("Skip an item: not offered to you again", access="dataset:write",
-                          response=ANY,
+                          response={"type": "object", "properties": {
+                              "record_id": STRING, "state": {"const": "skipped"}}},
                           body={"type": "object", "required": ["record_id"],
                                 "additionalProperties": False,
                                 "properties": {"record_id": RECORD_ID}},
@@ -100,7 +118,11 @@ class SkipHandler(LabelingHandler):
 
 class ProgressHandler(LabelingHandler):
     openapi = {"get": Op("Labeling progress: total, done, mine, per-label and per-split "
-                         "counts", access="dataset:read", response=ANY)}
+                         "counts", access="dataset:read", response={
+                             "type": "object", "properties": {
+                                 "total": INTEGER, "done": INTEGER, "labeled": INTEGER,
+                                 "mine": INTEGER, "overlap": INTEGER, "labels": COUNTS,
+                                 "splits": COUNTS}})}
 
     async def get(self, name: str) -> None:
         self.write_json(await in_thread(self.labeling.progress, self.actor, name))
@@ -108,7 +130,7 @@ class ProgressHandler(LabelingHandler):
 
 class MediaHandler(LabelingHandler):
     openapi = {"get": Op("A record's media bytes (image) for the labeling widgets",
-                         access="dataset:read", produces="application/octet-stream")}
+                         access="dataset:read", produces=("image/*", "*/*"))}
 
     async def get(self, name: str, record_id: str) -> None:
         data, kind = await in_thread(self.labeling.media, self.actor, name, record_id)
@@ -128,10 +150,16 @@ class AgreementHandler(LabelingHandler):
 
 class ReviewQueueHandler(LabelingHandler):
     openapi = {"get": Op("Items with unreviewed annotations, most disputed first",
-                         access="dataset:read", response=ANY, query={
+                         access="dataset:read", query={
                              "limit": {"type": "integer", "minimum": 1, "maximum": 1000,
                                        "default": 50},
-                             "annotator": {"type": "string", "maxLength": 255}})}
+                             "annotator": {"type": "string", "maxLength": 255}},
+                         response={"type": "object", "required": ["items"], "properties": {
+                             "items": {"type": "array", "items": {
+                                 "type": "object", "properties": {
+                                     "record": ANY, "revision": INTEGER,
+                                     "agreement": {"type": ["number", "null"]},
+                                     "pending": {"type": "array", "items": STRING}}}}}})}
 
     async def get(self, name: str) -> None:
         self.write_json({"items": await in_thread(
@@ -143,7 +171,9 @@ class PredictionsHandler(LabelingHandler):
     openapi = {"post": Op(
         "Store model predictions as pre-annotations, all or none (at most "
         "LoophubAPI.max_prediction_items per request, 413 past it)", access="dataset:write",
-        response=ANY, max_body=16 * 1024 * 1024, errors={413: "too many predictions"},
+        response={"type": "object", "properties": {"records": INTEGER,
+                                                   "annotations": INTEGER}},
+        max_body=16 * 1024 * 1024, errors={413: "too many predictions"},
         body={"type": "object", "required": ["predictions"], "additionalProperties": False,
               "properties": {"predictions": {"type": "array", "items": {
                   "type": "object", "required": ["record_id", "model"],
@@ -152,7 +182,7 @@ class PredictionsHandler(LabelingHandler):
                       "model": {"type": "string", "minLength": 1, "maxLength": 255},
                       "version": {"type": ["string", "integer", "null"], "maxLength": 255},
                       "annotations": {"type": "array", "maxItems": 1000,
-                                      "items": {"type": "object"}}}}}}},
+                                      "items": ANNOTATION}}}}}},
         body_example={"predictions": []})}
 
     async def post(self, name: str) -> None:

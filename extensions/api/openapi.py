@@ -27,6 +27,8 @@ REASONS = {
     415: "the body is not declared as JSON", 422: "valid, but can never be done here",
     503: "a dependency is down",
 }
+PROXY_431 = ("the request line or headers are over the hub proxy's limit (16 KiB by "
+             "default; it answers, without a JSON body): send long values in the body")
 SUCCESS = {200: "OK", 201: "created", 202: "accepted: a job runs it", 204: "done, no content"}
 PATH_PARAM = re.compile(r"\(\?P<(\w+)>[^)]*\)")
 
@@ -44,8 +46,9 @@ def _success(op: Op) -> dict:
     if op.status == 204:
         return {"description": SUCCESS[204]}
     if op.produces != "application/json":
+        kinds = (op.produces,) if isinstance(op.produces, str) else op.produces
         return {"description": SUCCESS.get(op.status, "OK"), "content": {
-            op.produces: {"schema": {"type": "string", "format": "binary"}}}}
+            kind: {"schema": {"type": "string", "format": "binary"}} for kind in kinds}}
     return {"description": SUCCESS.get(op.status, "OK"), "content": {
         "application/json": {"schema": op.response or {}}}}
 
@@ -69,6 +72,8 @@ def _operation(handler: type, method: str, path: str) -> dict:
     for status in sorted(errors):
         responses[str(status)] = {"description": op.errors.get(status, REASONS[status]),
                                   "content": ERROR}
+    if PATH_PARAM.search(path) or op.query:
+        responses["431"] = {"description": PROXY_431}
     out: dict = {"operationId": f"{method}_{handler.__name__}", "summary": op.summary,
                  "x-access": op.access, "responses": responses}
     if op.description:

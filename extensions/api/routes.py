@@ -23,8 +23,9 @@ NODE_SCHEMA = {
 class HealthHandler(ApiHandler):
     openapi = {"get": Op("Liveness and the state of the database and blob store",
                          access="public", response={"type": "object", "properties": {
-                             "status": {"enum": ["ok", "degraded"]},
-                             "checks": {"type": "object"}}},
+                             "status": {"enum": ["ok", "degraded"]}, "version": {"type": "string"},
+                             "checks": {"type": "object",
+                                        "additionalProperties": {"type": "boolean"}}}},
                          errors={503: "degraded: a check failed"})}
 
     async def get(self) -> None:
@@ -66,9 +67,16 @@ class PoolHandler(ApiHandler):
 
 class AccountsHandler(ApiHandler):
     openapi = {
-        "get": Op("List loophub login accounts", access="admin", response={"type": "object"}),
+        "get": Op("List loophub login accounts", access="admin", response={
+            "type": "object", "required": ["accounts"], "properties": {
+                "accounts": {"type": "array", "items": {"type": "object", "properties": {
+                    "name": {"type": "string"}, "admin": {"type": "boolean"},
+                    "created": {"type": "string"}}}}}}),
         "post": Op("Create a login account; the generated password is returned once",
-                   access="admin", status=201, response={"type": "object"},
+                   access="admin", status=201, response={
+                       "type": "object", "required": ["name", "password"], "properties": {
+                           "name": {"type": "string"}, "admin": {"type": "boolean"},
+                           "password": {"type": "string"}}},
                    body={"type": "object", "required": ["name"], "additionalProperties": False,
                          "properties": {"name": {"type": "string", "maxLength": 64},
                                         "admin": {"type": "boolean"}}},

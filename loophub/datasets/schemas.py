@@ -16,3 +16,31 @@ def load_schema(name: str) -> dict:
         raise KeyError(f"no schema {name!r}; known: {', '.join(SCHEMA_NAMES)}")
     text = resources.files(__package__).joinpath(f"schemas/{name}.schema.json").read_text()
     return json.loads(text)
+
+
+@cache
+def _inlined(name: str, part: str | None) -> str:
+    schema = load_schema(name)
+    defs = schema.get("$defs", {})
+
+    def expand(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return {**expand(defs[ref.removeprefix("#/$defs/")]), **expand(rest)}
+            return {k: expand(v) for k, v in node.items()
+                    if k not in ("$schema", "$id", "$defs")}
+        if isinstance(node, list):
+            return [expand(v) for v in node]
+        return node
+
+    return json.dumps(expand(defs[part] if part else schema))
+
+
+def inline_schema(name: str, part: str | None = None) -> dict:
+    """The schema ``name`` (or its ``$defs`` entry ``part``) self-contained: every local
+    ``$ref`` replaced by what it names, no ``$schema``, ``$id`` or ``$defs``. The API
+    embeds these in its OpenAPI document and checks request bodies with them, so a body
+    the document calls valid passes the same rules the dataset room applies."""
+    return json.loads(_inlined(name, part))

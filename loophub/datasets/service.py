@@ -54,6 +54,8 @@ from loophub.store.models import utcnow
 
 Progress = Callable[[int, int], None]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+VERSION_NUMBER = re.compile(r"v?([0-9]{1,12})")
+MAX_VERSION = 2**31 - 1  # DatasetVersion.number is a 32-bit integer column
 TRANSITIONS = {
     "active": {"published", "archived", "deleted"},
     "published": {"active", "archived", "deleted"},
@@ -574,12 +576,13 @@ class DatasetService:
             if dataset.head_version is None:
                 raise NotFound(f"dataset {dataset.name!r} has no versions yet; commit first")
             return session.get(DatasetVersion, dataset.head_version)
-        number = ref[1:] if ref[:1] == "v" and ref[1:].isdigit() else ref
         found = None
-        if number.isdigit():
+        # ASCII digits only (str.isdigit() also takes '³', which int() refuses), and no
+        # number past the column's range (SQLite cannot bind one past 2^63)
+        if (number := VERSION_NUMBER.fullmatch(ref)) and int(number[1]) <= MAX_VERSION:
             found = session.scalars(select(DatasetVersion).where(and_(
                 DatasetVersion.dataset_id == dataset.id,
-                DatasetVersion.number == int(number)))).one_or_none()
+                DatasetVersion.number == int(number[1])))).one_or_none()
         if found is None:
             tag = session.get(DatasetTag, (dataset.id, ref))
             found = session.get(DatasetVersion, tag.version_id if tag else ref)
@@ -893,6 +896,7 @@ def _zip_chunks(fmt: str, bundle: Bundle, chunk_size: int) -> Iterator[bytes]:
     with tempfile.TemporaryDirectory(prefix="loophub-export-") as tmp:
         folder = Path(tmp) / "export"
         write_dataset(fmt, bundle, folder)
+        folder.mkdir(parents=True, exist_ok=True)  # a version without records wrote nothing
         (folder / "label_schema.json").write_text(json.dumps(bundle.label_schema, indent=2))
         archive = Path(tmp) / "export.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:

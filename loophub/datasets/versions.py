@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 
 from sqlalchemy import and_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from loophub.datasets.manifest import (
     MAX_CHAIN,
@@ -54,12 +56,16 @@ class CommitResult:
 
 
 def _locked_dataset(session, dataset_id: int) -> Dataset:
-    dataset = session.scalars(select(Dataset).where(Dataset.id == dataset_id)
-                              .with_for_update()).one_or_none()
+    """The dataset row, read after taking its lock: SQLite's write lock first (it has no
+    FOR UPDATE; a row read before waiting for the lock may be a commit behind, which let
+    two concurrent commits both pass the head check), FOR UPDATE elsewhere."""
+    if session.bind.dialect.name == "sqlite":
+        session.execute(update(Dataset).where(Dataset.id == dataset_id)
+                        .values(seq=Dataset.seq).execution_options(synchronize_session=False))
+    dataset = session.scalars(select(Dataset).where(Dataset.id == dataset_id).with_for_update()
+                              .execution_options(populate_existing=True)).one_or_none()
     if dataset is None:
         raise NotFound(f"dataset {dataset_id} does not exist")
-    if session.bind.dialect.name == "sqlite":  # take SQLite's write lock like FOR UPDATE
-        session.execute(update(Dataset).where(Dataset.id == dataset_id).values(seq=Dataset.seq))
     return dataset
 
 
@@ -76,29 +82,41 @@ def commit(db: Database, blobs: BlobStore, dataset_id: int, author: str, message
     # committed_seq, then 0): every line adds a record
     based = parent is not None
     writer = _DeltaWriter(PackWriter(blobs), delta, based)
-    with (_collector_paused(),
-          closing(_changed_runs(db, dataset_id, since, upto, based)) as runs):
-        _write_delta(writer, runs, progress)
     result, packs = writer.result, writer.packs
-    if parent and not (result.added or result.changed or result.removed):
-        raise InvalidInput(f"nothing to commit: the draft equals version {parent.number}; "
-                           "edit or import records first")
-    delta_digest, delta_size = delta.close()
-    counts = Counter(parent.label_counts if parent else {})
-    for packed, number in writer.packed_counts.items():
-        for label in unpack_labels(packed):
-            counts[label] += number
-    record_count = (parent.record_count if parent else 0) + result.added - result.removed
-    snapshot, snapshot_size, chain = _maybe_snapshot(db, blobs, parent, delta_digest)
-    version = DatasetVersion(
-        id=version_id, dataset_id=dataset_id, parents=[parent_id] if parent_id else [],
-        author=author, message=message, created=utcnow(), delta=delta_digest, snapshot=snapshot,
-        chain=chain, record_count=record_count, label_schema=label_schema,
-        label_counts={k: v for k, v in sorted(counts.items()) if v > 0},
-        stored_bytes=delta_size + snapshot_size + sum(size for _, size in packs.written))
-    digests = [d for d, _ in packs.written] + [delta_digest] + ([snapshot] if snapshot else [])
-    _finish(db, blobs, dataset_id, parent_id, upto, version, digests, writer.deleted_ids,
-            writer.reused)
+    manifests: list[str] = []
+    try:
+        with (_collector_paused(),
+              closing(_changed_runs(db, dataset_id, since, upto, based)) as runs):
+            _write_delta(writer, runs, progress)
+        if parent and not (result.added or result.changed or result.removed):
+            raise InvalidInput(f"nothing to commit: the draft equals version {parent.number}; "
+                               "edit or import records first")
+        delta_digest, delta_size = delta.close()
+        manifests.append(delta_digest)
+        counts = Counter(parent.label_counts if parent else {})
+        for packed, number in writer.packed_counts.items():
+            for label in unpack_labels(packed):
+                counts[label] += number
+        record_count = (parent.record_count if parent else 0) + result.added - result.removed
+        snapshot, snapshot_size, chain = _maybe_snapshot(db, blobs, parent, delta_digest)
+        manifests += [snapshot] if snapshot and snapshot != delta_digest else []
+        version = DatasetVersion(
+            id=version_id, dataset_id=dataset_id, parents=[parent_id] if parent_id else [],
+            author=author, message=message, created=utcnow(), delta=delta_digest,
+            snapshot=snapshot, chain=chain, record_count=record_count,
+            label_schema=label_schema,
+            label_counts={k: v for k, v in sorted(counts.items()) if v > 0},
+            stored_bytes=delta_size + snapshot_size + sum(size for _, size in packs.written))
+        _finish(db, blobs, dataset_id, parent_id, upto, version,
+                [d for d, _ in packs.written] + manifests, writer.deleted_ids, writer.reused)
+    except BaseException:
+        # A commit that fails (someone else committed first, cancelled, nothing to commit)
+        # leaves the packs and manifests it stored referenced by nothing: registered,
+        # garbage collection removes them after its grace period (unregistered, nothing
+        # would ever remove them).
+        with db.transaction() as session:
+            register_blobs(session, [d for d, _ in packs.written] + manifests, "draft")
+        raise
     result.version = version
     return result
 
@@ -409,13 +427,20 @@ def _fix_bases_written_during_commit(db, blobs, dataset_id: int, upto: int, vers
 
 
 def register_blobs(session, digests, kind: str) -> None:
+    """Make DIGESTS the datasets room's (garbage collection candidates once no version
+    or draft needs them); content already registered restarts its grace period. One
+    upsert, so two requests storing the same bytes at once (two uploads of one file)
+    do not collide on the key."""
     now = utcnow()
-    for digest in set(digests):
-        row = session.get(DatasetBlob, digest)
-        if row is None:
-            session.add(DatasetBlob(digest=digest, kind=kind, created=now))
-        else:
-            row.created = now  # re-used content: restart its grace period
+    rows = [{"digest": d, "kind": kind, "created": now} for d in sorted(set(digests))]
+    if not rows:
+        return
+    session.flush()  # the ORM's pending changes to these rows go first
+    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    for start in range(0, len(rows), 300):
+        stmt = insert(DatasetBlob).values(rows[start:start + 300])
+        session.execute(stmt.on_conflict_do_update(index_elements=["digest"],
+                                                   set_={"created": stmt.excluded.created}))
 
 
 # -- reading versions --------------------------------------------------------------
