@@ -58,6 +58,9 @@ class Op:
     summary: str
     access: str = "user"
     query: dict[str, dict] = field(default_factory=dict)
+    # query parameters the document marks required; the handler says which is missing,
+    # after the access check (a caller who may not see the thing learns only that)
+    required_query: tuple[str, ...] = ()
     body: dict | None = None
     raw_body: str | None = None  # media type of a streamed raw body (uploads)
     max_body: int = MAX_JSON_BODY

@@ -76,11 +76,21 @@ class DatasetHandler(ApiHandler):
         if raw is None:
             raw = self.request.headers.get("If-Match", "").strip('"') or None
         try:
-            return int(raw)
+            revision = int(raw)
+            if not 0 <= revision <= 2**53:  # If-Match is not checked by a schema
+                raise ValueError(raw)
+            return revision
         except (TypeError, ValueError) as exc:
+            self.refused_unless_allowed("write")
             raise InvalidInput("send the record's revision (body 'revision', ?revision= or "
-                               "If-Match) so concurrent edits are not lost",
-                               detail={"field": "revision"}) from exc
+                               "If-Match: a whole number from 0) so concurrent edits are not "
+                               "lost", detail={"field": "revision"}) from exc
+
+    def refused_unless_allowed(self, need: str) -> None:
+        """Before answering that a request is incomplete: a caller who may not NEED the
+        dataset in the path gets that refusal instead (404 when they cannot read it), so
+        what they learn does not depend on what they sent."""
+        self.datasets.check_access(self.actor, self.path_kwargs["name"], need)
 
 
 class SchemasHandler(DatasetHandler):
@@ -302,6 +312,7 @@ class RecordHandler(DatasetHandler):
     def put(self, name: str, record_id: str) -> None:
         record = self.body["record"]
         if record.get("id") != record_id:
+            self.refused_unless_allowed("write")
             raise InvalidInput("body.record.id: must equal the record id in the path",
                                detail={"field": "body.record.id"})
         revision = self.datasets.put_record(self.actor, name, record, self.revision())
@@ -448,6 +459,7 @@ class CommitsHandler(DatasetHandler):
 class DiffHandler(DatasetHandler):
     openapi = {"get": Op("Diff two versions (target=draft: the uncommitted changes)",
                          access="dataset:read",
+                         required_query=("base",),
                          query={"base": {"type": "string", "minLength": 1, "maxLength": 255},
                                 "target": {"type": "string", "minLength": 1, "maxLength": 255,
                                            "default": "head"}},
@@ -462,6 +474,7 @@ class DiffHandler(DatasetHandler):
 
     async def get(self, name: str) -> None:
         if not self.query["base"]:
+            self.refused_unless_allowed("read")
             raise InvalidInput("query parameter base is required (a version number, v<n>, a "
                                "tag or 'head')", detail={"field": "base"})
         self.write_json(await in_thread(self.datasets.diff, self.actor, name,

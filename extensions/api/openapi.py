@@ -37,8 +37,8 @@ def _parameters(path: str, op: Op) -> list[dict]:
     params = [{"name": name, "in": "path", "required": True,
                "schema": {"type": "string", "minLength": 1, "maxLength": 1024}}
               for name in PATH_PARAM.findall(path)]
-    params += [{"name": name, "in": "query", "required": False, "schema": schema}
-               for name, schema in op.query.items()]
+    params += [{"name": name, "in": "query", "required": name in op.required_query,
+                "schema": schema} for name, schema in op.query.items()]
     return params
 
 

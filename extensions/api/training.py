@@ -235,7 +235,8 @@ class ArtifactHandler(TrainingHandler):
         body={"type": "object", "required": ["blob", "meta"], "additionalProperties": False,
               "properties": {"blob": DIGEST, "meta": {"type": "object"}}},
         errors={409: "the job is not running"},
-        body_example={"blob": "0" * 64, "meta": {"format": "torchscript"}})}
+        body_example={"blob": "0" * 64, "meta": {"format": "torchscript", "preprocess": {},
+                                                  "labels": ["cat"]}})}
 
     async def post(self, job_id: str) -> None:
         self.write_json(await in_thread(self.service.put_artifact, self.actor, job_id,

@@ -55,6 +55,7 @@ from loophub.store.models import utcnow
 Progress = Callable[[int, int], None]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_NUMBER = re.compile(r"v?([0-9]{1,12})")
+MAX_REVISION = 2**53
 MAX_VERSION = 2**31 - 1  # DatasetVersion.number is a 32-bit integer column
 TRANSITIONS = {
     "active": {"published", "archived", "deleted"},
@@ -448,6 +449,8 @@ class DatasetService:
     def put_record(self, actor: Actor, name: str, record: dict,
                    expected_revision: int | None = None) -> int:
         """Create a record (``expected_revision`` None) or replace it; the new revision."""
+        if expected_revision is not None:
+            _check_revision(expected_revision)
         with self.db.transaction() as session:
             dataset = self._writable(session, actor, name)
             RecordValidator(dataset.label_schema).validate(record, source=name)
@@ -468,6 +471,7 @@ class DatasetService:
 
     def delete_record(self, actor: Actor, name: str, record_id: str,
                       expected_revision: int) -> None:
+        _check_revision(expected_revision)
         with self.db.transaction() as session:
             dataset = self._writable(session, actor, name)
             draft.delete_record(session, dataset.id, record_id, expected_revision, actor.name)
@@ -475,6 +479,7 @@ class DatasetService:
     def _edit(self, actor: Actor, name: str, record_id: str, expected_revision: int,
               change: Callable[[list[dict]], str | None]) -> dict:
         """Apply ``change`` to a record's annotations under optimistic concurrency."""
+        _check_revision(expected_revision)
         with self.db.transaction() as session:
             dataset = self._writable(session, actor, name)
             row = draft.get_row(session, dataset.id, record_id)
@@ -821,6 +826,15 @@ class DatasetService:
             raise PermissionDenied("only hub admins can collect garbage")
         from loophub.datasets.gc import collect
         return collect(self.db, self.blobs, grace_seconds=grace_seconds, dry_run=dry_run)
+
+
+def _check_revision(revision: int) -> None:
+    """A revision a row can have: a whole number the database can compare (SQLite cannot
+    bind an integer past 2^63; the API's bound is JSON's 2^53)."""
+    if isinstance(revision, bool) or not isinstance(revision, int) or \
+            not 0 <= revision <= MAX_REVISION:
+        raise InvalidInput(f"revision {revision!r}: a whole number from 0 to 2^53, the "
+                           "revision you read", detail={"field": "revision"})
 
 
 def _annotation_index(annotations: list[dict], record_id: str, annotation_id: str) -> int:
