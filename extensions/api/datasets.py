@@ -27,7 +27,8 @@ NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
 DIGEST = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
 REF = {"type": ["string", "integer"], "maxLength": 255, "minimum": 0,
        "description": "a version number, v<n>, a tag, a version id, 'head' or 'draft'"}
-REVISION = {"type": "integer", "minimum": 0, "maximum": 2**53,
+MAX_INT32 = 2**31 - 1  # the database's integer columns (revisions, version numbers)
+REVISION = {"type": "integer", "minimum": 0, "maximum": MAX_INT32,
             "description": "the revision you read (or If-Match); 409 when someone wrote since"}
 TEXT = {"type": "string", "maxLength": 10_000}
 # The dataset room's own JSON Schemas (GET datasets/schemas), self-contained: a body the
@@ -77,7 +78,7 @@ class DatasetHandler(ApiHandler):
             raw = self.request.headers.get("If-Match", "").strip('"') or None
         try:
             revision = int(raw)
-            if not 0 <= revision <= 2**53:  # If-Match is not checked by a schema
+            if not 0 <= revision <= MAX_INT32:  # If-Match is not checked by a schema
                 raise ValueError(raw)
             return revision
         except (TypeError, ValueError) as exc:

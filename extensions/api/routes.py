@@ -102,7 +102,7 @@ class AuditHandler(ApiHandler):
                "target": {"type": "string", "maxLength": 512},
                "since": {"type": "string", "maxLength": 64},
                "until": {"type": "string", "maxLength": 64},
-               "before": {"type": "integer", "minimum": 1, "maximum": 2**53},
+               "before": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
                "limit": {"type": "integer", "minimum": 1, "maximum": audit.MAX_PAGE,
                          "default": 100}},
         response={"type": "object", "properties": {"events": {"type": "array"}}})}

@@ -28,7 +28,8 @@ TRAINING_VIEW = {**JOB_VIEW, "properties": {
     "stop_requested": {"type": ["string", "null"]},
     "queue": {"type": ["object", "null"]}}}
 DIGEST = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
-AFTER = {"after": {"type": "integer", "minimum": 0, "maximum": 2**53, "default": 0}}
+AFTER = {"after": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1,  # an id column
+                   "default": 0}}
 
 
 class JobHandler:

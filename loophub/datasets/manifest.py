@@ -48,8 +48,11 @@ def escape(text: str) -> str:
 def unescape(text: str) -> str:
     if "\\" not in text:
         return text
+    # strict=False: ids and labels may hold control characters other than the four
+    # escaped (packed labels always hold \x1f); a strict parse refused them, and a
+    # version with a non-ASCII id or label containing a backslash could not be read
     return text.encode("latin-1", "backslashreplace").decode("unicode_escape") \
-        if text.isascii() else json.loads('"' + text.replace('"', '\\"') + '"')
+        if text.isascii() else json.loads('"' + text.replace('"', '\\"') + '"', strict=False)
 
 
 class Entry(NamedTuple):

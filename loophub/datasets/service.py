@@ -55,7 +55,7 @@ from loophub.store.models import utcnow
 Progress = Callable[[int, int], None]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 VERSION_NUMBER = re.compile(r"v?([0-9]{1,12})")
-MAX_REVISION = 2**53
+MAX_REVISION = 2**31 - 1  # DraftRecord.revision is a 32-bit integer column
 MAX_VERSION = 2**31 - 1  # DatasetVersion.number is a 32-bit integer column
 TRANSITIONS = {
     "active": {"published", "archived", "deleted"},
@@ -128,12 +128,14 @@ class DatasetService:
             self.dataset_for(session, actor, name, need)
 
     def check_import(self, actor: Actor, name: str, digest: str) -> None:
-        """An import needs write access to the dataset and a right to the upload."""
+        """An import needs write access to the dataset and a right to the upload, which
+        must still be stored (an admin may name any digest: one that is not there failed
+        the import job with an internal error)."""
         with self.db.session() as session:
             self.dataset_for(session, actor, name, "write")
             missing = grants.may_reference(session, actor, [digest], [self._media_holders])
-            if missing:
-                raise grants.refuse(missing, "upload")
+            if missing or not self.blobs.exists(digest):
+                raise grants.refuse(missing or {digest}, "upload")
 
     @staticmethod
     def _media_holders(session, actor: Actor, digests: set[str]) -> set[str]:
@@ -829,12 +831,12 @@ class DatasetService:
 
 
 def _check_revision(revision: int) -> None:
-    """A revision a row can have: a whole number the database can compare (SQLite cannot
-    bind an integer past 2^63; the API's bound is JSON's 2^53)."""
+    """A revision a row can have: a whole number its 32-bit column can compare
+    (PostgreSQL refuses a larger one as out of range, SQLite one past 2^63)."""
     if isinstance(revision, bool) or not isinstance(revision, int) or \
             not 0 <= revision <= MAX_REVISION:
-        raise InvalidInput(f"revision {revision!r}: a whole number from 0 to 2^53, the "
-                           "revision you read", detail={"field": "revision"})
+        raise InvalidInput(f"revision {revision!r}: a whole number from 0 to {MAX_REVISION},"
+                           " the revision you read", detail={"field": "revision"})
 
 
 def _annotation_index(annotations: list[dict], record_id: str, annotation_id: str) -> int:
