@@ -113,7 +113,7 @@ REAL = {"name": "pets", "record_id": "img00", "annotation_id": "a1", "tag": "bas
 PATH_GARBAGE = ["%ff", "%00", "%2f", "a%2fb", "%2e%2e", "%C0%AF", "%ed%a0%80", "x" * 1500,
                 "\u00b3", "v99999999999999999999", "99999999999999999999", "%20", "%0a",
                 "-1", "%e2%80%ae", "%ef%bf%bf", "NaN"]
-QUERY_GARBAGE = ["%00", "x" * 20_000, "NaN", "Infinity", "-Infinity", "-1", "1e309",
+QUERY_GARBAGE = ["%00", "x" * 20_000, "NaN", "Infinity", "-Infinity", "-1", "1e309", "2147483648",
                  "99999999999999999999999", "\u00b3", "%ED%A0%80", "%ff", "", "-0", "0x10",
                  "1_000", "true", "[]", "%2f..%2f", "v99999999999999999999"]
 BAD_BODIES = [b"", b"{", b"null", b"[]", b"1", b'"x"', b"NaN", b'{"a": NaN}',
@@ -121,7 +121,7 @@ BAD_BODIES = [b"", b"{", b"null", b"[]", b"1", b'"x"', b"NaN", b'{"a": NaN}',
               b'{"x": 123456789012345678901234567890}', b'"\\ud800"', b'{"\\u0000": 1}',
               b'{"a": "\\udc00"}', b"\xff\xfe", b'{"a": "\\u0000"}', b"\xef\xbb\xbf{}",
               b'{"a": 1, "a": 2}']
-WRONG_VALUES = [None, 0, -1, 2**53 + 1, -(2**60), 1.5, "", "x" * 20_000, [], {}, True,
+WRONG_VALUES = [None, 0, -1, 2**31, 2**53, 2**53 + 1, -(2**60), 1.5, "", "x" * 20_000, [], {}, True,
                 "\u00b3", "v99999999999999999999", "\U0001f600", [[[[[]]]]], {"a": {"b": {}}}]
 
 
@@ -169,9 +169,50 @@ def _check(resp: requests.Response, what: str, failures: list[str]) -> None:
         failures.append(f"{what} -> {resp.status_code} {kind} {resp.text[:200]}")
 
 
+@pytest.fixture(scope="module")
+def pg_pets(tmp_path_factory) -> Iterator[Served]:
+    """The same, on PostgreSQL (which casts parameters to their columns' types)."""
+    import os
+    import uuid
+
+    import psycopg
+
+    from tests.conftest import PG_URL, _postgres_reachable
+
+    problem = _postgres_reachable()
+    if problem:
+        pytest.skip(f"PostgreSQL at {PG_URL} does not answer ({problem})")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    before = os.environ.get("LOOPHUB_DB_URL")
+    os.environ["LOOPHUB_DB_URL"] = f"{PG_URL}?options=-csearch_path%3D{schema}"
+    try:
+        for api in serve(tmp_path_factory.mktemp("fuzz-pg") / "home"):
+            seed(api)
+            yield api
+    finally:
+        if before is None:
+            os.environ.pop("LOOPHUB_DB_URL", None)
+        else:
+            os.environ["LOOPHUB_DB_URL"] = before
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
 @pytest.mark.parametrize("user", ["alice", "bob", "root"])
 def test_hand_written_garbage_is_a_json_4xx_never_a_500(pets, user):
     """Every operation x the classes above, as the owner, a stranger and an admin."""
+    _garbage(pets, user)
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("user", ["alice", "root"])
+def test_hand_written_garbage_on_postgresql(pg_pets, user):
+    _garbage(pg_pets, user)
+
+
+def _garbage(pets: Served, user: str) -> None:
     failures: list[str] = []
     statuses: Counter[int] = Counter()
     for path, method, op in _operations(pets):
