@@ -214,6 +214,7 @@ class TrainContext:
         if self.is_main:
             import torch
 
+            self.flush()  # the curve up to here is kept with the state that resumes it
             buffer = io.BytesIO()
             torch.save({**state, "_step": step, "_epoch": epoch}, buffer)
             self.channel.put_checkpoint(buffer.getvalue(), step, epoch, metric)

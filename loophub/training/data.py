@@ -11,6 +11,8 @@ import json
 import math
 import os
 import shutil
+import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,10 +27,18 @@ def materialize(records: Iterable[dict], label_schema: dict, folder: Path,
     stream to copy); returns the record count per split ('' for records without one).
     Written beside the final folder and renamed, so a half-written copy is never used."""
     folder = Path(folder)
-    if (folder / COUNTS).is_file():
-        return json.loads((folder / COUNTS).read_text())
-    tmp = folder.with_name(folder.name + f".part-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    with _LOCKS.setdefault(str(folder), threading.Lock()):  # jobs of one version: once
+        if (folder / COUNTS).is_file():
+            return json.loads((folder / COUNTS).read_text())
+        return _write(records, label_schema, folder, open_media)
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _write(records: Iterable[dict], label_schema: dict, folder: Path, open_media
+           ) -> dict[str, int]:
+    tmp = folder.with_name(f"{folder.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     (tmp / "media").mkdir(parents=True)
     counts: dict[str, int] = {}
     with open(tmp / RECORDS, "w", encoding="utf-8") as out:
@@ -44,7 +54,7 @@ def materialize(records: Iterable[dict], label_schema: dict, folder: Path,
     (tmp / COUNTS).write_text(json.dumps(counts))
     try:
         tmp.rename(folder)
-    except OSError:  # another job of the same version got there first
+    except OSError:  # another process materialized the same version first
         shutil.rmtree(tmp, ignore_errors=True)
     return json.loads((folder / COUNTS).read_text())
 

@@ -105,6 +105,8 @@ class Attempt:
     stop: str | None = None  # why it is being stopped: preempted, cancelled, ...
     lost: asyncio.Event = field(default_factory=asyncio.Event)
     lost_reason: str = ""
+    # started again (after a preemption) before this attempt finished stopping
+    next_allocation: dict | None = None
 
 
 class TrainingRunner:
@@ -133,8 +135,8 @@ class TrainingRunner:
 
             address = self.scheduler_address
             if not address:
-                self._scheduler = await Scheduler(host="127.0.0.1", port=0,
-                                                  dashboard_address=None)
+                self._scheduler = await Scheduler(host="127.0.0.1", port=0, dashboard=False,
+                                                  dashboard_address="127.0.0.1:0")
                 address = self._scheduler.address
             self._client = await Client(address, asynchronous=True)
         return self._client
@@ -155,7 +157,10 @@ class TrainingRunner:
 
     async def start(self, job_id: str, allocation: dict) -> None:
         """The scheduler allocated the job's gang: run an attempt on it."""
-        if job_id in self.attempts:
+        current = self.attempts.get(job_id)
+        if current is not None:
+            if current.stop == "preempted":  # it starts once the preempted ranks stopped
+                current.next_allocation = allocation
             return  # already running on this allocation
         attempt = Attempt(job_id, allocation)
         self.attempts[job_id] = attempt
@@ -197,9 +202,9 @@ class TrainingRunner:
                 attempt.task.cancel()
 
     def _requeue(self, job_id: str, reason: str) -> None:
-        state, _, _ = self.service.state_of(job_id)
+        state, run, _ = self.service.state_of(job_id)
         if state in ("starting", "running", "retrying"):
-            self.service.move(job_id, "preempted", reason)
+            self.service.move(job_id, "preempted", reason, preemptions=run.preemptions + 1)
         if self.service.state_of(job_id)[0] == "preempted":
             self.service.move(job_id, "queued", "waiting for resources again")
 
@@ -219,6 +224,8 @@ class TrainingRunner:
         await self._conclude(job_id, *outcome)
         if self.revoke is not None and outcome[0] != "preempted":
             await self.revoke(job_id)
+        if attempt.next_allocation is not None:
+            await self.start(job_id, attempt.next_allocation)
 
     async def _attempt_until_done(self, attempt: Attempt) -> tuple[str, Any]:
         job_id = attempt.job_id
@@ -325,33 +332,52 @@ class TrainingRunner:
                 if code is not None:
                     attempt.lost_reason = (f"rank {handle.rank}'s worker exited with "
                                            f"{code}" + _tail(handle.log_path))
+                    log.warning("job %s: %s", attempt.job_id, attempt.lost_reason)
                     attempt.lost.set()
                     return
             await asyncio.sleep(0.5)
 
     async def _outcome(self, attempt: Attempt) -> tuple[str, Any]:
-        """Wait for every rank (or a lost worker); what happened."""
-        from distributed import wait
-
-        lost = asyncio.ensure_future(attempt.lost.wait())
-        ranks = asyncio.ensure_future(wait(attempt.futures, return_when="FIRST_EXCEPTION"))
-        done, _ = await asyncio.wait({lost, ranks}, return_when=asyncio.FIRST_COMPLETED)
-        if lost in done and not ranks.done():
-            ranks.cancel()
-            return ("lost", attempt.lost_reason or "a worker was lost")
-        lost.cancel()
-        failed = [f for f in attempt.futures if f.status == "error"]
-        if failed:
-            error = await failed[0].exception()
-            trace = "".join(traceback.format_tb(await failed[0].traceback()))
-            return ("error", (f"{type(error).__name__}: {error}", trace))
-        await wait(attempt.futures)
+        """Watch every rank (and the workers' processes) until all are done, one fails,
+        or a worker is lost; what happened. Polled: Dask's own waits hide a task whose
+        only allowed worker died."""
+        while True:
+            if attempt.lost.is_set():
+                return ("lost", attempt.lost_reason or "a worker was lost")
+            statuses = [f.status for f in attempt.futures]
+            if "error" in statuses:
+                # a rank whose peer's process died fails too (gloo: connection reset):
+                # the loss, not the rank's error, is what happened
+                if dead := await self._dead_worker(attempt):
+                    return ("lost", dead)
+                failed = attempt.futures[statuses.index("error")]
+                error = await failed.exception()
+                trace = "".join(traceback.format_tb(await failed.traceback()))
+                return ("error", (f"{type(error).__name__}: {error}", trace))
+            if any(s in ("cancelled", "lost") for s in statuses):
+                return ("lost", "a rank's task was lost")
+            if all(s == "finished" for s in statuses):
+                break
+            try:
+                await asyncio.wait_for(attempt.lost.wait(), 0.5)
+            except TimeoutError:
+                pass
         results = [await f.result() for f in attempt.futures]
         stopped = [r for r in results if r["status"] == "stopped"]
         if stopped:
             return (stopped[0]["reason"], f"stopped at step {stopped[0].get('step')}")
-        main = next(r for r in results if r["rank"] == 0)
-        return ("done", main)
+        return ("done", next(r for r in results if r["rank"] == 0))
+
+    async def _dead_worker(self, attempt: Attempt, wait: float = 3.0) -> str:
+        """Why a worker of the attempt is gone ("" if all still run, after WAIT s)."""
+        deadline = time.monotonic() + wait
+        while True:
+            for handle in attempt.workers:
+                if (code := handle.proc.poll()) is not None:
+                    return f"rank {handle.rank}'s worker exited with {code}"
+            if time.monotonic() >= deadline:
+                return ""
+            await asyncio.sleep(0.2)
 
     async def _stop_workers(self, attempt: Attempt) -> None:
         pending = [f for f in attempt.futures if f.status == "pending"]
