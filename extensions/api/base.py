@@ -36,6 +36,7 @@ from loophub.identity import Actor
 log = logging.getLogger("loophub.api")
 
 MAX_JSON_BODY = 1024 * 1024      # bytes of a JSON body unless the operation says otherwise
+OFF_LOOP_BODY = 64 * 1024        # larger bodies are parsed and checked on a thread
 DRAIN_LIMIT = 256 * 1024 * 1024  # bytes of a refused request's body read (and dropped) first
 MAX_DEPTH = 32                   # nesting of arrays and objects in a JSON body
 MAX_INT = 2**53                  # integers outside +-2^53 are refused (JSON's safe range)
@@ -423,6 +424,12 @@ class ApiHandler(HubOAuthenticated, web.RequestHandler):
         self.set_status(status or self.op.status)
         self.finish(dumps(data))
 
+    async def write_json_off_loop(self, data: Any, status: int | None = None) -> None:
+        """write_json for large answers (pages of records): serialized on a thread."""
+        text = await in_thread(dumps, data)
+        self.set_status(status or self.op.status)
+        self.finish(text)
+
     def log_exception(self, typ, value, tb) -> None:
         if isinstance(value, LoophubError | web.HTTPError):
             log.info("%s %s -> %s", self.request.method, self.request.path, value)
@@ -479,7 +486,10 @@ def _loading_body(func: Callable) -> Callable:
     if inspect.iscoroutinefunction(func):
         @functools.wraps(func)
         async def wrapper(self: ApiHandler, *args: Any, **kwargs: Any) -> Any:
-            self._load_body()
+            if self._body_size > OFF_LOOP_BODY:  # parse and check big bodies off the loop
+                await in_thread(self._load_body)
+            else:
+                self._load_body()
             return await func(self, *args, **kwargs)
     else:
         @functools.wraps(func)

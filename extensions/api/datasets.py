@@ -144,8 +144,9 @@ class OneDatasetHandler(DatasetHandler):
                     body_example={"description": "x"}),
     }
 
-    def get(self, name: str) -> None:
-        self.write_json(self.datasets.get_dataset(self.actor, name))
+    async def get(self, name: str) -> None:
+        # counts the draft: a scan that grows with the dataset, so off the loop
+        self.write_json(await in_thread(self.datasets.get_dataset, self.actor, name))
 
     def patch(self, name: str) -> None:
         self.write_json(self.datasets.update_dataset(self.actor, name, **self.body))
@@ -283,7 +284,9 @@ class RecordsHandler(DatasetHandler):
             self.datasets.list_records, self.actor, name, label=q["label"], split=q["split"],
             annotated=q["annotated"], annotator=q["annotator"], after=q["after"],
             limit=q["limit"], with_total=q["total"])
-        self.write_json(asdict(page))
+        # no asdict (it deep-copies every record) and serialized off the loop
+        await self.write_json_off_loop({"records": page.records,
+                                        "next_cursor": page.next_cursor, "total": page.total})
 
     def post(self, name: str) -> None:
         record = self.body["record"]
