@@ -41,6 +41,20 @@ class Served:
         return requests.request(method, self.url + path, headers=headers, timeout=120, **kw)
 
 
+_SERVING: list[int] = []  # ports of the servers up: they share the HubOAuth singleton
+
+
+def _token_is_user() -> HubOAuth:
+    """The HubOAuth singleton the handlers take, made TokenIsUser once for every server
+    of this module (clearing it while another server runs sends that one to a hub)."""
+    if not (HubOAuth.initialized() and isinstance(HubOAuth.instance(), TokenIsUser)):
+        TokenIsUser.clear_instance()
+        HubOAuth.clear_instance()
+        TokenIsUser.instance(api_token="unused", api_url="http://127.0.0.1:1/hub/api",
+                             oauth_client_id="service-loophub", access_scopes=set())
+    return HubOAuth.instance()
+
+
 def serve(home: Path) -> Iterator[Served]:
     from loophub.extensions.api.app import ServiceContext, make_app
     from loophub.ports import free_port
@@ -54,10 +68,6 @@ def serve(home: Path) -> Iterator[Served]:
     def run() -> None:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        TokenIsUser.clear_instance()
-        HubOAuth.clear_instance()
-        auth = TokenIsUser.instance(api_token="unused", api_url="http://127.0.0.1:1/hub/api",
-                                     oauth_client_id="service-loophub", access_scopes=set())
         server = make_app(ctx, hub_auth=auth).listen(port, "127.0.0.1",
                                                      max_body_size=512 * 1024**2)
         state["loop"] = loop
@@ -66,6 +76,8 @@ def serve(home: Path) -> Iterator[Served]:
         server.stop()
         loop.close()
 
+    auth = _token_is_user()
+    _SERVING.append(port)
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     ready.wait(30)
@@ -74,7 +86,10 @@ def serve(home: Path) -> Iterator[Served]:
     thread.join(10)
     ctx.jobs.shutdown()
     ctx.db.dispose()
-    TokenIsUser.clear_instance()
+    _SERVING.remove(port)
+    if not _SERVING:
+        TokenIsUser.clear_instance()
+        HubOAuth.clear_instance()
 
 
 def seed(api: Served, name: str = "pets") -> None:
