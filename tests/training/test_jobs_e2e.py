@@ -271,3 +271,37 @@ def test_two_users_are_admitted_in_fair_order(digits, api):
     def started(client, job):
         return next(e["at"] for e in client.training.events(job.id) if e["state"] == "starting")
     assert started(api.client("bob"), bobs) < started(digits, anns[2])
+
+
+def reports_its_devices(ctx):
+    import os
+
+    ctx.log(f"devices {os.environ.get('CUDA_VISIBLE_DEVICES')!r} "
+            f"gpus {os.environ.get('LOOPHUB_ALLOC_GPUS')!r}")
+    ctx.final(rank_seen=float(ctx.rank))
+    return {}
+
+
+def test_each_rank_sees_only_its_allocated_gpu(digits):
+    """The GPU code path with the pool's declared devices: each rank's worker gets the GPU
+    index of its own unit in CUDA_VISIBLE_DEVICES (nccl is chosen where torch has it)."""
+    job = digits.training.run(reports_its_devices, dataset="digits@v1", workers=2,
+                              per_worker={"cpu": 1, "mem": "1G", "gpu": 1})
+    job.wait(progress=False, timeout=300)
+    [request] = digits.scheduler.find(key=f"job:ann/{job.id}")
+    units = request["allocation"]["units"]
+    assert sorted(g for u in units for g in u["gpus"]) == [0, 1]
+    logs = job.logs()
+    for rank, unit in enumerate(units):
+        assert f"[{rank}] devices '{unit['gpus'][0]}' gpus '{unit['gpus'][0]}'" in logs, logs
+
+
+def test_nccl_is_chosen_for_ranks_with_gpus(monkeypatch):
+    import torch.distributed as dist
+
+    from loophub.training.ddp import choose_backend
+
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    assert choose_backend(gpus=True) == "nccl" and choose_backend(gpus=False) == "gloo"
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
+    assert choose_backend(gpus=True) == "gloo"  # a CPU build of torch: gloo still works
