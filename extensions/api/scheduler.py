@@ -51,7 +51,8 @@ class RequestsHandler(SchedulerHandler):
             "running, 422 when it can never fit", body=SPEC_SCHEMA, response=REQUEST_VIEW,
             status=201, errors={422: "can never fit here (larger than any node, or over "
                                      "quota)"},
-            body_example={"kind": "job", "job": "example", "demand": {"cpu": 0.1, "mem": 1}}),
+            body_example={"kind": "service", "release": "example", "replica": "0",
+                          "demand": {"cpu": 0.1, "mem": 1}}),
         "get": Op(
             "Your requests, newest first (admins: everyone's), active and ended; "
             "?key= finds the requests of one server, kernel, job or replica",
