@@ -86,6 +86,8 @@ class ServiceContext:
     training_token_ttl: int = 7 * 86400
     # (owner, job id) -> an API token the job's workers act with (tests without a hub)
     token_for: Any = None
+    # pool backend ("slurm") -> how training workers are started there (local: processes)
+    worker_launchers: dict = field(default_factory=dict)
 
     @cached_property
     def db(self) -> Database:
@@ -131,10 +133,17 @@ class ServiceContext:
     def runner(self):
         from loophub.training.runner import LocalLauncher, TrainingRunner
 
+        backends = {node.name: node.backend for node in self.pool}
+        launchers = dict(self.worker_launchers)
+        if "slurm" in backends.values() and "slurm" not in launchers:
+            from loophub.spawner.backends.dask_workers import SlurmWorkerLauncher
+
+            launchers["slurm"] = SlurmWorkerLauncher()
         return TrainingRunner(
             self.training, api_url=self.api_url, token_for=self._training_token,
             release=self._release_training, revoke=self._revoke_training_token,
             launcher=LocalLauncher(self.settings.home / "logs" / "training"),
+            launchers=launchers, backend_of=lambda node: backends.get(node, "local"),
             scheduler_address=self.dask_scheduler_address, preempt_grace=self.preempt_grace)
 
     async def _training_token(self, owner: str, job_id: str) -> str:
@@ -404,13 +413,23 @@ class LoophubAPI(Application):
                         blob_url=self.blob_url or base.blob_url, hub_db_url=base.hub_db_url,
                         pool=self.pool or base.pool)
 
+    def worker_launchers(self, settings: Settings) -> dict:
+        """Launchers of training workers for the pool's batch backends, configured from
+        this application's options (c.SlurmWorkerLauncher.partition = ...)."""
+        if not any(node.backend == "slurm" for node in load_pool(settings.pool)):
+            return {}
+        from loophub.spawner.backends.dask_workers import SlurmWorkerLauncher
+
+        return {"slurm": SlurmWorkerLauncher(parent=self)}
+
     def context(self, prefix: str, api_url: str = "") -> ServiceContext:
         hub = None
         if os.environ.get("JUPYTERHUB_API_TOKEN"):
             hub = Hub(os.environ["JUPYTERHUB_API_URL"], os.environ["JUPYTERHUB_API_TOKEN"],
                       self.public_url)
+        settings = self.platform_settings()
         return ServiceContext(
-            settings=self.platform_settings(), prefix=prefix,
+            settings=settings, prefix=prefix, worker_launchers=self.worker_launchers(settings),
             trusted_services=frozenset(self.trusted_services),
             scheduler_policy=self.scheduler_policy, scheduler_config=dict(self.scheduler_config),
             max_upload_bytes=self.max_upload_bytes,

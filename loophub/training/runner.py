@@ -40,11 +40,15 @@ Revoke = Callable[[str], Awaitable[None]]        # (job id) -> its workers' toke
 
 @dataclass
 class WorkerHandle:
+    """One started worker: ``poll()`` is None while it lives, else how it ended."""
+
     name: str
     rank: int
-    proc: subprocess.Popen
-    confinement: Confinement | None = None
+    poll: Callable[[], int | None]
     log_path: Path | None = None
+    proc: subprocess.Popen | None = None     # a local worker's process
+    confinement: Confinement | None = None   # what holds a local worker to its unit
+    job: Any = None                          # a batch system's job (Slurm)
 
 
 class Launcher(Protocol):
@@ -76,9 +80,10 @@ class LocalLauncher:
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=confinement.preexec())
-        return WorkerHandle(name, rank, proc, confinement, log_path)
+        return WorkerHandle(name, rank, proc.poll, log_path, proc=proc, confinement=confinement)
 
     async def stop(self, handle: WorkerHandle, grace: float = 10.0) -> None:
+        assert handle.proc is not None
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
             if handle.proc.poll() is not None:
                 break
@@ -112,14 +117,18 @@ class Attempt:
 class TrainingRunner:
     def __init__(self, service: TrainingService, *, api_url: str, token_for: TokenFor,
                  release: Release, launcher: Launcher, revoke: Revoke | None = None,
-                 scheduler_address: str = "",
+                 launchers: dict[str, Launcher] | None = None,
+                 backend_of: Callable[[str], str] | None = None,
+                 scheduler_address: str = "", scheduler_host: str = "127.0.0.1",
                  preempt_grace: float = 60.0, init_timeout: float = 120.0,
                  start_timeout: float = 120.0) -> None:
         self.service = service
         self.api_url, self.token_for, self.release = api_url, token_for, release
         self.revoke = revoke
-        self.launcher = launcher
-        self.scheduler_address = scheduler_address
+        self.launcher = launcher  # local processes, and every backend without its own
+        self.launchers = dict(launchers or {})  # backend ("slurm") -> its launcher
+        self.backend_of = backend_of or (lambda node: "local")
+        self.scheduler_address, self.scheduler_host = scheduler_address, scheduler_host
         self.preempt_grace, self.init_timeout = preempt_grace, init_timeout
         self.start_timeout = start_timeout
         self.attempts: dict[str, Attempt] = {}
@@ -135,8 +144,9 @@ class TrainingRunner:
 
             address = self.scheduler_address
             if not address:
-                self._scheduler = await Scheduler(host="127.0.0.1", port=0, dashboard=False,
-                                                  dashboard_address="127.0.0.1:0")
+                self._scheduler = await Scheduler(host=self.scheduler_host, port=0,
+                                                  dashboard=False,
+                                                  dashboard_address=f"{self.scheduler_host}:0")
                 address = self._scheduler.address
             self._client = await Client(address, asynchronous=True)
         return self._client
@@ -269,7 +279,8 @@ class TrainingRunner:
         names = [f"train-{job_id[:12]}-{number}-{rank}" for rank in range(len(units))]
         for rank, (name, unit) in enumerate(zip(names, units, strict=True)):
             env = self._worker_env(unit, token, job_id)
-            attempt.workers.append(await self.launcher.launch(
+            launcher = self.launchers.get(self.backend_of(unit.node), self.launcher)
+            attempt.workers.append(await launcher.launch(
                 name, rank, unit, env, client.scheduler.address))
         watcher = asyncio.ensure_future(self._watch_workers(attempt))
         try:
@@ -328,7 +339,7 @@ class TrainingRunner:
         """A worker process that exits while the attempt runs is a lost worker."""
         while True:
             for handle in attempt.workers:
-                code = handle.proc.poll()
+                code = handle.poll()
                 if code is not None:
                     attempt.lost_reason = (f"rank {handle.rank}'s worker exited with "
                                            f"{code}" + _tail(handle.log_path))
@@ -373,7 +384,7 @@ class TrainingRunner:
         deadline = time.monotonic() + wait
         while True:
             for handle in attempt.workers:
-                if (code := handle.proc.poll()) is not None:
+                if (code := handle.poll()) is not None:
                     return f"rank {handle.rank}'s worker exited with {code}"
             if time.monotonic() >= deadline:
                 return ""
@@ -385,7 +396,12 @@ class TrainingRunner:
             await self._client.cancel(pending)
         attempt.futures = []
         workers, attempt.workers = attempt.workers, []
-        await asyncio.gather(*(self.launcher.stop(w, grace=5.0) for w in workers))
+        await asyncio.gather(*(self._launcher_of(w).stop(w, grace=5.0) for w in workers))
+
+    def _launcher_of(self, handle: WorkerHandle) -> Launcher:
+        if handle.job is not None:
+            return next(lau for lau in self.launchers.values() if lau.owns(handle))
+        return self.launcher
 
     async def _conclude(self, job_id: str, what: str, detail: Any) -> None:
         """Record the attempt's end and give the allocation back where the job ended."""
