@@ -133,3 +133,31 @@ def test_a_digest_is_a_name_not_a_right(api, tmp_path):
                                        "media": {"sha256": secret, "type": "image/png"}})
     assert thief.labeling.media("mine", "w")[0] == (tmp_path / "private" / "img00.png"
                                                     ).read_bytes()
+
+
+def test_the_audit_trail_records_state_changes_and_filters_them(api, tmp_path):
+    """Every state-changing action on a dataset is in the trail; admins filter it by
+    actor, object (a prefix: dataset:pets takes its versions too) and time."""
+    owner, admin = api.client("ann"), api.client("root")
+    image_dataset(owner, "audited", tmp_path / "audited", count=3)
+    owner.datasets.commit("audited", "first")
+    owner.datasets.tag("audited", "gold", "v1")
+    owner.datasets.update("audited", visibility="public")
+    owner.datasets.set_state("audited", "archived")
+    owner.datasets.set_state("audited", "active")
+    owner.labeling.configure("audited", overlap=2)
+    events = admin.request("GET", "audit", params={"target": "dataset:audited"})["events"]
+    actions = [e["action"] for e in reversed(events)]
+    assert actions == ["dataset.create", "dataset.commit", "dataset.tag", "dataset.update",
+                       "dataset.state", "dataset.state", "labeling.settings"], actions
+    sharing = next(e for e in events if e["action"] == "dataset.update")["detail"]["sharing"]
+    assert sharing == {"from": {"visibility": "private", "group": None},
+                       "to": {"visibility": "public", "group": None}}
+    assert all(e["at"].endswith("+00:00") for e in events)
+    jobs = admin.request("GET", "audit", params={"action": "job.", "actor": "ann"})["events"]
+    assert {e["action"] for e in jobs} == {"job.import", "job.commit"}
+    later = admin.request("GET", "audit", params={"target": "dataset:audited",
+                                                  "since": events[0]["at"]})["events"]
+    assert [e["id"] for e in later] == [events[0]["id"]]
+    with pytest.raises(errors.PermissionDenied):
+        owner.request("GET", "audit")

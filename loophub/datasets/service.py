@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from sqlalchemy import and_, delete, select
 
-from loophub import access
+from loophub import access, audit
 from loophub.access import Need
 from loophub.datasets import draft, versions
 from loophub.datasets.draft import RecordFilter
@@ -50,7 +50,7 @@ from loophub.identity import Actor
 from loophub.store import grants
 from loophub.store.blobs import BlobStore, BlobTooLarge
 from loophub.store.db import Database
-from loophub.store.models import utcnow
+from loophub.store.models import iso, utcnow
 
 Progress = Callable[[int, int], None]
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -180,6 +180,8 @@ class DatasetService:
                               committed_seq=0, version_count=0, purged=False)
             session.add(dataset)
             session.flush()
+            audit.record(session, actor, "dataset.create", f"dataset:{name}",
+                         visibility=visibility, group=group)
             return self._describe(dataset)
 
     @staticmethod
@@ -197,8 +199,8 @@ class DatasetService:
                 "visibility": ds.visibility, "description": ds.description,
                 "label_schema": ds.label_schema, "state": ds.state,
                 "state_changed_by": ds.state_changed_by,
-                "state_changed_at": ds.state_changed_at.isoformat(),
-                "created": ds.created.isoformat(), "head_version": ds.head_version,
+                "state_changed_at": iso(ds.state_changed_at),
+                "created": iso(ds.created), "head_version": ds.head_version,
                 "versions": ds.version_count}
 
     def list_datasets(self, actor: Actor, *, state: str | None = None) -> list[dict]:
@@ -224,6 +226,7 @@ class DatasetService:
                        description: str | None = None) -> dict:
         with self.db.transaction() as session:
             dataset = self._managed(session, actor, name)
+            before = {"visibility": dataset.visibility, "group": dataset.group_name}
             if visibility is not None or group is not None:
                 self._check_visibility(actor, visibility or dataset.visibility,
                                        group if group is not None else dataset.group_name)
@@ -235,6 +238,12 @@ class DatasetService:
                 dataset.label_schema = label_schema
             if description is not None:
                 dataset.description = description
+            after = {"visibility": dataset.visibility, "group": dataset.group_name}
+            # who may read and write it changes with these: the trail says from what to what
+            audit.record(session, actor, "dataset.update", f"dataset:{name}",
+                         sharing={"from": before, "to": after} if before != after else None,
+                         label_schema=label_schema is not None or None,
+                         description=description is not None or None)
             return self._describe(dataset)
 
     def _check_schema_keeps_labels(self, session, dataset: Dataset, schema: dict) -> None:
@@ -260,6 +269,8 @@ class DatasetService:
                                "it cannot be restored")
             session.add(DatasetStateChange(dataset_id=dataset.id, from_state=dataset.state,
                                            to_state=state, actor=actor.name, at=utcnow()))
+            audit.record(session, actor, "dataset.state", f"dataset:{name}",
+                         **{"from": dataset.state, "to": state})
             dataset.state, dataset.state_changed_by = state, actor.name
             dataset.state_changed_at = utcnow()
             return self._describe(dataset)
@@ -270,7 +281,7 @@ class DatasetService:
             rows = session.scalars(select(DatasetStateChange).where(
                 DatasetStateChange.dataset_id == dataset.id).order_by(DatasetStateChange.id))
             return [{"from": r.from_state, "to": r.to_state, "by": r.actor,
-                     "at": r.at.isoformat()} for r in rows]
+                     "at": iso(r.at)} for r in rows]
 
     # -- upload and import -------------------------------------------------------------
 
@@ -477,6 +488,8 @@ class DatasetService:
         with self.db.transaction() as session:
             dataset = self._writable(session, actor, name)
             draft.delete_record(session, dataset.id, record_id, expected_revision, actor.name)
+            audit.record(session, actor, "dataset.record.delete", f"dataset:{name}",
+                         record=record_id)
 
     def _edit(self, actor: Actor, name: str, record_id: str, expected_revision: int,
               change: Callable[[list[dict]], str | None]) -> dict:
@@ -554,6 +567,8 @@ class DatasetService:
                         record["split"] = plan[row.record_id]
                         yield record
             draft.upsert_many(session, dataset.id, list(updated()), actor.name)
+            audit.record(session, actor, "dataset.splits", f"dataset:{name}", seed=seed,
+                         stratify=stratify)
         counts: dict[str, int] = {}
         for split in plan.values():
             counts[split] = counts.get(split, 0) + 1
@@ -566,13 +581,17 @@ class DatasetService:
         with self.db.session() as session:
             dataset = self._writable(session, actor, name)
         result = versions.commit(self.db, self.blobs, dataset.id, actor.name, message, progress)
+        with self.db.transaction() as session:
+            audit.record(session, actor, "dataset.commit",
+                         f"dataset:{name}/v{result.version.number}", added=result.added,
+                         changed=result.changed, removed=result.removed)
         return {**self._version_info(result.version), "added": result.added,
                 "changed": result.changed, "removed": result.removed}
 
     @staticmethod
     def _version_info(v: DatasetVersion, tags: list[str] | None = None) -> dict:
         return {"id": v.id, "number": v.number, "parents": v.parents, "author": v.author,
-                "message": v.message, "created": v.created.isoformat(),
+                "message": v.message, "created": iso(v.created),
                 "records": v.record_count, "label_counts": v.label_counts,
                 "stored_bytes": v.stored_bytes, "tags": tags or []}
 
@@ -640,6 +659,8 @@ class DatasetService:
                 raise Conflict(f"tag {tag!r} exists; delete it first to move it")
             session.add(DatasetTag(dataset_id=dataset.id, name=tag, version_id=target.id,
                                    created_by=actor.name, created=utcnow()))
+            audit.record(session, actor, "dataset.tag", f"dataset:{name}/v{target.number}",
+                         tag=tag)
             return {"tag": tag, "version": target.id, "number": target.number}
 
     def delete_tag(self, actor: Actor, name: str, tag: str) -> None:
@@ -649,6 +670,7 @@ class DatasetService:
             if row is None:
                 raise NotFound(f"dataset {name!r} has no tag {tag!r}")
             session.delete(row)
+            audit.record(session, actor, "dataset.untag", f"dataset:{name}", tag=tag)
 
     def checkout(self, actor: Actor, name: str, version: str) -> dict:
         """Make the draft equal to ``version`` (uncommitted edits are replaced)."""
@@ -669,6 +691,8 @@ class DatasetService:
                 draft.filtered(dataset.id, RecordFilter()))) if rid not in wanted]
             draft.delete_many(session, dataset.id, stale, actor.name)
             dataset.label_schema = target.label_schema
+            audit.record(session, actor, "dataset.checkout", f"dataset:{name}/v{target.number}",
+                         records=len(wanted), removed=len(stale))
         return {"version": target.id, "number": target.number, "records": len(wanted)}
 
     def revert(self, actor: Actor, name: str, version: str, message: str | None = None) -> dict:
@@ -778,6 +802,8 @@ class DatasetService:
                 session.add(DatasetLineage(version_id=target.id, model_name=model_name,
                                            model_version=model_version, relation=relation,
                                            created_by=actor.name, created=utcnow()))
+            audit.record(session, actor, "dataset.lineage", f"dataset:{name}/v{target.number}",
+                         model=model_name, model_version=model_version, relation=relation)
             return {"dataset": name, "version": target.id, "number": target.number,
                     "model": model_name, "model_version": model_version, "relation": relation}
 
