@@ -62,10 +62,11 @@ def _config(world: dict[str, list], path) -> None:
               '"path.annotation_id" = { dictionary = "annotations", probability = 0.8 }',
               '"path.tag" = { dictionary = "tags", probability = 0.7 }',
               '"path.job_id" = { dictionary = "jobs", probability = 0.7 }',
-              # requests of kind job only: a server or kernel allocated with no spawner
-              # waiting would be started through the hub (a real server per fuzzed body)
+              # scheduler requests of kind service only (no handler acts on them yet): a
+              # server or kernel allocated with no spawner waiting would be started
+              # through the hub, a job would start the training runner
               '"body.kind" = { dictionary = "kinds", probability = 1.0 }',
-              "[dictionaries.kinds]", 'values = ["job"]']
+              "[dictionaries.kinds]", 'values = ["service"]']
     path.write_text("\n".join(lines) + "\n")
 
 
