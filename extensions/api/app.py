@@ -176,6 +176,8 @@ class ServiceContext:
         request_id = self.training.state_of(job_id)[1].request_id
         if request_id:
             self.scheduler.release(request_id, reason=reason, actor=RUNNER)
+            self.training.record_resources(
+                job_id, self.scheduler.service.resource_hours(request_id))
 
     async def cancel_training(self, actor, job_id: str) -> dict:
         """Cancel a training job whatever its state: it leaves the queue, or its ranks stop;

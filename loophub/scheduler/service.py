@@ -351,6 +351,20 @@ class SchedulerService:
         with self.db.transaction() as s:
             return [self._view(r) for r in s.scalars(query)]
 
+    def resource_hours(self, request_id: str) -> dict[str, float]:
+        """CPU-, GPU- and memory-hours a request held (all its runs, every unit)."""
+        with self.db.transaction() as s:
+            rec = s.get(SchedRequest, request_id)
+            if rec is None:
+                raise NotFound(f"no scheduler request {request_id!r}")
+            now = self._now()
+            hours = sum(((end or now) - start) for start, end in rec.meta.get("runs", [])) \
+                / 3600 * rec.spec["count"]
+            demand = rec.spec["demand"]
+            return {"cpu_hours": round(demand.get("cpu", 0) * hours, 6),
+                    "gpu_hours": round(demand.get("gpu", 0) * hours, 6),
+                    "mem_gib_hours": round(demand.get("mem", 0) / GIB * hours, 6)}
+
     def history(self, request_id: str) -> list[dict]:
         """Every transition of a request, oldest first, with its cause."""
         with self.db.transaction() as s:

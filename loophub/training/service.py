@@ -347,6 +347,13 @@ class TrainingService:
             self.stops.pop(job_id, None)
         return self.get(Actor(job.owner, admin=True), job_id)
 
+    def record_resources(self, job_id: str, hours: dict[str, float]) -> None:
+        """The resources the job held (its scheduler request's runs), kept with its result
+        (the usage accounting counts them already)."""
+        with self.db.transaction() as s:
+            job = s.get(Job, job_id)
+            job.result = {**(job.result or {}), "resources": hours}
+
     def request_stop(self, job_id: str, reason: str) -> None:
         with self._lock:
             self.stops[job_id] = reason

@@ -21,6 +21,8 @@ def test_a_recipe_trains_on_dask_and_records_its_result(digits):
     assert {"loss", "lr", "samples_per_s", "val_accuracy"} <= names
     models = digits.datasets.models("digits", "v1")
     assert [m["model_version"] for m in models] == [f"job:{job.id}"]
+    held = job.refresh().view["result"]["resources"]
+    assert held["cpu_hours"] > 0 and held["gpu_hours"] == 0
 
 
 def linear_steps(ctx):
