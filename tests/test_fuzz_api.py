@@ -342,13 +342,16 @@ def _edit_two_records(api: Served, name: str, mark: str) -> None:
         assert resp.status_code == 200, resp.text
 
 
-def test_concurrent_commits_one_wins_the_others_409_and_no_orphan_blob(api):
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres",
+                                                              marks=pytest.mark.postgres)])
+def test_concurrent_commits_one_wins_the_others_409_and_no_orphan_blob(request, backend):
     """Concurrent commits of one dataset: exactly one version per round, every other
     commit a 409 (someone committed first) or a 400 (the winner already committed its
     changes), never a 500; the loser's packs and manifests stay known to garbage
     collection. On SQLite the head check read the dataset row before waiting for the
     write lock, so two commits both passed it (IntegrityError on the version number,
     500), and a losing commit's blobs were registered nowhere."""
+    api = request.getfixturevalue("api" if backend == "sqlite" else "pg_pets")
     seed(api, "race")
     before, _ = _blob_accounting(api.ctx)
     for round_ in range(4):
