@@ -35,21 +35,27 @@ AFTER = {"after": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1,  # an 
 class JobHandler:
     """What the scheduler's decisions on ``job`` requests do: start an attempt on the
     allocation, checkpoint and requeue on preemption (jobs resume), stop on an end that
-    was not the runner's own."""
+    was not the runner's own. A job request that names no training job (an admin's plain
+    hold, submitted through POST scheduler/requests) only holds its resources."""
 
     on_preempt = "requeue"
 
     def __init__(self, runner) -> None:
         self.runner = runner
 
+    def _training(self, t: Transition) -> bool:
+        return self.runner.service.exists(t.spec.job)
+
     async def started(self, t: Transition) -> None:
-        await self.runner.start(t.spec.job, t.allocation)
+        if self._training(t):
+            await self.runner.start(t.spec.job, t.allocation)
 
     async def preempted(self, t: Transition) -> None:
-        await self.runner.preempt(t.spec.job, t.reason)
+        if self._training(t):
+            await self.runner.preempt(t.spec.job, t.reason)
 
     async def ended(self, t: Transition) -> None:
-        if t.by_holder:
+        if t.by_holder or not self._training(t):
             return
         state = "cancelled" if t.actor in (t.spec.owner, "reconcile") else "failed"
         await self.runner.stop(t.spec.job, f"{t.reason} ({t.actor})", state=state)

@@ -256,7 +256,11 @@ class TrainingService:
 
     def put_artifact(self, actor: Actor, job_id: str, digest: str, meta: dict) -> dict:
         """The servable artifact (an uploaded TorchScript file) and its metadata (task,
-        preprocess, labels), kept in the job's result when it succeeds."""
+        preprocess, labels), kept in the job's result when it succeeds. Who asks is checked
+        first, then what they send, and only then is anything stored."""
+        with self.db.session() as s:
+            self._running(s, actor, job_id)
+            self._own_blob(s, actor, digest, "artifact.blob")
         check_artifact_meta(meta)
         meta_digest = self.blobs.put_bytes(json.dumps(meta, sort_keys=True).encode())
         with self.db.transaction() as s:
@@ -303,6 +307,11 @@ class TrainingService:
             if job is None or run is None:
                 raise NotFound(f"no training job {job_id!r}")
             return job.state, run, dict(job.params or {})
+
+    def exists(self, job_id: str) -> bool:
+        """Whether JOB_ID is a training job (a kind=job request may be a plain hold)."""
+        with self.db.session() as s:
+            return s.get(TrainingRun, job_id) is not None
 
     def owner_of(self, job_id: str) -> Actor:
         with self.db.session() as s:

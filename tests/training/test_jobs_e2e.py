@@ -307,3 +307,13 @@ def test_nccl_is_chosen_for_ranks_with_gpus(monkeypatch):
     assert choose_backend(gpus=True) == "nccl" and choose_backend(gpus=False) == "gloo"
     monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
     assert choose_backend(gpus=True) == "gloo"  # a CPU build of torch: gloo still works
+
+
+def test_a_job_request_naming_no_training_job_only_holds_resources(api, pool):
+    """An admin's plain hold (kind job, through the scheduler's route) starts no runner."""
+    admin = api.client("root")
+    view = admin.scheduler.submit({"kind": "job", "job": "hold-1", "owner": "root",
+                                   "demand": {"cpu": 1}})
+    assert view["state"] == "running"
+    assert api.ctx.runner.attempts == {}
+    assert admin.scheduler.release(view["id"])["state"] == "done"
