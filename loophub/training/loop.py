@@ -63,12 +63,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def fit(ctx: TrainContext, model, *, train: RecordStream, val: RecordStream | None,
-        loss_fn: Callable, evaluate: Callable[[Any, Any], dict[str, float]],
+        loss_fn: Callable, evaluate: Callable[[Any, Any], dict[str, Any]],
         config: LoopConfig, monitor: str = "val_accuracy",
-        augment: Callable | None = None) -> dict[str, float]:
-    """Train MODEL on TRAIN; EVALUATE(logits, targets) gives summable counts whose names
-    end in ``_sum`` plus ``n`` (summed over ranks, then divided by n). Returns the best
-    validation metrics (MONITOR, higher is better)."""
+        augment: Callable | None = None, collate: Callable | None = None,
+        summarize: Callable[[dict], dict[str, float]] | None = None) -> dict[str, float]:
+    """Train MODEL on TRAIN; EVALUATE(outputs, targets) gives summable counts whose names
+    end in ``_sum`` plus ``n`` (summed over ranks, then divided by n), or any summable
+    counts (numbers or tensors) that SUMMARIZE turns into metrics. Returns the best
+    validation metrics (MONITOR, higher is better).
+
+    Batches are ``(inputs, targets)`` as COLLATE (the DataLoader's ``collate_fn``; default:
+    torch's) makes them; either may be a tensor or a tuple, list or dict of tensors."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -104,11 +109,11 @@ def fit(ctx: TrainContext, model, *, train: RecordStream, val: RecordStream | No
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         train.set_epoch(epoch, skip=done_in_epoch * config.batch_size)
         loader = DataLoader(train, batch_size=config.batch_size,
-                            num_workers=config.num_workers)
+                            num_workers=config.num_workers, collate_fn=collate)
         net.train()
         started, seen = time.perf_counter(), 0
         for inputs, targets in loader:
-            inputs, targets = inputs.to(ctx.device), targets.to(ctx.device)
+            inputs, targets = to_device(inputs, ctx.device), to_device(targets, ctx.device)
             if augment is not None:
                 inputs = augment(inputs)
             optimizer.zero_grad(set_to_none=True)
@@ -117,7 +122,7 @@ def fit(ctx: TrainContext, model, *, train: RecordStream, val: RecordStream | No
             optimizer.step()
             scheduler.step()
             step += 1
-            seen += len(targets) * ctx.world_size
+            seen += batch_length(inputs) * ctx.world_size
             elapsed = time.perf_counter() - started
             ctx.report(step, epoch=step / steps_per_epoch, loss=loss.item(),
                        lr=scheduler.get_last_lr()[0],
@@ -127,7 +132,8 @@ def fit(ctx: TrainContext, model, *, train: RecordStream, val: RecordStream | No
             if step >= total or step % steps_per_epoch == 0:
                 break
         if val is not None:
-            scores = evaluate_split(ctx, net, val, evaluate, config.batch_size, prefix="val")
+            scores = evaluate_split(ctx, net, val, evaluate, config.batch_size, prefix="val",
+                                    collate=collate, summarize=summarize)
             ctx.report(step, epoch=step / steps_per_epoch, **scores)
             if monitor in scores and scores[monitor] >= best.get(monitor, -math.inf):
                 best = scores
@@ -138,29 +144,81 @@ def fit(ctx: TrainContext, model, *, train: RecordStream, val: RecordStream | No
 
 
 def evaluate_split(ctx: TrainContext, net, split: RecordStream, evaluate: Callable,
-                   batch_size: int, prefix: str) -> dict[str, float]:
-    """Metrics over a split, summed across ranks (each rank evaluates its share)."""
+                   batch_size: int, prefix: str, *, collate: Callable | None = None,
+                   summarize: Callable[[dict], dict[str, float]] | None = None
+                   ) -> dict[str, float]:
+    """Metrics over a split, summed across ranks (each rank evaluates its share).
+
+    EVALUATE's counts may be numbers or tensors (histograms, confusion matrices); they
+    are summed over batches and ranks, then SUMMARIZE(sums) gives the metrics (default:
+    each ``*_sum`` divided by ``n``). Every key is prefixed with PREFIX."""
     import torch
     from torch.utils.data import DataLoader
 
     net.eval()
-    sums: dict[str, float] = {}
+    sums: dict[str, Any] = {}
     with torch.no_grad():
-        for inputs, targets in DataLoader(split, batch_size=batch_size):
-            counts = evaluate(net(inputs.to(ctx.device)), targets.to(ctx.device))
+        for inputs, targets in DataLoader(split, batch_size=batch_size, collate_fn=collate):
+            counts = evaluate(net(to_device(inputs, ctx.device)), to_device(targets, ctx.device))
             for key, value in counts.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+                value = torch.as_tensor(value).detach().to("cpu", torch.float64)
+                sums[key] = sums[key] + value if key in sums else value
     if ctx.world_size > 1:
-        import torch.distributed as dist
-
-        keys = sorted(sums) or ["n"]
-        tensor = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64)
-        dist.all_reduce(tensor)
-        sums = dict(zip(keys, tensor.tolist(), strict=True))
-    n = sums.get("n", 0.0) or 1.0
+        sums = _sum_over_ranks(sums, ctx.device)
     net.train()
-    return {f"{prefix}_{k.removesuffix('_sum')}": v / n for k, v in sums.items()
+    plain = {k: float(v) if v.dim() == 0 else v for k, v in sums.items()}
+    if summarize is not None:
+        return {f"{prefix}_{k}": float(v) for k, v in summarize(plain).items()}
+    n = plain.get("n", 0.0) or 1.0
+    return {f"{prefix}_{k.removesuffix('_sum')}": v / n for k, v in plain.items()
             if k.endswith("_sum")}
+
+
+def _sum_over_ranks(sums: dict[str, Any], device: Any) -> dict[str, Any]:
+    """SUMS added up over every rank. The ranks first agree on the keys and shapes (a rank
+    whose share was empty has none), then one all_reduce sums them all."""
+    import torch
+    import torch.distributed as dist
+
+    shapes: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(shapes, {k: list(v.shape) for k, v in sums.items()})
+    agreed: dict[str, list[int]] = {}
+    for theirs in shapes:
+        agreed.update(theirs)
+    keys = sorted(agreed)
+    if not keys:
+        return {}
+    flat = torch.cat([sums[k].reshape(-1) if k in sums else
+                      torch.zeros(math.prod(agreed[k]), dtype=torch.float64) for k in keys])
+    flat = flat.to(device if dist.get_backend() == "nccl" else "cpu")  # NCCL: CUDA only
+    dist.all_reduce(flat)
+    flat = flat.cpu()
+    out, at = {}, 0
+    for key in keys:
+        size = math.prod(agreed[key])
+        out[key] = flat[at:at + size].reshape(agreed[key])
+        at += size
+    return out
+
+
+def to_device(batch: Any, device: Any) -> Any:
+    """BATCH (a tensor, or a tuple, list or dict of them) on DEVICE."""
+    if hasattr(batch, "to"):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def batch_length(batch: Any) -> int:
+    """Samples in BATCH (its first tensor's first dimension)."""
+    if isinstance(batch, dict):
+        return batch_length(next(iter(batch.values())))
+    if isinstance(batch, tuple | list):
+        return batch_length(batch[0])
+    return len(batch)
 
 
 def gather_rng(ctx: TrainContext) -> list[dict]:
