@@ -51,9 +51,9 @@ class Recipe:
 
 def recipes() -> dict[str, Recipe]:
     """Every built-in recipe by name (imported on use: they import torch)."""
-    from loophub.training.recipes import image, text
+    from loophub.training.recipes import detection, image, text
 
-    found = [*image.RECIPES, *text.RECIPES]
+    found = [*image.RECIPES, *text.RECIPES, *detection.RECIPES]
     return {r.name: r for r in found}
 
 
