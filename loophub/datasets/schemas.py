@@ -10,12 +10,17 @@ SCHEMA_NAMES = ("record", "label_schema")
 
 
 @cache
-def load_schema(name: str) -> dict:
-    """The schema ``name`` (``record`` or ``label_schema``) as a dict."""
+def _schema_text(name: str) -> str:
     if name not in SCHEMA_NAMES:
         raise KeyError(f"no schema {name!r}; known: {', '.join(SCHEMA_NAMES)}")
-    text = resources.files(__package__).joinpath(f"schemas/{name}.schema.json").read_text()
-    return json.loads(text)
+    return resources.files(__package__).joinpath(f"schemas/{name}.schema.json").read_text()
+
+
+def load_schema(name: str) -> dict:
+    """The schema ``name`` (``record`` or ``label_schema``) as a dict of the caller's own:
+    fastjsonschema rewrites every ``$ref`` in place to an absolute URL when it compiles a
+    schema, and a shared dict would then send the next compiler to fetch it from the web."""
+    return json.loads(_schema_text(name))
 
 
 @cache

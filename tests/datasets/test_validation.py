@@ -3,6 +3,8 @@ error messages that name the record, the JSON path and the rule."""
 
 from __future__ import annotations
 
+import re
+
 import jsonschema
 import pytest
 from hypothesis import given, settings
@@ -111,3 +113,19 @@ def test_an_empty_label_fails_once_a_class_is_learnt_after_it():
     alone = RecordValidator(None, learn_classes=True)
     alone.validate(text_record("a", ""))  # no class anywhere: nothing to be a class of
     assert alone.classes == set()
+
+
+def test_compiling_a_schema_leaves_the_next_one_untouched():
+    """fastjsonschema rewrites $refs in place; the API's bodies are inlined from the same
+    schemas afterwards and must still hold no reference to resolve (over the network)."""
+    import json
+
+    import fastjsonschema
+
+    from loophub.datasets.schemas import _inlined, inline_schema
+
+    fastjsonschema.compile(load_schema("record"))
+    _inlined.cache_clear()
+    assert "$ref" not in json.dumps(inline_schema("record", "annotation"))
+    refs = re.findall(r'"\$ref": "([^"]*)"', json.dumps(load_schema("record")))
+    assert refs and all(ref.startswith("#/") for ref in refs)
