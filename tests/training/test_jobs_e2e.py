@@ -145,7 +145,7 @@ def test_bad_input_is_refused_before_anything_is_written(digits, api, tmp_path):
 
     cases = [
         (dict(what="no-such-recipe", dataset="digits@v1"), errors.InvalidInput,
-         "no recipe 'no-such-recipe'; one of image-cnn"),
+         "no recipe 'no-such-recipe'; one of .*image-cnn"),
         (dict(what="image-cnn", dataset="digits@v9"), errors.NotFound, "v9"),
         (dict(what="image-cnn", dataset="nope@v1"), errors.NotFound, "no dataset"),
         (dict(what="image-cnn", dataset="digits@v1", params={"epoch": 3}),
