@@ -11,7 +11,7 @@ def test_a_recipe_trains_on_dask_and_records_its_result(digits):
     job = digits.training.run("image-cnn", dataset="digits@v1", workers=1,
                               per_worker={"cpu": 1, "mem": "2G"},
                               params={"epochs": 2, "image_size": 16, "batch_size": 32})
-    assert job.state == "queued"
+    assert job.state in ("queued", "starting")  # admission may place it before the answer
     result = job.wait(progress=False, timeout=300)
     assert job.state == "succeeded", job.logs()
     assert result["metrics"]["test_accuracy"] > 0.3
