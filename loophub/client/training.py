@@ -255,10 +255,10 @@ class Job:
 
     def widget(self):
         """Live curves, state, queue position and reason, log tail, and a Stop button (the
-        ``job`` widget of the ``loophub.widgets`` entry points)."""
+        ``job`` entry point of ``loophub.notebook_widgets``)."""
         from importlib.metadata import entry_points
 
-        found = [e for e in entry_points(group="loophub.widgets") if e.name == "job"]
+        found = [e for e in entry_points(group="loophub.notebook_widgets") if e.name == "job"]
         if not found:
             raise errors.InvalidInput("the job widget is not installed (loophub's widgets)")
         return found[0].load()(self)
