@@ -168,7 +168,8 @@ def open_lab(page, hub, user: str, password: str) -> None:
 NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook in front
 
 
-def run_notebook(page, hub, user: str, name: str, widgets: int) -> None:
+def run_all_cells(page, hub, user: str, name: str) -> None:
+    """Open notebook NAME afresh and run all its cells, until every cell has run."""
     # ?reset: a fresh workspace, so notebooks from earlier tests are not reopened beside it
     page.goto(f"{hub.url}/user/{user}/lab/tree/{name}?reset")
     page.wait_for_selector(f"{NOTEBOOK} .jp-Cell", timeout=60_000)
@@ -178,19 +179,25 @@ def run_notebook(page, hub, user: str, name: str, widgets: int) -> None:
         "document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"idle\"]')"
         " || [...document.querySelectorAll('#jp-main-statusbar span')]"
         ".some(s => s.textContent.trim().endsWith('Idle'))", timeout=60_000)
+    prompts = f"[...document.querySelectorAll('{NOTEBOOK} .jp-InputArea-prompt')]"
     for attempt in range(3):
         page.locator(f"{NOTEBOOK} .jp-Cell").first.click()
         page.keyboard.press("Escape")  # command mode
         page.click(".lm-MenuBar-itemLabel:text-is('Run')")
         page.click(".lm-Menu-itemLabel:text-is('Run All Cells')")
-        try:  # a kernel still connecting can drop requests: ask again until all cells ran
-            page.wait_for_function(
-                f"[...document.querySelectorAll('{NOTEBOOK} .jp-InputArea-prompt')]"
-                ".every(p => /[0-9]/.test(p.textContent))", timeout=30_000)
+        try:  # a kernel still connecting can drop requests: ask again while none started
+            page.wait_for_function(f"{prompts}.some(p => /[0-9*]/.test(p.textContent))",
+                                   timeout=30_000)
             break
         except Exception:
             if attempt == 2:
                 raise
+    page.wait_for_function(f"{prompts}.every(p => /[0-9]/.test(p.textContent))",
+                           timeout=120_000)
+
+
+def run_notebook(page, hub, user: str, name: str, widgets: int) -> None:
+    run_all_cells(page, hub, user, name)
     try:
         page.wait_for_function(
             f"document.querySelectorAll('{NOTEBOOK} .lh-labeler, {NOTEBOOK} .lh-versions')"

@@ -12,7 +12,7 @@ import requests
 from loophub.client import Client
 from tests.browser import chromium_page, screenshot
 from tests.hubtest import spawn_server
-from tests.labeling.test_browser_labeling import NOTEBOOK, open_lab, put_notebook
+from tests.labeling.test_browser_labeling import NOTEBOOK, open_lab, put_notebook, run_all_cells
 from tests.training.conftest import digits_folder
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser, pytest.mark.training]
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.hub, pytest.mark.browser, pytest.mark.training]
 CELLS = [
     "from loophub.client import Client\n"
     "job = Client().training.run('image-cnn', dataset='tdigits@v1', per_worker={'cpu': 1,"
-    " 'mem': '2G'}, params={'epochs': 6, 'image_size': 16, 'batch_size': 16})\n"
+    " 'mem': '2G'}, params={'epochs': 40, 'image_size': 16, 'batch_size': 16})\n"
     "job",
 ]
 
@@ -50,18 +50,13 @@ def test_the_job_widget_draws_live_curves_in_jupyterlab(hub, admin_token, tmp_pa
     try:
         with chromium_page(viewport=(1400, 900)) as page:
             open_lab(page, hub, "tina", password)
-            page.goto(f"{hub.url}/user/tina/lab/tree/train.ipynb?reset")
-            page.wait_for_selector(f"{NOTEBOOK} .jp-Cell", timeout=60_000)
-            page.add_style_tag(content=".jp-toast-container, .Toastify "
-                                       "{ display: none !important; }")
-            page.wait_for_function(
-                "[...document.querySelectorAll('#jp-main-statusbar span')]"
-                ".some(s => s.textContent.trim().endsWith('Idle'))"
-                " || document.querySelector('.jp-Notebook-ExecutionIndicator"
-                "[data-status=\"idle\"]')", timeout=60_000)
-            page.locator(f"{NOTEBOOK} .jp-Cell").first.click()
-            page.keyboard.press("Shift+Enter")
-            page.wait_for_selector(f"{NOTEBOOK} .lh-job", timeout=120_000)
+            run_all_cells(page, hub, "tina", "train.ipynb")
+            try:
+                page.wait_for_selector(f"{NOTEBOOK} .lh-job", timeout=60_000)
+            except Exception:
+                screenshot(page, "training/job-no-widget.png")
+                raise AssertionError("no job widget; the cell shows: " + page.inner_text(
+                    f"{NOTEBOOK} .jp-Cell .jp-OutputArea")) from None
             page.wait_for_function(
                 f"document.querySelector('{NOTEBOOK} .lh-job').innerText.includes('running')",
                 timeout=120_000)
