@@ -51,9 +51,11 @@ EXPECTED: dict[str, dict[str, object]] = {
                        "other": {"private": 404, "group": 404, "public": 403},
                        "member": {"private": 404, "group": 403, "public": 403}},
 }
+for _need in ("read", "write", "manage"):  # models are shared exactly like datasets
+    EXPECTED[f"model:{_need}"] = EXPECTED[f"dataset:{_need}"]
 # the 404 of a thing that exists but is not the caller's to see
-UNSEEN = re.compile(r"^no dataset named .* that you can see|^no (job|training job|scheduler "
-                    r"request) .* of yours")
+UNSEEN = re.compile(r"^no (dataset|model) named .* that you can see|"
+                    r"^no (job|training job|scheduler request) .* of yours")
 
 
 def expected(access: str, caller: str, visibility: str | None) -> object:
@@ -64,8 +66,7 @@ def expected(access: str, caller: str, visibility: str | None) -> object:
 def outcome(access: str, resp: requests.Response) -> object:
     if resp.status_code in (401, 403):
         return resp.status_code
-    if resp.status_code == 404 and access in ("own", "dataset:read", "dataset:write",
-                                              "dataset:manage"):
+    if resp.status_code == 404 and (access == "own" or ":" in access):
         try:
             message = resp.json().get("error", "")
         except ValueError:
@@ -100,6 +101,7 @@ class World:
                            json={"users": [names["owner"], names["member"]]})
         assert resp.status_code == 201, resp.text
         self.datasets = {v: f"mx-{v}-{tag}" for v in VISIBILITIES}
+        self.models = {v: f"mx-model-{v}-{tag}" for v in VISIBILITIES}
         self.cleanup: list[tuple[str, str]] = []
 
     def call(self, caller: str, method: str, path: str, **kw) -> requests.Response:
@@ -136,6 +138,7 @@ class World:
             self.commit_job = self.owner("POST", f"/datasets/{name}/commits",
                                          json={"message": "v1"})["job"]
             self.owner("POST", f"/datasets/{name}/tags", json={"tag": "base", "version": 1})
+        self.build_models()
         # the owner's scheduler request holds the node, so their training job (as large)
         # waits in the queue instead of starting workers while the matrix runs
         node_cpu = max(n["cpu"] for n in self.owner("GET", "/pool")["nodes"])
@@ -157,8 +160,29 @@ class World:
         self.training_job = training["id"]
         self.cleanup.insert(0, ("DELETE", f"/training/jobs/{self.training_job}"))
 
+    def build_models(self) -> None:
+        """A model per visibility, v1 from a TorchScript archive, with the alias champion
+        on it (so the operations' DELETEs are refused, 409, and the model stays)."""
+        import torch
+
+        from loophub.client.models import to_torchscript
+
+        archive = to_torchscript(torch.nn.Linear(4, 2), torch.zeros(1, 4))
+        digest = self.owner("POST", "/datasets/uploads", data=archive, headers={
+            "Content-Type": "application/octet-stream"})["digest"]
+        meta = {"format": "torchscript", "task": "image_classification",
+                "labels": ["cat", "dog"], "preprocess": {"kind": "image"}}
+        for visibility, name in self.models.items():
+            shared = {"group": self.group} if visibility == "group" else {}
+            self.owner("POST", f"/models/{name}/versions", json={
+                "artifact": digest, "meta": meta, "visibility": visibility, **shared})
+            self.owner("PUT", f"/models/{name}/aliases/champion",
+                       json={"version": 1, "force": True})
+
     def path_value(self, path: str, name: str, visibility: str | None) -> str:
         values = {"name": self.datasets.get(visibility or "private"), "record_id": "r0",
+                  "model": self.models[visibility or "private"], "version": "1",
+                  "alias": "staging",
                   "annotation_id": "a1", "tag": "base", "request_id": self.request_id,
                   "job_id": self.training_job if path.startswith("/training/")
                   else self.commit_job, "digest": "0" * 64}
@@ -208,7 +232,7 @@ def test_authorization_matrix(world):
     for path, ops in doc["paths"].items():
         for method, op in ops.items():
             access = op["x-access"]
-            visibilities = VISIBILITIES if access.startswith("dataset:") else (None,)
+            visibilities = VISIBILITIES if ":" in access else (None,)
             for visibility in visibilities:
                 url = re.sub(r"\{(\w+)\}", lambda m, v=visibility, p=path: world.path_value(
                     p, m.group(1), v), path)

@@ -50,6 +50,7 @@ from .hub import Hub
 from .jobs import ROUTES as JOB_ROUTES
 from .jobs import JobRunner
 from .labeling import ROUTES as LABELING_ROUTES
+from .models import ROUTES as MODEL_ROUTES
 from .openapi import build_openapi
 from .routes import ROUTES
 from .scheduler import ROUTES as SCHEDULER_ROUTES
@@ -58,7 +59,7 @@ from .training import ROUTES as TRAINING_ROUTES
 
 log = logging.getLogger("loophub.api")
 ALL_ROUTES = [*ROUTES, *SCHEDULER_ROUTES, *JOB_ROUTES, *DATASET_ROUTES, *LABELING_ROUTES,
-              *TRAINING_ROUTES]
+              *TRAINING_ROUTES, *MODEL_ROUTES]
 
 
 @dataclass
@@ -128,6 +129,12 @@ class ServiceContext:
 
         return TrainingService(self.db, self.blobs, self.datasets, self.jobs.store,
                                self.settings.home / "cache")
+
+    @cached_property
+    def models(self):
+        from loophub.models.registry import ModelRegistry
+
+        return ModelRegistry(self.db, self.blobs, self.datasets)
 
     @cached_property
     def runner(self):

@@ -41,7 +41,8 @@ DRAIN_LIMIT = 256 * 1024 * 1024  # bytes of a refused request's body read (and d
 MAX_DEPTH = 32                   # nesting of arrays and objects in a JSON body
 MAX_INT = 2**53                  # integers outside +-2^53 are refused (JSON's safe range)
 METHODS = ("get", "post", "put", "patch", "delete")
-ACCESS = ("public", "user", "admin", "own", "dataset:read", "dataset:write", "dataset:manage")
+ACCESS = ("public", "user", "admin", "own", "dataset:read", "dataset:write", "dataset:manage",
+          "model:read", "model:write", "model:manage")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -53,7 +54,8 @@ class Op:
     ``public`` anyone; ``user`` any hub identity (the room decides what they see);
     ``admin`` hub admins; ``own`` the owner of the thing in the path, or an admin;
     ``dataset:read|write|manage`` the ``name`` in the path is a dataset and the caller
-    needs that right on it (loophub.access).
+    needs that right on it (loophub.access); ``model:read|write|manage`` the same for the
+    ``model`` in the path.
     """
 
     summary: str

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from loophub.client.datasets import Datasets
     from loophub.client.jobs import Jobs
     from loophub.client.labeling import Labeling
+    from loophub.client.models import Models
     from loophub.client.scheduler import Scheduler
     from loophub.client.training import Training
 
@@ -179,6 +180,13 @@ class Client:
         from loophub.client.training import Training
 
         return Training(self)
+
+    @cached_property
+    def models(self) -> Models:
+        """The model registry: register, versions, aliases and their history, lineage."""
+        from loophub.client.models import Models
+
+        return Models(self)
 
     @cached_property
     def jobs(self) -> Jobs:

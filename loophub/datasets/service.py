@@ -757,6 +757,14 @@ class DatasetService:
                                            model_version=model_version, relation=relation,
                                            created_by=by, created=utcnow()))
 
+    def unlink_model(self, model_name: str, model_version: str) -> None:
+        """A model version was deleted: its lineage rows go, and with them what kept the
+        versions it used from collection (tags and other models still keep them)."""
+        with self.db.transaction() as session:
+            session.execute(delete(DatasetLineage).where(and_(
+                DatasetLineage.model_name == model_name,
+                DatasetLineage.model_version == model_version)))
+
     def materialize(self, actor: Actor, name: str, fmt: str, dst: str | os.PathLike, *,
                     version: str = "head") -> Path:
         """Write a version (or "draft") to the folder ``dst`` in format ``fmt``."""

@@ -23,6 +23,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "loophub.datasets.models",
     "loophub.labeling.models",
     "loophub.training.tables",
+    "loophub.models.tables",
 )
 
 

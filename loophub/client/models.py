@@ -1,0 +1,208 @@
+"""The model registry from a notebook: register a version (from a training job, or from
+your own torch module, scripted for you), move aliases, read versions, history, lineage.
+
+    client.models.register("digits", job=job)                     # a job that succeeded
+    client.models.register("digits", module, example_input=x, dataset="digits@v1",
+                           task="image_classification", labels=[...])
+    client.models.alias("digits", "champion", 3, reason="best on v2 test")
+    client.models.get("digits@champion")
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from loophub import errors
+
+if TYPE_CHECKING:
+    from loophub.client.core import Client
+
+
+def _split(ref: str) -> tuple[str, str]:
+    name, _, selector = ref.partition("@")
+    return quote(name, safe=""), quote(selector or "latest", safe="")
+
+
+def default_preprocess(task: str, example: Any) -> dict:
+    """How an image model's inputs are prepared when the caller does not say: the example's
+    channels (1: grey, 3: RGB) and size, pixels scaled to [0, 1]. Text models need their
+    tokenizer, so they must say."""
+    if task not in ("image_classification", "object_detection"):
+        raise errors.InvalidInput(
+            f"register: a {task} model needs preprocess= (its tokenizer: see the "
+            "text-classifier recipe's artifact for the shape)")
+    shape = tuple(example.shape)
+    if len(shape) != 4 or shape[1] not in (1, 3):
+        raise errors.InvalidInput(f"register: example_input of an image model is [batch, "
+                                  f"1 or 3 channels, height, width], got {list(shape)}")
+    channels = shape[1]
+    return {"kind": "image", "mode": "L" if channels == 1 else "RGB",
+            "size": [shape[2], shape[3]], "scale": 1 / 255, "mean": [0.0] * channels,
+            "std": [1.0] * channels}
+
+
+def to_torchscript(module: Any, example_input: Any) -> bytes:
+    """MODULE as a TorchScript archive: scripted (control flow kept), else traced on
+    EXAMPLE_INPUT; refused with both reasons if neither works."""
+    import torch
+
+    if isinstance(module, torch.jit.ScriptModule):
+        scripted = module
+    else:
+        was_training = module.training
+        module.eval()
+        try:
+            scripted = torch.jit.script(module)
+        except Exception as script_error:
+            if example_input is None:
+                raise errors.InvalidInput(
+                    f"register: the module cannot be scripted ({first_line(script_error)}); "
+                    "give example_input= so it can be traced instead") from None
+            try:
+                with torch.no_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                    scripted = torch.jit.trace(module, example_input)
+            except Exception as trace_error:
+                raise errors.InvalidInput(
+                    "register: the module can be neither scripted nor traced, so it cannot "
+                    f"be served without your code. script: {first_line(script_error)}; "
+                    f"trace: {first_line(trace_error)}") from None
+        finally:
+            module.train(was_training)
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    return buffer.getvalue()
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class Models:
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def _model(self, name: str, *parts: str) -> str:
+        return "/".join(["models", quote(name, safe=""), *parts])
+
+    # -- registering -----------------------------------------------------------------------
+
+    def register(self, name: str, module: Any = None, *, job: Any = None,
+                 example_input: Any = None, dataset: str | None = None,
+                 task: str | None = None, labels: Sequence[str] | None = None,
+                 preprocess: dict | None = None, params: dict | None = None,
+                 metrics: dict | None = None, card: dict | None = None,
+                 tags: dict | None = None, description: str | None = None,
+                 visibility: str | None = None, group: str | None = None) -> dict:
+        """A new version of NAME: from JOB (a training Job or its id, which succeeded), or
+        from MODULE (a torch.nn.Module, scripted or traced on EXAMPLE_INPUT; TASK and LABELS
+        say what it predicts, DATASET "name@version" what it learnt from). Returns the
+        version's view; the model is created on its first version."""
+        extra = {"card": card, "tags": tags, "description": description,
+                 "visibility": visibility, "group": group}
+        if (job is None) == (module is None):
+            raise errors.InvalidInput("register: give either job= or a module, not both")
+        if job is not None:
+            body = {"job": getattr(job, "id", job)}
+        else:
+            body = self._module_body(module, example_input, dataset, task, labels,
+                                     preprocess, params, metrics)
+        body.update({k: v for k, v in extra.items() if v is not None})
+        return self.client.request("POST", self._model(name, "versions"), json=body)
+
+    def _module_body(self, module, example_input, dataset, task, labels, preprocess, params,
+                     metrics) -> dict:
+        if not task or not labels:
+            raise errors.InvalidInput("register: a module needs task= (e.g. "
+                                      "image_classification) and labels= (output order)")
+        data = to_torchscript(module, example_input)
+        meta = {"format": "torchscript", "task": task, "labels": list(labels),
+                "preprocess": preprocess or default_preprocess(task, example_input)}
+        if example_input is not None:
+            import torch
+
+            meta.update(input_shape=list(example_input.shape[1:]),
+                        input_dtype=str(example_input.dtype), torch=torch.__version__)
+        digest = self.client.datasets.upload(io.BytesIO(data))["digest"]
+        body: dict[str, Any] = {"artifact": digest, "meta": meta}
+        for key, value in (("dataset", dataset), ("params", params), ("metrics", metrics)):
+            if value is not None:
+                body[key] = value
+        return body
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def list(self, *, owner: str | None = None, task: str | None = None) -> list[dict]:
+        params = {k: v for k, v in (("owner", owner), ("task", task)) if v}
+        return self.client.request("GET", "models", params=params)["models"]
+
+    def show(self, name: str) -> dict:
+        """The model NAME: task, labels, aliases, latest version."""
+        return self.client.request("GET", self._model(name))
+
+    def get(self, ref: str) -> dict:
+        """A version: NAME (latest), NAME@3, NAME@v3 or NAME@ALIAS."""
+        name, selector = _split(ref)
+        return self.client.request("GET", f"models/{name}/versions/{selector}")
+
+    def versions(self, name: str) -> list[dict]:
+        return self.client.request("GET", self._model(name, "versions"))["versions"]
+
+    def history(self, name: str, *, subject: str | None = None) -> list[dict]:
+        """Every change, oldest first (SUBJECT: "alias:champion", "v3")."""
+        params = {"subject": subject} if subject else {}
+        return self.client.request("GET", self._model(name, "history"), params=params)[
+            "history"]
+
+    def lineage(self, ref: str) -> dict:
+        name, selector = _split(ref)
+        return self.client.request("GET", f"models/{name}/versions/{selector}/lineage")
+
+    def artifact(self, ref: str) -> bytes:
+        """The version's TorchScript archive (load it with torch.jit.load)."""
+        name, selector = _split(ref)
+        return self.client.raw("GET", f"models/{name}/versions/{selector}/artifact",
+                               timeout=None).content
+
+    # -- changing ---------------------------------------------------------------------------
+
+    def alias(self, name: str, alias: str, version: int | str, *, reason: str = "",
+              force: bool = False) -> dict:
+        """Point NAME@ALIAS at VERSION; champion needs passed tests unless FORCE."""
+        return self.client.request("PUT", self._model(name, "aliases", quote(alias, safe="")),
+                                   json={"version": version, "reason": reason, "force": force})
+
+    def remove_alias(self, name: str, alias: str, *, reason: str = "") -> dict:
+        return self.client.request("DELETE", self._model(name, "aliases",
+                                                         quote(alias, safe="")),
+                                   params={"reason": reason} if reason else {})
+
+    def update(self, ref: str, *, tags: dict | None = None, card: dict | None = None,
+               state: str | None = None, reason: str = "") -> dict:
+        """A version's tags (None removes one), card or state (ready, archived)."""
+        name, selector = _split(ref)
+        body = {k: v for k, v in (("tags", tags), ("card", card), ("state", state))
+                if v is not None}
+        return self.client.request("PATCH", f"models/{name}/versions/{selector}",
+                                   json={**body, "reason": reason})
+
+    def share(self, name: str, *, visibility: str, group: str | None = None,
+              reason: str = "") -> dict:
+        body = {"visibility": visibility, "reason": reason}
+        if group is not None:
+            body["group"] = group
+        return self.client.request("PATCH", self._model(name), json=body)
+
+    def delete(self, ref: str, *, reason: str = "") -> dict:
+        """Delete a version (NAME@v3), or the whole model (NAME)."""
+        name, selector = ref.partition("@")[0], ref.partition("@")[2]
+        params = {"reason": reason} if reason else {}
+        if selector:
+            return self.client.request("DELETE", self._model(name, "versions", quote(
+                selector, safe="")), params=params)
+        return self.client.request("DELETE", self._model(name), params=params)
