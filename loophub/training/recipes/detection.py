@@ -34,6 +34,7 @@ from typing import Any
 from loophub.training.context import TrainContext
 from loophub.training.loop import LoopConfig, evaluate_split, fit, seed_everything
 from loophub.training.recipes import Recipe
+from loophub.training.recipes.image import ImageSource, normalize, open_image
 from loophub.training.recipes.labels import trusted
 
 STRIDE = 4
@@ -93,18 +94,28 @@ def record_boxes(record: dict, width: int, height: int, index: dict[str, int]
     return out
 
 
-def load_rgb(path, size: int):
-    """The image as a float tensor [3, SIZE, SIZE] in [0, 1] (stretched, bilinear), and
-    its original width and height."""
+def load_rgb(source: ImageSource, size: int):
+    """The image SOURCE (a path, its bytes, a binary file or a PIL image) as a float
+    tensor [3, SIZE, SIZE] in [0, 1] (stretched, bilinear), and its original width and
+    height."""
     import numpy as np
     import torch
     from PIL import Image
 
-    with Image.open(path) as image:
+    with open_image(source) as image:
         width, height = image.size
         pixels = image.convert("RGB").resize((size, size), Image.BILINEAR)
         array = np.asarray(pixels, dtype=np.float32) / 255.0
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))), width, height
+
+
+def prepare_image(source: ImageSource, preprocess: dict) -> tuple[Any, int, int]:
+    """The detector's input for one image as the artifact's PREPROCESS says (RGB,
+    stretched to a square of ``size``, scaled to [0, 1], normalised by mean and std),
+    with the image's original width and height (decode's boxes are fractions of those):
+    what training feeds the model and what loophub.models.predictor feeds the artifact."""
+    pixels, width, height = load_rgb(source, int(preprocess["size"][0]))
+    return normalize(pixels, preprocess["mean"], preprocess["std"]), width, height
 
 
 def image_stats(ctx: TrainContext, size: int, limit: int = 256
@@ -357,18 +368,19 @@ def train_detector(ctx: TrainContext) -> dict[str, Any]:
         raise ValueError(f"params.image_size: {size} must be a multiple of 16, at least 32")
     index = {name: i for i, name in enumerate(labels)}
     mean, std = image_stats(ctx, size)
-    norm_mean, norm_std = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    preprocess = {"kind": "image", "mode": "RGB", "size": [size, size], "resize": "stretch",
+                  "scale": 1 / 255, "mean": mean, "std": std}
     classes = len(labels)
 
     def sample(record: dict, version, training: bool) -> tuple:
-        pixels, width, height = load_rgb(version.media_path(record), size)
+        pixels, width, height = prepare_image(version.media_path(record), preprocess)
         boxes = record_boxes(record, width, height, index)
         if training and p["flip"] and random.random() < 0.5:
-            pixels = pixels.flip(-1)
+            pixels = pixels.flip(-1)  # after normalising: the same, it is per channel
             boxes = [(c, 1.0 - x - w, y, w, h) for c, x, y, w, h in boxes]
         target = targets_for(boxes, classes, size)
         target["boxes"] = torch.tensor(boxes, dtype=torch.float32).reshape(-1, 5)
-        return (pixels - norm_mean) / norm_std, target
+        return pixels, target
 
     def collate(batch: list) -> tuple:
         longest = max(1, max(len(t["boxes"]) for _, t in batch))
@@ -402,8 +414,6 @@ def train_detector(ctx: TrainContext) -> dict[str, Any]:
                                     prefix="test", collate=collate, summarize=map_metrics))
     ctx.final(**final)
     cells = size // STRIDE
-    preprocess = {"kind": "image", "mode": "RGB", "size": [size, size], "resize": "stretch",
-                  "scale": 1 / 255, "mean": mean, "std": std}
     ctx.save_model(servable(model), torch.zeros(1, 3, size, size), preprocess=preprocess,
                    labels=labels, extra={
                        "recipe": p.get("_recipe", ""),

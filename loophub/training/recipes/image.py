@@ -8,13 +8,23 @@ applies. Training batches are augmented with small random shifts and rotations.
 
 from __future__ import annotations
 
+import io
 import math
-from typing import Any
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 from loophub.training.context import TrainContext
 from loophub.training.loop import LoopConfig, fit
 from loophub.training.recipes import Recipe
 from loophub.training.recipes.labels import class_label
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+# what open_image reads: a path, the file's bytes, a binary file object or a PIL image
+ImageSource: TypeAlias = "Image.Image | str | os.PathLike | bytes | BinaryIO"
 
 COMMON = {
     "epochs": (20, "passes over the training split"),
@@ -35,16 +45,58 @@ def usable(record: dict) -> bool:
         (record.get("media") or {}).get("sha256"))
 
 
-def load_image(path, mode: str, size: int):
+@contextmanager
+def open_image(source: ImageSource) -> Iterator[Any]:
+    """SOURCE as an open PIL image: a path, the file's bytes, a binary file, or a PIL
+    image (used as it is and left open: it is the caller's)."""
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        yield source
+        return
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(bytes(source))
+    with Image.open(source) as image:
+        yield image
+
+
+def resize_target(size: int | Sequence[int]) -> tuple[int, int]:
+    """(width, height) for PIL from SIZE: an int (square) or ``preprocess["size"]``,
+    [height, width] as the tensors are laid out (the recipes write squares)."""
+    if isinstance(size, int):
+        return size, size
+    height, width = (int(v) for v in size)
+    return width, height
+
+
+def load_image(source: ImageSource, mode: str, size: int | Sequence[int]):
+    """The image SOURCE (see open_image) in MODE (L or RGB), resized (bilinear, stretched)
+    to SIZE, as a float tensor [channels, height, width] in [0, 1]."""
     import numpy as np
     import torch
     from PIL import Image
 
-    with Image.open(path) as image:
-        pixels = image.convert(mode).resize((size, size), Image.BILINEAR)
+    with open_image(source) as image:
+        pixels = image.convert(mode).resize(resize_target(size), Image.BILINEAR)
         array = np.asarray(pixels, dtype=np.float32) / 255.0
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def normalize(pixels, mean: Sequence[float], std: Sequence[float]):
+    """PIXELS [channels, height, width] minus MEAN, divided by STD (per channel)."""
+    import torch
+
+    return ((pixels - torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1))
+            / torch.tensor(std, dtype=torch.float32).view(-1, 1, 1))
+
+
+def prepare_image(source: ImageSource, preprocess: dict):
+    """The classifier's input for one image, as the artifact's PREPROCESS says (mode,
+    size, mean, std; scale is 1/255): what training feeds the model and what the model
+    server and loophub.models.predictor feed the artifact."""
+    pixels = load_image(source, preprocess["mode"], preprocess["size"])
+    return normalize(pixels, preprocess["mean"], preprocess["std"])
 
 
 def image_stats(ctx: TrainContext, mode: str, size: int, limit: int = 512
@@ -149,12 +201,12 @@ def train_classifier(ctx: TrainContext, build) -> dict[str, Any]:
     size = int(p["image_size"])
     mode = detect_mode(ctx, int(p["channels"]))
     mean, std = image_stats(ctx, mode, size)
-    norm_mean = torch.tensor(mean).view(-1, 1, 1)
-    norm_std = torch.tensor(std).view(-1, 1, 1)
+    preprocess = {"kind": "image", "mode": mode, "size": [size, size], "scale": 1 / 255,
+                  "mean": mean, "std": std}
 
     def sample(record: dict, version) -> tuple:
-        pixels = load_image(version.media_path(record), mode, size)
-        return (pixels - norm_mean) / norm_std, index[class_label(record, "image_class")]
+        pixels = prepare_image(version.media_path(record), preprocess)
+        return pixels, index[class_label(record, "image_class")]
 
     channels = 1 if mode == "L" else 3
     model = build(channels, len(labels), size)
@@ -168,8 +220,6 @@ def train_classifier(ctx: TrainContext, build) -> dict[str, Any]:
     best = fit(ctx, model, train=ctx.data("train", transform=sample),
                val=ctx.data(val_split, transform=sample) if val_split else None,
                loss_fn=loss_fn, evaluate=accuracy_counts, config=config, augment=augment)
-    preprocess = {"kind": "image", "mode": mode, "size": [size, size], "scale": 1 / 255,
-                  "mean": mean, "std": std}
     example = torch.zeros(1, channels, size, size)
     final = dict(best)
     if ctx.version.count("test"):

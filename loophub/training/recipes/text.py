@@ -18,7 +18,8 @@ right with 0, and a ``preprocess`` that says exactly how to make them::
      "max_len": N, "pad_id": 0, "unk_id": 1, "unknown": "unk" | "shape"}}
 
 ``Tokenizer.from_json(preprocess["tokenizer"]).encode(text)`` is that recipe in code (the
-model server uses it); ``tags_to_spans`` turns a tagger's BIO tags back into spans.
+model server uses it); for the tagger ``tagger_chunks`` cuts longer texts into chunks of
+max_len tokens, and ``tags_to_spans`` turns its BIO tags back into spans.
 """
 
 from __future__ import annotations
@@ -454,6 +455,18 @@ def record_offsets(record: dict, regex) -> list[tuple[int, int]]:
     return [m.span() for m in regex.finditer(text) if m.end() > m.start()]
 
 
+def tagger_chunks(tokenizer: Tokenizer, text: str, offsets: list[tuple[int, int]]
+                  ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """The tagger's inputs for TEXT tokenized at OFFSETS ([start, end) code points: the
+    record's own tokens, ``record_offsets``, or ``tokenizer.tokens(text)``): token ids
+    and their offsets in chunks of ``max_len`` tokens, at least one (empty for a text
+    without tokens). Training and its validation read the first chunk only (the first
+    max_len tokens); the model server and loophub.models.predictor tag every chunk."""
+    step = max(1, tokenizer.max_len)
+    chunks = [offsets[i:i + step] for i in range(0, len(offsets), step)] or [[]]
+    return [([tokenizer.id_of(text[s:e]) for s, e in chunk], chunk) for chunk in chunks]
+
+
 def train_ner(ctx: TrainContext) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
@@ -483,14 +496,12 @@ def train_ner(ctx: TrainContext) -> dict[str, Any]:
 
     def encode(record: dict, training: bool) -> tuple:
         text = record.get("text") or ""
-        offsets = record_offsets(record, regex)[:max_len]
-        ids = []
-        for s, e in offsets:
-            token = text[s:e]
-            found = tokenizer.id_of(token)
-            if training and found > 1 and random.random() < word_dropout:
-                found = tokenizer.unknown_id(token)  # learn to tag words never seen
-            ids.append(found)
+        ids, offsets = tagger_chunks(tokenizer, text, record_offsets(record, regex))[0]
+        if training:  # learn to tag words never seen; random() for known words only, as it
+            # always was, so a seed still gives the same run
+            ids = [tokenizer.unknown_id(text[s:e])
+                   if found > 1 and random.random() < word_dropout else found
+                   for found, (s, e) in zip(ids, offsets, strict=True)]
         labels = [tag_index[t] for t in bio_tags(offsets, spans(record), names)]
         return ids, labels
 
