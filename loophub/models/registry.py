@@ -69,10 +69,13 @@ class Ref:
         return self.name if self.selector is None else f"{self.name}@{self.selector}"
 
 
+VERSION = re.compile(r"^v?([0-9]{1,9})$")  # ASCII digits: "³".isdigit() is true
+
+
 def version_number(selector: str) -> int | None:
     """3 for "3" and "v3"; None for an alias."""
-    digits = selector[1:] if selector[:1] == "v" else selector
-    return int(digits) if digits.isdigit() else None
+    found = VERSION.match(selector)
+    return int(found.group(1)) if found else None
 
 
 def check_servable(path_or_file, meta: dict) -> None:

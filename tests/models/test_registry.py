@@ -171,3 +171,37 @@ def test_who_sees_and_changes_a_model(digits, api):
     with pytest.raises(errors.PermissionDenied, match="only the owner"):
         bob.models.delete("digits-cnn@v1")
     assert digits.models.history("digits-cnn", subject="alias:challenger")[0]["actor"] == "bob"
+
+
+def test_the_cli_lists_shows_moves_and_tells_the_history(digits, api, capsys):
+    import json
+
+    from loophub.cli import main
+
+    register_cnn(digits)
+    register_cnn(digits)
+    auth = ["--url", api.url, "--token", "user:ann"]
+
+    def cli(*args: str) -> str:
+        capsys.readouterr()
+        code = main(["models", *args, *auth])
+        out = capsys.readouterr()
+        assert code == 0, out.err
+        return out.out
+
+    assert "digits-cnn" in cli("list")
+    cli("alias", "digits-cnn", "challenger", "v1", "--reason", "first")
+    moved = json.loads(cli("alias", "digits-cnn", "challenger", "2", "--json"))
+    assert moved["aliases"] == {"challenger": 2}
+    version = json.loads(cli("show", "digits-cnn@challenger", "--json"))
+    assert (version["version"], version["dataset"]) == (2, "digits@v1")
+    history = json.loads(cli("history", "digits-cnn", "--subject", "alias:challenger",
+                             "--json"))
+    assert [(e["from"], e["to"]) for e in history] == [
+        (None, {"version": 1}), ({"version": 1}, {"version": 2})]
+    assert "challenger" in cli("history", "digits-cnn")
+    assert "trained_on: digits@v1" in cli("lineage", "digits-cnn@2")
+    capsys.readouterr()
+    assert main(["models", "alias", "digits-cnn", "champion", "1", *auth]) == 2
+    assert "tests have not passed" in capsys.readouterr().err
+    assert json.loads(cli("list", "--json"))[0]["aliases"] == {"challenger": 2}
