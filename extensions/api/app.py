@@ -137,6 +137,12 @@ class ServiceContext:
         return ModelRegistry(self.db, self.blobs, self.datasets)
 
     @cached_property
+    def evaluations(self):
+        from loophub.models.evaluations import Evaluations
+
+        return Evaluations(self.models)
+
+    @cached_property
     def runner(self):
         from loophub.training.runner import LocalLauncher, TrainingRunner
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from loophub.training.spec import TrainingSpec
+
 from .base import ApiHandler, Op, in_thread
 
 DIGEST = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
@@ -242,6 +244,89 @@ class HistoryHandler(ModelsHandler):
                                                     subject=self.query["subject"])})
 
 
+EVALUATION_VIEW = {"type": "object", "required": ["id", "ref", "dataset", "state"],
+                   "properties": {"id": {"type": "string"}, "ref": {"type": "string"},
+                                  "dataset": {"type": "string"}, "state": {"type": "string"},
+                                  "job": {"type": ["string", "null"]},
+                                  "result": {"type": ["object", "null"]}}}
+EVALUATIONS = {"type": "object", "properties": {"evaluations": {"type": "array",
+                                                                "items": EVALUATION_VIEW}}}
+
+
+class VersionEvaluationsHandler(ModelsHandler):
+    openapi = {
+        "post": Op("Evaluate the version on a dataset version's split: a fairly scheduled "
+                   "job (the evaluate recipe on the training runner) that stores metrics "
+                   "overall and by slice; checked whole first (readable, same task, known "
+                   "slice fields); 422 when it can never fit", access="model:read",
+                   status=201, response=EVALUATION_VIEW, errors={422: "can never fit here"},
+                   body={"type": "object", "required": ["dataset"],
+                         "additionalProperties": False, "properties": {
+                             "dataset": {"type": "string", "maxLength": 300},
+                             "split": {"type": ["string", "null"], "maxLength": 64},
+                             "slices": {"type": "array", "maxItems": 16, "items": {
+                                 "type": "string", "maxLength": 128}},
+                             "per_worker": {"type": "object"},
+                             "preemptible": {"type": "boolean"}}},
+                   body_example={"dataset": "matrix@v1", "split": "test"}),
+        "get": Op("The version's evaluations, oldest first", access="model:read",
+                  response=EVALUATIONS),
+    }
+
+    async def post(self, model: str, version: str) -> None:
+        from .training import submit
+
+        body, actor = self.body, self.actor
+        evaluations = self.ctx.evaluations
+        checked = await in_thread(evaluations.check, actor, ref(model, version),
+                                  body["dataset"], split=body.get("split", "test"),
+                                  slices=body.get("slices", ["label"]))
+        evaluation_id = evaluations.new_id()
+        spec = TrainingSpec.from_json(evaluations.spec(
+            checked, evaluation_id, body.get("per_worker"), body.get("preemptible", False)))
+        accepted = await in_thread(self.ctx.training.check, actor, spec, internal=True)
+        await submit(self, accepted, created=lambda job: evaluations.create(
+            actor, checked, job["id"], evaluation_id))
+        self.set_status(201)
+        self.write_json(await in_thread(evaluations.get, actor, model, evaluation_id))
+
+    async def get(self, model: str, version: str) -> None:
+        self.write_json({"evaluations": await in_thread(
+            self.ctx.evaluations.list, self.actor, ref(model, version))})
+
+
+class EvaluationsHandler(ModelsHandler):
+    openapi = {"get": Op("Every evaluation of every version of the model, oldest first "
+                         "(to compare versions)", access="model:read", response=EVALUATIONS)}
+
+    async def get(self, model: str) -> None:
+        self.write_json({"evaluations": await in_thread(
+            self.ctx.evaluations.list, self.actor, name=model)})
+
+
+class EvaluationHandler(ModelsHandler):
+    openapi = {
+        "get": Op("An evaluation: its references, its job's state, its result",
+                  access="model:read", response=EVALUATION_VIEW),
+        "put": Op("The evaluation's result, sent by its own running job (as its owner)",
+                  access="model:read", response=EVALUATION_VIEW, max_body=32 * 1024 ** 2,
+                  body={"type": "object", "required": ["job", "result"],
+                        "additionalProperties": False, "properties": {
+                            "job": {"type": "string", "maxLength": 64},
+                            "result": {"type": "object"}}},
+                  errors={409: "not from the evaluation's own running job"},
+                  body_example={"job": "0" * 32, "result": {"metrics": {}}}),
+    }
+
+    async def get(self, model: str, evaluation_id: str) -> None:
+        self.write_json(await in_thread(self.ctx.evaluations.get, self.actor, model,
+                                        evaluation_id))
+
+    async def put(self, model: str, evaluation_id: str) -> None:
+        self.write_json(await in_thread(self.ctx.evaluations.record, self.actor, model,
+                                        evaluation_id, self.body["job"], self.body["result"]))
+
+
 M = "models/(?P<model>[^/@]+)"
 V = M + "/versions/(?P<version>[^/]+)"
 ROUTES: list[tuple[str, type]] = [
@@ -253,4 +338,7 @@ ROUTES: list[tuple[str, type]] = [
     (V + "/artifact", ArtifactHandler),
     (M + "/aliases/(?P<alias>[^/]+)", AliasHandler),
     (M + "/history", HistoryHandler),
+    (V + "/evaluations", VersionEvaluationsHandler),
+    (M + "/evaluations", EvaluationsHandler),
+    (M + "/evaluations/(?P<evaluation_id>[^/]+)", EvaluationHandler),
 ]

@@ -85,7 +85,8 @@ class RecipesHandler(TrainingHandler):
     def get(self) -> None:
         from loophub.training.recipes import recipes
 
-        self.write_json({"recipes": [r.describe() for r in recipes().values()]})
+        self.write_json({"recipes": [r.describe() for r in recipes().values()
+                                     if not r.internal]})
 
 
 class TrainingJobsHandler(TrainingHandler):
@@ -105,29 +106,39 @@ class TrainingJobsHandler(TrainingHandler):
 
     async def post(self) -> None:
         spec = TrainingSpec.from_json(self.body)
-        actor = self.actor
-        accepted = await in_thread(self.service.check, actor, spec)
-        request = RequestSpec(kind="job", owner=actor.name, groups=actor.groups,
-                              demand=spec.per_worker.demand(), count=spec.workers,
-                              preemptible=spec.preemptible, runtime=spec.max_runtime,
-                              gpu_type=spec.per_worker.gpu_type, job="pending",
-                              labels={"what": spec.what, "dataset": str(spec.dataset)})
-        if reason := self.ctx.scheduler.service.state.fits_ever(request.to_request("check")):
-            raise Unschedulable(f"refused: {reason.split(': ', 1)[-1]}", detail={
-                "per_worker": spec.per_worker.to_json(), "workers": spec.workers})
-        view = await in_thread(self.service.create, actor, accepted)
-        try:
-            queued = await self.ctx.scheduler.submit(replace(request, job=view["id"]),
-                                                     actor=RUNNER)
-        except Exception as exc:
-            await in_thread(self.service.fail, view["id"], f"the scheduler refused it: {exc}")
-            raise
-        await in_thread(self.service.attach_request, view["id"], queued["id"])
-        self.write_json(self.queue_info(await in_thread(self.service.get, actor, view["id"])))
+        accepted = await in_thread(self.service.check, self.actor, spec)
+        self.write_json(self.queue_info(await submit(self, accepted)))
 
     def get(self) -> None:
         self.write_json({"jobs": [self.queue_info(v) for v in self.service.list(
             self.actor, state=self.query["state"], limit=self.query["limit"])]})
+
+
+async def submit(handler: ApiHandler, accepted, *, created=None) -> dict:
+    """Queue an accepted job for the handler's caller: refused (422) when it can never fit,
+    else a jobs row plus a scheduler request of kind ``job`` (one unit per worker).
+    CREATED(job view) runs once the job exists, before it is queued (another room's row
+    that names the job). Returns the job's view."""
+    spec, actor, ctx = accepted.spec, handler.actor, handler.ctx
+    request = RequestSpec(kind="job", owner=actor.name, groups=actor.groups,
+                          demand=spec.per_worker.demand(), count=spec.workers,
+                          preemptible=spec.preemptible, runtime=spec.max_runtime,
+                          gpu_type=spec.per_worker.gpu_type, job="pending",
+                          labels={"what": spec.what, "dataset": str(spec.dataset)})
+    if reason := ctx.scheduler.service.state.fits_ever(request.to_request("check")):
+        raise Unschedulable(f"refused: {reason.split(': ', 1)[-1]}", detail={
+            "per_worker": spec.per_worker.to_json(), "workers": spec.workers})
+    service = ctx.training
+    view = await in_thread(service.create, actor, accepted)
+    try:
+        if created is not None:
+            await in_thread(created, view)
+        queued = await ctx.scheduler.submit(replace(request, job=view["id"]), actor=RUNNER)
+    except Exception as exc:
+        await in_thread(service.fail, view["id"], f"the scheduler refused it: {exc}")
+        raise
+    await in_thread(service.attach_request, view["id"], queued["id"])
+    return await in_thread(service.get, actor, view["id"])
 
 
 class TrainingJobHandler(TrainingHandler):

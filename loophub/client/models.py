@@ -169,6 +169,51 @@ class Models:
         return self.client.raw("GET", f"models/{name}/versions/{selector}/artifact",
                                timeout=None).content
 
+    # -- evaluating ----------------------------------------------------------------------
+
+    def evaluate(self, ref: str, *, dataset: str, split: str | None = "test",
+                 slices: Sequence[str] = ("label",), per_worker: dict | None = None,
+                 wait: bool = True, progress: bool = True, timeout: float | None = None
+                 ) -> dict:
+        """Evaluate version REF on DATASET (NAME@VERSION)'s SPLIT (None: every record) as a
+        fairly scheduled job; metrics overall and per slice ("label", "split",
+        "metadata.<key>"). Waits for the result unless WAIT is false."""
+        name, selector = _split(ref)
+        body: dict[str, Any] = {"dataset": dataset, "split": split, "slices": list(slices)}
+        if per_worker:
+            body["per_worker"] = dict(per_worker)
+        view = self.client.request("POST", f"models/{name}/versions/{selector}/evaluations",
+                                   json=body)
+        if not wait:
+            return view
+        job = self.client.training.get(view["job"])
+        try:
+            job.wait(progress=progress, timeout=timeout)
+        except errors.LoophubError as exc:
+            raise type(exc)(f"evaluation {view['id']} of {view['ref']} on {view['dataset']}: "
+                            f"{exc}") from None
+        return self.evaluation(view["model"], view["id"])
+
+    def evaluation(self, name: str, evaluation_id: str) -> dict:
+        return self.client.request("GET", self._model(name, "evaluations",
+                                                      quote(evaluation_id, safe="")))
+
+    def evaluations(self, ref: str) -> list[dict]:
+        """The evaluations of version REF (NAME@3), or of every version (NAME)."""
+        name, _, selector = ref.partition("@")
+        if not selector:
+            return self.client.request("GET", self._model(name, "evaluations"))["evaluations"]
+        name, selector = _split(ref)
+        return self.client.request("GET", f"models/{name}/versions/{selector}/evaluations")[
+            "evaluations"]
+
+    def put_evaluation(self, ref: str, evaluation_id: str, *, job: str, result: dict) -> dict:
+        """The evaluate recipe's rank reports its result (as the job's owner)."""
+        name = ref.partition("@")[0]
+        return self.client.request("PUT", self._model(name, "evaluations",
+                                                      quote(evaluation_id, safe="")),
+                                   json={"job": job, "result": result})
+
     # -- changing ---------------------------------------------------------------------------
 
     def alias(self, name: str, alias: str, version: int | str, *, reason: str = "",
@@ -206,3 +251,17 @@ class Models:
             return self.client.request("DELETE", self._model(name, "versions", quote(
                 selector, safe="")), params=params)
         return self.client.request("DELETE", self._model(name), params=params)
+
+    # -- model-assisted labeling ---------------------------------------------------------------
+
+    def predict_into(self, dataset: str, model_ref: str, *, filter: dict | None = None,
+                     batch_size: int = 256, progress: bool = True) -> dict:
+        """Write version MODEL_REF's predictions on DATASET's draft records matching FILTER
+        (the keys of client.datasets.records: split, annotated, label, annotator) as
+        pre-annotations: model version and score recorded, never labels. A re-run replaces
+        that model's earlier predictions. Returns {"predicted", "written", "annotations",
+        "skipped", "model", ...} (loophub.client.assist)."""
+        from loophub.client.assist import predict_into
+
+        return predict_into(self.client, dataset, model_ref, filter=filter,
+                            batch_size=batch_size, progress=progress)

@@ -74,7 +74,7 @@ def evaluate(predictor: Predictor, records: Iterable[dict], media_path: MediaPat
     true class, classification only, ignored otherwise; "split"; "metadata.<key>"; records
     without the value are in no slice), timing ``{"read_s", "predict_s", "metrics_s"}``."""
     _check_schema(predictor, label_schema)
-    fields = _check_slices(slices)
+    fields = check_slices(slices)
     started = time.perf_counter()
     cases, skipped = ground_truth(predictor, records, media_path)
     read = time.perf_counter()
@@ -215,7 +215,7 @@ def slice_key(case: Case, field: str) -> Hashable | None:
     return json.dumps(value, sort_keys=True, ensure_ascii=False)
 
 
-def _check_slices(slices: Sequence[str]) -> list[str]:
+def check_slices(slices: Sequence[str]) -> list[str]:
     if isinstance(slices, str):
         slices = [slices]
     for field in slices:

@@ -142,7 +142,7 @@ class ModelRegistry:
 
     # -- finding ---------------------------------------------------------------------------
 
-    def _model(self, s, actor: Actor, name: str, need: access.Need = "read"
+    def model_row(self, s, actor: Actor, name: str, need: access.Need = "read"
                ) -> RegisteredModel:
         model = s.scalars(select(RegisteredModel).where(RegisteredModel.name == name)).first()
         if model is None or (model.state == "deleted" and not actor.admin):
@@ -181,7 +181,7 @@ class ModelRegistry:
         """The version REF names (read access), with its artifact's digests."""
         ref = ref if isinstance(ref, Ref) else Ref.parse(ref)
         with self.db.session() as s:
-            model = self._model(s, actor, ref.name)
+            model = self.model_row(s, actor, ref.name)
             return self.version_view(s, model, self._version(s, model, ref.selector))
 
     # -- views -------------------------------------------------------------------------
@@ -227,11 +227,11 @@ class ModelRegistry:
 
     def get(self, actor: Actor, name: str) -> dict:
         with self.db.session() as s:
-            return self.model_view(s, self._model(s, actor, name))
+            return self.model_view(s, self.model_row(s, actor, name))
 
     def versions(self, actor: Actor, name: str) -> list[dict]:
         with self.db.session() as s:
-            model = self._model(s, actor, name)
+            model = self.model_row(s, actor, name)
             rows = s.scalars(select(ModelVersion).where(ModelVersion.model_id == model.id)
                              .order_by(ModelVersion.number))
             return [self.version_view(s, model, v) for v in rows
@@ -240,7 +240,7 @@ class ModelRegistry:
     def history(self, actor: Actor, name: str, *, subject: str | None = None) -> list[dict]:
         """Every change to the model, oldest first (SUBJECT: "alias:champion", "v3")."""
         with self.db.session() as s:
-            model = self._model(s, actor, name)
+            model = self.model_row(s, actor, name)
             query = select(ModelEvent).where(ModelEvent.model_id == model.id)
             if subject:
                 query = query.where(ModelEvent.subject == subject)
@@ -371,7 +371,7 @@ class ModelRegistry:
         caller cannot read answers 404 whatever they sent); a new name is anyone's."""
         with self.db.session() as s:
             if s.scalars(select(RegisteredModel.id).where(RegisteredModel.name == name)).first():
-                self._model(s, actor, name, "write")
+                self.model_row(s, actor, name, "write")
 
     def _check_blob(self, digest: str, meta: dict) -> None:
         if self.blobs.local:
@@ -432,7 +432,7 @@ class ModelRegistry:
             raise InvalidInput(f"version {version!r}: a version number (3 or v3)",
                                detail={"field": "version"})
         with self.db.transaction() as s:
-            model = self._model(s, actor, name, "write")
+            model = self.model_row(s, actor, name, "write")
             target = self._version(s, model, str(number))
             if alias == "champion" and target.test_status != "passed" and not force:
                 raise Conflict(
@@ -457,7 +457,7 @@ class ModelRegistry:
 
     def delete_alias(self, actor: Actor, name: str, alias: str, *, reason: str = "") -> dict:
         with self.db.transaction() as s:
-            model = self._model(s, actor, name, "write")
+            model = self.model_row(s, actor, name, "write")
             row = s.get(ModelAlias, (model.id, alias))
             if row is None:
                 raise NotFound(f"model {name!r} has no alias {alias!r}")
@@ -474,7 +474,7 @@ class ModelRegistry:
         version; each change written to the history. The artifact never changes."""
         parsed = Ref.parse(ref)
         with self.db.transaction() as s:
-            model = self._model(s, actor, parsed.name, "write")
+            model = self.model_row(s, actor, parsed.name, "write")
             v = self._version(s, model, parsed.selector)
             subject = f"v{v.number}"
             if tags:
@@ -502,7 +502,7 @@ class ModelRegistry:
                      visibility: str | None = None, group: str | None = None,
                      tags: dict | None = None, reason: str = "") -> dict:
         with self.db.transaction() as s:
-            model = self._model(s, actor, name, "write")
+            model = self.model_row(s, actor, name, "write")
             if tags:
                 check_tags(tags)
                 new = {k: v for k, v in {**model.tags, **tags}.items() if v is not None}
@@ -541,7 +541,7 @@ class ModelRegistry:
             raise InvalidInput(f"{ref}: name the version to delete by number (NAME@v3)",
                                detail={"field": "model"})
         with self.db.transaction() as s:
-            model = self._model(s, actor, parsed.name, "manage")
+            model = self.model_row(s, actor, parsed.name, "manage")
             v = self._version(s, model, parsed.selector)
             aliases = sorted(s.scalars(select(ModelAlias.alias).where(
                 ModelAlias.model_id == model.id, ModelAlias.version == v.number)))
@@ -559,7 +559,7 @@ class ModelRegistry:
     def delete_model(self, actor: Actor, name: str, *, reason: str = "") -> dict:
         """Delete a model (owner or admin): refused while it has aliases."""
         with self.db.transaction() as s:
-            model = self._model(s, actor, name, "manage")
+            model = self.model_row(s, actor, name, "manage")
             aliases = self._alias_names(s, model)
             if aliases:
                 raise Conflict(f"model {name!r} still has aliases ({', '.join(aliases)}); "

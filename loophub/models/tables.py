@@ -109,3 +109,27 @@ class ModelEvent(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
 
     __table_args__ = (Index("ix_model_history_model", "model_id", "id"),)
+
+
+class ModelEvaluation(Base):
+    """One evaluation of a version on a dataset version's split: the fairly scheduled job
+    that ran it and, once it reported, its result (metrics overall and by slice). Both
+    references are exact (version number, dataset version id), so it can be rerun."""
+
+    __tablename__ = "model_evaluations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    dataset: Mapped[str] = mapped_column(String(255))
+    dataset_version_id: Mapped[str] = mapped_column(String(64))
+    dataset_version_number: Mapped[int] = mapped_column(Integer)
+    split: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    slices: Mapped[list] = mapped_column(JSON, default=list)
+    job_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    result: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    __table_args__ = (Index("ix_model_evaluations_version", "model_id", "version"),)

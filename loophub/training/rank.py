@@ -72,7 +72,7 @@ def train(ctx, task: dict, client) -> Any:
     if recipe_name:
         from loophub.training.recipes import recipe
 
-        found = recipe(recipe_name)
+        found = recipe(recipe_name, internal=True)
         ctx.params["_recipe"] = recipe_name
         return found.train(ctx)
     function = task["function"]

@@ -270,7 +270,7 @@ class TrainingRunner:
         if params.get("recipe"):
             from loophub.training.recipes import recipe
 
-            usable = recipe(params["recipe"]).usable
+            usable = recipe(params["recipe"], internal=True).usable
         folder = await asyncio.to_thread(self.service.materialize, job_id, usable)
         client = await self.client()
         owner = (await asyncio.to_thread(self.service.owner_of, job_id)).name

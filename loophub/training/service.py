@@ -23,6 +23,7 @@ from loophub import audit, jobs
 from loophub.errors import Conflict, InvalidInput, NotFound, TooLarge
 from loophub.identity import Actor
 from loophub.jobs import Job, JobStore
+from loophub.models.recipe import EVALUATE
 from loophub.store import BlobStore, Database, grants
 from loophub.store.models import iso
 from loophub.training import data
@@ -64,16 +65,17 @@ class TrainingService:
 
     # -- accepting ---------------------------------------------------------------------
 
-    def check(self, actor: Actor, spec: TrainingSpec) -> Accepted:
+    def check(self, actor: Actor, spec: TrainingSpec, *, internal: bool = False) -> Accepted:
         """Everything a job needs, checked before it is accepted: the recipe and its
         parameters, the version (readable, committed) and its task, the function's
-        upload (the owner's own bytes)."""
+        upload (the owner's own bytes). INTERNAL: another room submits one of the
+        platform's own recipes (an evaluation)."""
         version = self.datasets.resolve_version(actor, spec.dataset.name, spec.dataset.version)
         params = dict(spec.params)
         if spec.recipe is not None:
             from loophub.training.recipes import recipe
 
-            found = recipe(spec.recipe, version["task"])
+            found = recipe(spec.recipe, version["task"], internal=internal)
             params = found.check_params(params)
         else:
             with self.db.session() as s:
@@ -339,7 +341,10 @@ class TrainingService:
                          dataset=f"{run.dataset}@v{run.version_number}")
             name, version_id, owner = job.params.get("name") or job.params.get(
                 "recipe") or "function", run.version_id, job.owner
-        self.datasets.link_version(version_id, name, f"job:{job_id}", by=owner)
+            relation = "evaluated_on" if job.params.get("recipe") == EVALUATE else \
+                "trained_on"
+        self.datasets.link_version(version_id, name, f"job:{job_id}", relation=relation,
+                                   by=owner)
         with self._lock:
             self.stops.pop(job_id, None)
         return self.get(Actor(owner, admin=True), job_id)

@@ -23,6 +23,7 @@ class Recipe:
     params: dict[str, tuple[Any, str]] = field(default_factory=dict)  # name -> (default, help)
     usable: Callable[[dict], bool] = lambda record: True  # records it can learn from
     train: Callable[[Any], dict] | None = None
+    internal: bool = False  # run by the platform for another room (evaluate), not listed
 
     def defaults(self) -> dict[str, Any]:
         return {name: default for name, (default, _) in self.params.items()}
@@ -51,15 +52,17 @@ class Recipe:
 
 def recipes() -> dict[str, Recipe]:
     """Every built-in recipe by name (imported on use: they import torch)."""
+    from loophub.models import recipe as model_recipe
     from loophub.training.recipes import detection, image, text
 
-    found = [*image.RECIPES, *text.RECIPES, *detection.RECIPES]
+    found = [*image.RECIPES, *text.RECIPES, *detection.RECIPES, model_recipe.RECIPE]
     return {r.name: r for r in found}
 
 
-def recipe(name: str, task: str | None = None) -> Recipe:
-    """The recipe NAME, checked against the dataset's TASK; errors say what fits."""
-    known = recipes()
+def recipe(name: str, task: str | None = None, *, internal: bool = False) -> Recipe:
+    """The recipe NAME, checked against the dataset's TASK; errors say what fits. An
+    internal recipe is found only when INTERNAL (the platform submits it, not users)."""
+    known = {n: r for n, r in recipes().items() if internal or not r.internal}
     if name not in known:
         raise InvalidInput(f"training.recipe: no recipe {name!r}; one of "
                            f"{', '.join(sorted(known))}", detail={"field": "recipe"})

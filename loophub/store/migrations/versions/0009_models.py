@@ -1,4 +1,5 @@
-"""the model registry: models, immutable versions, aliases, append-only history
+"""the model registry: models, immutable versions, aliases, append-only history,
+evaluations
 
 Revision ID: 0009
 Revises: 0008
@@ -80,9 +81,32 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=False),
     )
     op.create_index("ix_model_history_model", "model_history", ["model_id", "id"])
+    op.create_table(
+        "model_evaluations",
+        sa.Column("id", sa.String(32), primary_key=True),
+        sa.Column("model_id", sa.Integer(), sa.ForeignKey("models.id", ondelete="CASCADE"),
+                  nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("dataset", sa.String(255), nullable=False),
+        sa.Column("dataset_version_id", sa.String(64), nullable=False),
+        sa.Column("dataset_version_number", sa.Integer(), nullable=False),
+        sa.Column("split", sa.String(64), nullable=True),
+        sa.Column("slices", sa.JSON(), nullable=False),
+        sa.Column("job_id", sa.String(32), nullable=True),
+        sa.Column("result", sa.JSON(), nullable=True),
+        sa.Column("created_by", sa.String(255), nullable=False),
+        sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished", sa.DateTime(timezone=True), nullable=True),
+    )
+    op.create_index("ix_model_evaluations_job_id", "model_evaluations", ["job_id"])
+    op.create_index("ix_model_evaluations_version", "model_evaluations",
+                    ["model_id", "version"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_model_evaluations_version", table_name="model_evaluations")
+    op.drop_index("ix_model_evaluations_job_id", table_name="model_evaluations")
+    op.drop_table("model_evaluations")
     op.drop_index("ix_model_history_model", table_name="model_history")
     op.drop_table("model_history")
     op.drop_table("model_aliases")
