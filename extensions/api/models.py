@@ -267,7 +267,9 @@ class VersionEvaluationsHandler(ModelsHandler):
                              "slices": {"type": "array", "maxItems": 16, "items": {
                                  "type": "string", "maxLength": 128}},
                              "per_worker": {"type": "object"},
-                             "preemptible": {"type": "boolean"}}},
+                             "preemptible": {"type": "boolean"},
+                             "checks": {"type": "boolean", "description": "also run the "
+                                        "version's example and invariance tests"}}},
                    body_example={"dataset": "matrix@v1", "split": "test"}),
         "get": Op("The version's evaluations, oldest first", access="model:read",
                   response=EVALUATIONS),
@@ -283,7 +285,8 @@ class VersionEvaluationsHandler(ModelsHandler):
                                   slices=body.get("slices", ["label"]))
         evaluation_id = evaluations.new_id()
         spec = TrainingSpec.from_json(evaluations.spec(
-            checked, evaluation_id, body.get("per_worker"), body.get("preemptible", False)))
+            checked, evaluation_id, body.get("per_worker"), body.get("preemptible", False),
+            checks=body.get("checks", False)))
         accepted = await in_thread(self.ctx.training.check, actor, spec, internal=True)
         await submit(self, accepted, created=lambda job: evaluations.create(
             actor, checked, job["id"], evaluation_id))
@@ -327,6 +330,45 @@ class EvaluationHandler(ModelsHandler):
                                         evaluation_id, self.body["job"], self.body["result"]))
 
 
+class TestsHandler(ModelsHandler):
+    openapi = {"put": Op(
+        "Set the version's tests (metric thresholds on an evaluation, per-slice thresholds, "
+        "examples, invariances; docs/models.md); their datasets are pinned to exact "
+        "versions and the test status goes back to untested", access="model:write",
+        response=VERSION_VIEW, body={"type": "object", "required": ["tests"],
+                                     "additionalProperties": False, "properties": {
+                                         "tests": {"type": "array", "maxItems": 64,
+                                                   "items": {"type": "object"}},
+                                         "reason": REASON}},
+        body_example={"tests": []})}
+
+    async def put(self, model: str, version: str) -> None:
+        self.write_json(await in_thread(self.registry.set_tests, self.actor,
+                                        ref(model, version), self.body["tests"],
+                                        reason=self.body.get("reason", "")))
+
+
+class TestRunsHandler(ModelsHandler):
+    openapi = {"post": Op(
+        "Judge the version's tests on its evaluations (ids of evaluations of this version "
+        "that succeeded) and keep the outcome, which gates champion", access="model:write",
+        response=VERSION_VIEW, errors={409: "no tests, or an evaluation has not succeeded"},
+        body={"type": "object", "required": ["evaluations"], "additionalProperties": False,
+              "properties": {"evaluations": {"type": "array", "maxItems": 64, "items": {
+                  "type": "string", "maxLength": 64}}}},
+        body_example={"evaluations": []})}
+
+    async def post(self, model: str, version: str) -> None:
+        def run() -> dict:
+            reference = ref(model, version)
+            self.registry.model_row_check(self.actor, model, "write")
+            found = self.ctx.evaluations.of_run(self.actor, reference,
+                                                self.body["evaluations"])
+            return self.registry.record_tests(self.actor, reference, found)
+
+        self.write_json(await in_thread(run))
+
+
 M = "models/(?P<model>[^/@]+)"
 V = M + "/versions/(?P<version>[^/]+)"
 ROUTES: list[tuple[str, type]] = [
@@ -339,6 +381,8 @@ ROUTES: list[tuple[str, type]] = [
     (M + "/aliases/(?P<alias>[^/]+)", AliasHandler),
     (M + "/history", HistoryHandler),
     (V + "/evaluations", VersionEvaluationsHandler),
+    (V + "/tests", TestsHandler),
+    (V + "/test-runs", TestRunsHandler),
     (M + "/evaluations", EvaluationsHandler),
     (M + "/evaluations/(?P<evaluation_id>[^/]+)", EvaluationHandler),
 ]

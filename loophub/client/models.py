@@ -173,8 +173,8 @@ class Models:
 
     def evaluate(self, ref: str, *, dataset: str, split: str | None = "test",
                  slices: Sequence[str] = ("label",), per_worker: dict | None = None,
-                 wait: bool = True, progress: bool = True, timeout: float | None = None
-                 ) -> dict:
+                 wait: bool = True, progress: bool = True, timeout: float | None = None,
+                 checks: bool = False) -> dict:
         """Evaluate version REF on DATASET (NAME@VERSION)'s SPLIT (None: every record) as a
         fairly scheduled job; metrics overall and per slice ("label", "split",
         "metadata.<key>"). Waits for the result unless WAIT is false."""
@@ -182,6 +182,8 @@ class Models:
         body: dict[str, Any] = {"dataset": dataset, "split": split, "slices": list(slices)}
         if per_worker:
             body["per_worker"] = dict(per_worker)
+        if checks:
+            body["checks"] = True
         view = self.client.request("POST", f"models/{name}/versions/{selector}/evaluations",
                                    json=body)
         if not wait:
@@ -213,6 +215,43 @@ class Models:
         return self.client.request("PUT", self._model(name, "evaluations",
                                                       quote(evaluation_id, safe="")),
                                    json={"job": job, "result": result})
+
+    # -- testing: what gates champion ------------------------------------------------------
+
+    def set_tests(self, ref: str, tests: list[dict], *, reason: str = "") -> dict:
+        """The version's tests (docs/models.md): metric thresholds on an evaluation
+        ({"kind": "metric", "metric": "accuracy", "min": 0.97, "dataset": "digits@v3",
+        "split": "test"}, optionally "slice": {"field": "label", "value": "7"}), examples
+        ({"kind": "example", "input": {"text": ...}, "expect": LABEL}) and invariances
+        ({"kind": "invariance", "input": ..., "transform": "lowercase"})."""
+        name, selector = _split(ref)
+        return self.client.request("PUT", f"models/{name}/versions/{selector}/tests",
+                                   json={"tests": tests, "reason": reason})
+
+    def test(self, ref: str, *, progress: bool = True, timeout: float | None = None) -> dict:
+        """Run the version's tests: an evaluation job per dataset version and split they
+        measure (the first also runs the examples and invariances), then the platform
+        judges them and records pass or fail on the version. Returns the outcome."""
+        from loophub.models.gate import needed
+
+        version = self.get(ref)
+        exact = version["ref"]
+        if not version["tests"]:
+            raise errors.Conflict(f"{exact} has no tests; set them with models.set_tests")
+        runs = needed(version["tests"])
+        if not runs:  # only examples: they run in an evaluation on the training data
+            if not version["dataset"]:
+                raise errors.InvalidInput(f"{exact}: example tests run inside an evaluation; "
+                                          "add a metric test naming a dataset version")
+            runs = [{"dataset": version["dataset"], "split": "test", "slices": []}]
+        done = [self.evaluate(exact, dataset=run["dataset"], split=run["split"],
+                              slices=run["slices"], progress=progress, timeout=timeout,
+                              checks=first)
+                for first, run in zip([True] + [False] * len(runs), runs, strict=False)]
+        name, selector = _split(exact)
+        view = self.client.request("POST", f"models/{name}/versions/{selector}/test-runs",
+                                   json={"evaluations": [e["id"] for e in done]})
+        return view["test_results"]
 
     # -- changing ---------------------------------------------------------------------------
 

@@ -53,17 +53,20 @@ class Evaluations:
                 "slices": check_slices(slices)}
 
     def spec(self, checked: dict, evaluation_id: str, per_worker: dict | None = None,
-             preemptible: bool = False) -> dict:
+             preemptible: bool = False, *, checks: bool = False) -> dict:
         """The job that runs it: the ``evaluate`` recipe, one worker, on the exact dataset
-        version, reading the exact model version."""
+        version, reading the exact model version; CHECKS: it also runs the version's
+        example and invariance tests."""
         version, data = checked["version"], checked["data"]
+        examples = [t for t in version["tests"] if t["kind"] != "metric"] if checks else []
         return {"recipe": EVALUATE, "dataset": f"{data['dataset']}@v{data['number']}",
                 "workers": 1, "per_worker": dict(per_worker or {"cpu": 1, "mem": "2G"}),
                 "preemptible": preemptible, "name": version["ref"], "max_retries": 1,
                 "params": {"model": version["ref"], "evaluation": evaluation_id,
                            "split": checked["split"] or "",
                            "slices": ",".join(checked["slices"]),
-                           "dataset": f"{data['dataset']}@v{data['number']}"}}
+                           "dataset": f"{data['dataset']}@v{data['number']}",
+                           "checks": json.dumps(examples) if examples else ""}}
 
     @staticmethod
     def new_id() -> str:
@@ -118,6 +121,16 @@ class Evaluations:
         if row is None or row.model_id != model.id:
             raise NotFound(f"model {name!r} has no evaluation {evaluation_id!r}")
         return model, row
+
+    def of_run(self, actor: Actor, ref: str, evaluation_ids: list[str]) -> list[dict]:
+        """The views of EVALUATION_IDS, which must be REF's and have succeeded."""
+        name = Ref.parse(ref).name
+        found = [self.get(actor, name, i) for i in evaluation_ids]
+        unfinished = [e["id"] for e in found if e["state"] != "succeeded"]
+        if unfinished:
+            raise Conflict(f"evaluations {', '.join(unfinished)} have not succeeded; wait "
+                           "for them or run them again")
+        return found
 
     def get(self, actor: Actor, name: str, evaluation_id: str) -> dict:
         with self.db.session() as s:

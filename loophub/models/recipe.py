@@ -37,6 +37,14 @@ def run_evaluation(ctx) -> dict[str, Any]:
             f"({ctx.version.count(split)} records)")
     slices = [field for field in (p.get("slices") or "").split(",") if field]
     result = evaluate_version(predictor, ctx.version, split, slices)
+    if p.get("checks"):
+        import json
+
+        from loophub.models.checks import run_checks
+
+        result["checks"] = run_checks(predictor, json.loads(p["checks"]))
+        ctx.log(f"checks: {sum(c['passed'] for c in result['checks'])} of "
+                f"{len(result['checks'])} passed")
     client.models.put_evaluation(p["model"], p["evaluation"], job=ctx.job_id, result=result)
     metrics = result.get("metrics") or {}
     ctx.final(**{k: float(metrics[k]) for k in HEADLINE
@@ -54,5 +62,6 @@ RECIPE = Recipe(EVALUATE, TASKS,
                         "evaluation": ("", "the evaluation's id"),
                         "split": ("test", "the split to evaluate ('' for every record)"),
                         "slices": ("", "slice fields, comma-separated"),
-                        "dataset": ("", "NAME@vN, for messages")},
+                        "dataset": ("", "NAME@vN, for messages"),
+                        "checks": ("", "the version's example and invariance tests (JSON)")},
                 train=run_evaluation, internal=True)

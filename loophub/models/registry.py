@@ -28,6 +28,7 @@ from loophub import access, audit
 from loophub.errors import Conflict, InvalidInput, NotFound
 from loophub.identity import Actor
 from loophub.jobs import Job
+from loophub.models import gate
 from loophub.models.signature import check_task, signature
 from loophub.models.tables import (
     ModelAlias,
@@ -176,6 +177,11 @@ class ModelRegistry:
     def _alias_names(self, s, model: RegisteredModel) -> list[str]:
         return sorted(s.scalars(select(ModelAlias.alias).where(
             ModelAlias.model_id == model.id)))
+
+    def model_row_check(self, actor: Actor, name: str, need: access.Need) -> None:
+        """Raise unless ACTOR has NEED on model NAME (before other rooms read its parts)."""
+        with self.db.session() as s:
+            self.model_row(s, actor, name, need)
 
     def resolve(self, actor: Actor, ref: str | Ref) -> dict:
         """The version REF names (read access), with its artifact's digests."""
@@ -370,8 +376,10 @@ class ModelRegistry:
         """Before the body is looked at: a model that exists needs write access (what the
         caller cannot read answers 404 whatever they sent); a new name is anyone's."""
         with self.db.session() as s:
-            if s.scalars(select(RegisteredModel.id).where(RegisteredModel.name == name)).first():
-                self.model_row(s, actor, name, "write")
+            exists = s.scalars(select(RegisteredModel.id).where(
+                RegisteredModel.name == name)).first()
+        if exists:
+            self.model_row_check(actor, name, "write")
 
     def _check_blob(self, digest: str, meta: dict) -> None:
         if self.blobs.local:
@@ -496,6 +504,48 @@ class ModelRegistry:
                 self._record(s, actor, model, "state.set", subject, {"state": v.state},
                              {"state": state}, reason)
                 v.state = state
+            return self.version_view(s, model, v)
+
+    def set_tests(self, actor: Actor, ref: str, tests: Any, *, reason: str = "") -> dict:
+        """The version's tests (gate.py), checked and their datasets pinned to exact
+        versions; the test status goes back to untested (write access; in the history)."""
+        parsed = Ref.parse(ref)
+        self.model_row_check(actor, parsed.name, "write")  # a refusal says nothing of the body
+        view = self.resolve(actor, parsed)
+        checked = gate.check_tests(tests, task=view["task"], labels=view["labels"])
+        pinned = gate.pin(checked, lambda d: self._pinned(actor, d))
+        with self.db.transaction() as s:
+            model = self.model_row(s, actor, parsed.name, "write")
+            v = self._version(s, model, str(view["version"]))
+            self._record(s, actor, model, "tests.set", f"v{v.number}",
+                         {"tests": len(v.tests), "status": v.test_status},
+                         {"tests": len(pinned), "status": "untested"}, reason)
+            v.tests, v.test_status, v.test_results = pinned, "untested", {}
+            return self.version_view(s, model, v)
+
+    def _pinned(self, actor: Actor, dataset: str) -> str:
+        name, _, selector = dataset.partition("@")
+        found = self.datasets.resolve_version(actor, name, selector or "head")
+        return f"{found['dataset']}@v{found['number']}"
+
+    def record_tests(self, actor: Actor, ref: str, evaluations: list[dict]) -> dict:
+        """Judge the version's tests on EVALUATIONS (views of its own evaluations that the
+        platform's jobs wrote) and keep the outcome: what gates champion."""
+        parsed = Ref.parse(ref)
+        with self.db.transaction() as s:
+            model = self.model_row(s, actor, parsed.name, "write")
+            v = self._version(s, model, parsed.selector)
+            if not v.tests:
+                raise Conflict(f"{model.name}@v{v.number} has no tests; set them first "
+                               "(PUT .../tests)")
+            if any(e["model"] != model.name or e["version"] != v.number
+                   for e in evaluations):
+                raise InvalidInput("evaluations: only this version's own evaluations",
+                                   detail={"field": "evaluations"})
+            outcome = gate.judge(v.tests, evaluations)
+            self._record(s, actor, model, "tests.run", f"v{v.number}",
+                         {"status": v.test_status}, {"status": outcome["status"]})
+            v.test_status, v.test_results = outcome["status"], outcome
             return self.version_view(s, model, v)
 
     def update_model(self, actor: Actor, name: str, *, description: str | None = None,
