@@ -9,6 +9,9 @@
     loophub models history digits [--subject alias:champion]
     loophub models lineage digits@3
     loophub models delete digits@v1 --reason "trained on bad labels"
+    loophub models evaluate digits@3 --dataset digits@v2 --split test --slice label
+    loophub models test digits@3               # run its tests: what gates champion
+    loophub models compare digits              # versions side by side
 """
 
 from __future__ import annotations
@@ -101,6 +104,74 @@ def handle_delete(args: argparse.Namespace) -> int:
     return _print(args, gone, lambda g: [f"deleted {args.ref}"])
 
 
+HEADLINE = ("accuracy", "macro_f1", "ece", "f1", "map", "map_50")
+
+
+def _metric_lines(result: dict):
+    metrics = result.get("metrics") or {}
+    for name in ("count", *HEADLINE):
+        if isinstance(metrics.get(name), int | float):
+            yield f"  {name} = {metrics[name]:.4f}" if isinstance(metrics[name], float) \
+                else f"  {name} = {metrics[name]}"
+    for field, values in (result.get("slices") or {}).items():
+        for value, sliced in sorted(values.items()):
+            shown = {k: sliced[k] for k in HEADLINE if isinstance(sliced.get(k), float)}
+            yield f"  {field}={value}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+
+
+def handle_evaluate(args: argparse.Namespace) -> int:
+    evaluation = client_from(args).models.evaluate(
+        args.ref, dataset=args.dataset, split=args.split or None,
+        slices=args.slice or ["label"], progress=not args.json)
+    return _print(args, evaluation, lambda e: [
+        f"{e['ref']} on {e['dataset']} ({e['split'] or 'every split'}): {e['state']}",
+        *_metric_lines(e["result"] or {})])
+
+
+def handle_test(args: argparse.Namespace) -> int:
+    outcome = client_from(args).models.test(args.ref, progress=not args.json)
+    _print(args, outcome, lambda o: [f"{args.ref}: {o['status']}", *[
+        f"  {'pass' if r['passed'] else 'FAIL'}  {r['name']}"
+        + (f"  ({r['value']:.4f})" if isinstance(r.get("value"), float) else "")
+        + (f"  {r['why']}" if r.get("why") else "") for r in o["results"]]])
+    return 0 if outcome["status"] == "passed" else 1
+
+
+def compare_rows(versions: list[dict], evaluations: list[dict]) -> list[dict]:
+    """One row per version: aliases, data, tests, and the headline numbers of its latest
+    evaluation on each dataset version and split (column "DATASET/SPLIT METRIC")."""
+    latest: dict[tuple[int, str, str | None], dict] = {}
+    for e in evaluations:
+        if e["state"] == "succeeded" and e.get("result"):
+            latest[(e["version"], e["dataset"], e["split"])] = e["result"]
+    rows = []
+    for v in versions:
+        row = {"version": v["version"], "aliases": ",".join(v["aliases"]),
+               "trained_on": v["dataset"] or "-", "tests": v["test_status"]}
+        for (number, dataset, split), result in sorted(latest.items(), key=str):
+            if number == v["version"]:
+                for name in HEADLINE:
+                    value = (result.get("metrics") or {}).get(name)
+                    if isinstance(value, float):
+                        row[f"{dataset}/{split or 'all'} {name}"] = round(value, 4)
+        rows.append(row)
+    return rows
+
+
+def handle_compare(args: argparse.Namespace) -> int:
+    client = client_from(args)
+    rows = compare_rows(client.models.versions(args.name), client.models.evaluations(args.name))
+
+    def table(rows: list[dict]):
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        widths = {c: max(len(c), *(len(str(r.get(c, "-"))) for r in rows)) for c in columns}
+        yield "  ".join(c.ljust(widths[c]) for c in columns)
+        for row in rows:
+            yield "  ".join(str(row.get(c, "-")).ljust(widths[c]) for c in columns)
+
+    return _print(args, rows, lambda r: table(r) if r else [f"{args.name} has no versions"])
+
+
 def register(subparsers) -> None:
     models = subparsers.add_parser("models", help="the model registry: versions, aliases, "
                                                   "history, lineage")
@@ -139,6 +210,16 @@ def register(subparsers) -> None:
     lineage = action("lineage", handle_lineage, "the job and dataset versions behind a "
                                                 "version")
     lineage.add_argument("ref")
+    evaluate = action("evaluate", handle_evaluate, "evaluate a version on a dataset version "
+                                                   "(a fairly scheduled job)")
+    evaluate.add_argument("ref")
+    evaluate.add_argument("--dataset", required=True, help="NAME@VERSION")
+    evaluate.add_argument("--split", default="test", help="'' for every record")
+    evaluate.add_argument("--slice", action="append", help="label, split or metadata.KEY")
+    test = action("test", handle_test, "run a version's tests (exit 1 when one fails)")
+    test.add_argument("ref")
+    compare = action("compare", handle_compare, "a model's versions side by side")
+    compare.add_argument("name")
     delete = action("delete", handle_delete, "delete a version (NAME@v3) or a model (NAME)")
     delete.add_argument("ref")
     delete.add_argument("--reason", default="")

@@ -104,3 +104,24 @@ def test_champion_moves_only_to_a_version_whose_tests_passed(digits, tmp_path):
         digits.models.alias("cnn", "champion", 1)
     history = [e["action"] for e in digits.models.history("cnn", subject="v1")]
     assert history.count("tests.run") == 2 and history.count("tests.set") == 2
+    # the same from a terminal
+    from loophub.cli import main
+
+    auth = ["--url", digits.url, "--token", "user:ann"]
+    assert main(["models", "test", "cnn@1", *auth]) == 1  # a failing test: exit 1
+    assert main(["models", "evaluate", "cnn@1", "--dataset", "digits@v1", "--json",
+                 *auth]) == 0
+    capsys_rows = compare_json(main, auth)
+    assert capsys_rows[0]["version"] == 1 and capsys_rows[0]["tests"] == "failed"
+    assert "digits@v1/test accuracy" in capsys_rows[0]
+
+
+def compare_json(main, auth):
+    import contextlib
+    import io
+    import json
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["models", "compare", "cnn", "--json", *auth]) == 0
+    return json.loads(out.getvalue())
