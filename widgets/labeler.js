@@ -260,7 +260,8 @@ function render({ model, el }) {
     const preds = item.record.annotations.filter((a) => a.source && a.source.kind === "model");
     if (!preds.length) return;
     const names = preds.map((a) => a.label + (a.score !== undefined ? ` ${(a.score * 100).toFixed(0)}%` : ""));
-    suggest.append(h("span", {}, `Model ${preds[0].source.name} suggests: `),
+    const by = preds[0].source;  // the model version, as predict_into records it
+    suggest.append(h("span", {}, `Model ${by.name}${by.version ? "@" + by.version : ""} suggests: `),
       ...names.map((n) => h("span", { class: "lh-chip" }, n)),
       button(`accept (${keys().accept})`, () => op({ action: "accept" }), "lh-accept"));
   }

@@ -36,8 +36,10 @@ class Labeler(anywidget.AnyWidget):
     """Label a dataset in the notebook; the task comes from the dataset's label schema.
 
     ``split``, ``label``, ``annotator`` and ``unlabeled=False`` filter the items (any of
-    the last three browses the draft without leases); ``hotkeys`` maps labels to keys and
-    ``keys`` overrides the other shortcuts (see DEFAULT_KEYS)."""
+    the last three browses the draft without leases); ``order`` is the order of leased
+    items ("id", or "uncertain": lowest model confidence first; None: the dataset's
+    labeling setting); ``hotkeys`` maps labels to keys and ``keys`` overrides the other
+    shortcuts (see DEFAULT_KEYS)."""
 
     _esm = HERE / "labeler.js"
     _css = HERE / "labeler.css"
@@ -60,10 +62,10 @@ class Labeler(anywidget.AnyWidget):
                  split: str | None = None, label: str | None = None,
                  annotator: str | None = None, unlabeled: bool = True, prefetch: int = 5,
                  hotkeys: dict[str, str] | None = None, keys: dict[str, str] | None = None,
-                 auto_advance: bool = True, **kwargs: Any) -> None:
+                 auto_advance: bool = True, order: str | None = None, **kwargs: Any) -> None:
         api = (client or Client()).labeling
         filters = Filters(split=split, label=label, annotator=annotator, unlabeled=unlabeled,
-                          review=self.review_mode)
+                          review=self.review_mode, order=order)
         session = LabelingSession(api, dataset, filters, prefetch=prefetch)
         if self.tasks and session.task not in self.tasks:
             raise errors.InvalidInput(
@@ -133,7 +135,7 @@ class Labeler(anywidget.AnyWidget):
                     annotator: str | None = None, unlabeled: bool = True) -> None:
         """Show other items: by split, label, annotator, or labeled ones too."""
         filters = Filters(split=split, label=label, annotator=annotator, unlabeled=unlabeled,
-                          review=self.review_mode)
+                          review=self.review_mode, order=self.session.filters.order)
         self.session.close()
         self.session = LabelingSession(self.api, self.dataset, filters,
                                        prefetch=self.session.prefetch)

@@ -67,6 +67,7 @@ class Filters:
     annotator: str | None = None
     unlabeled: bool = True
     review: bool = False
+    order: str | None = None  # queue mode's lease order; None: the dataset's setting
 
     @property
     def browsing(self) -> bool:
@@ -126,7 +127,8 @@ class LabelingSession:
     def _lease_more(self, wanted: int) -> list[Item]:
         # Ask for what we hold plus the wanted new ones: held items come back first.
         held = sum(1 for item in self.items if item.leased and not self.labeled_by_me(item))
-        leased = self.api.lease(self.dataset, held + wanted, split=self.filters.split)
+        leased = self.api.lease(self.dataset, held + wanted, split=self.filters.split,
+                                order=self.filters.order)
         fresh = [Item(i["record"], i["revision"], leased=True) for i in leased
                  if i["record"]["id"] not in self._seen]
         return fresh[:wanted]
@@ -192,6 +194,10 @@ class LabelingSession:
     def set_labels(self, record_id: str, labels: list[str],
                    new_id: str | None = None) -> list[Op]:
         """Make the user's class labels on a record exactly ``labels`` (single-label: one)."""
+        return self.apply(self._label_ops(record_id, labels, new_id))
+
+    def _label_ops(self, record_id: str, labels: list[str],
+                   new_id: str | None = None) -> list[Op]:
         item = self.find(record_id)
         kind = CLASS_TYPE.get(self.task, "image_class")
         current = [a for a in self.mine(item) if a.get("type") == kind]
@@ -207,19 +213,41 @@ class LabelingSession:
                     for label in labels if label not in keep]
             if new_id and len(ops) == 1 and ops[0].kind == "add":
                 ops[0].annotation["id"] = new_id
-        return self.apply(ops)
+        return ops
 
     def accept_suggestions(self, record_id: str) -> list[Op]:
-        """Copy the model's predictions as the user's own annotations."""
+        """Copy the model's predictions as the user's own annotations, each recording the
+        prediction it confirms (``attributes.from_prediction``: model, version, label,
+        score), so a person's confirmation is told apart from a label typed from scratch
+        and from the unconfirmed prediction itself."""
         item = self.find(record_id)
+        suggested = self.suggestions(item)
         if self.task in CLASS_TYPE:
-            labels = [a["label"] for a in self.suggestions(item) if a.get("label")]
-            return self.set_labels(record_id, labels if self.schema.get("multi_label")
-                                   else labels[:1])
+            chosen = [a for a in suggested if a.get("label")]
+            chosen = chosen if self.schema.get("multi_label") else chosen[:1]
+            return self.apply(self._confirm_labels(record_id, chosen))
         keys = ("type", "label", "bbox", "start", "end", "text", "normalized")
-        ops = [Op("add", record_id, self.new_annotation({k: a[k] for k in keys if k in a}))
-               for a in self.suggestions(item)]
+        ops = [Op("add", record_id, confirming(self.new_annotation(
+            {k: a[k] for k in keys if k in a}), a)) for a in suggested]
         return self.apply(ops)
+
+    def _confirm_labels(self, record_id: str, chosen: list[dict]) -> list[Op]:
+        """The class-label changes that make CHOSEN predictions the user's labels, each
+        marked as confirming its prediction; a label the user already had is marked too."""
+        by_label = {a["label"]: a for a in chosen}
+        ops = self._label_ops(record_id, list(by_label))
+        for op in ops:
+            if op.kind in ("add", "update") and op.annotation.get("label") in by_label:
+                op.annotation = confirming(op.annotation, by_label[op.annotation["label"]])
+        touched = {op.annotation.get("id") for op in ops}
+        kind = CLASS_TYPE[self.task]
+        for ann in self.mine(self.find(record_id)):
+            if (ann.get("type") == kind and ann.get("label") in by_label
+                    and ann.get("id") not in touched
+                    and "from_prediction" not in (ann.get("attributes") or {})):
+                ops.append(Op("update", record_id,
+                              confirming(ann, by_label[ann["label"]]), ann))
+        return ops
 
     def add(self, record_id: str, annotation: dict) -> list[Op]:
         return self.apply([Op("add", record_id, self.new_annotation(annotation))])
@@ -368,6 +396,19 @@ class LabelingSession:
         ids = [i.id for i in self.items if i.leased]
         if ids:
             self.api.release(self.dataset, ids)
+
+
+def confirming(annotation: dict, prediction: dict) -> dict:
+    """ANNOTATION (a person's) recording that it confirms PREDICTION: which model version
+    suggested what with which score. Kept in ``attributes`` (the record schema's free
+    field; ``source`` names only who made an annotation)."""
+    source = prediction.get("source") or {}
+    confirmed = {"model": source.get("name"), "version": source.get("version"),
+                 "annotation": prediction.get("id"), "label": prediction.get("label"),
+                 "score": prediction.get("score")}
+    attributes = {**(annotation.get("attributes") or {}),
+                  "from_prediction": {k: v for k, v in confirmed.items() if v is not None}}
+    return {**annotation, "attributes": attributes}
 
 
 def default_hotkeys(schema: dict, overrides: dict[str, str] | None = None) -> dict[str, str]:

@@ -15,8 +15,9 @@ from .datasets import ANNOTATION, DatasetHandler
 RECORD_ID = {"type": "string", "minLength": 1, "maxLength": 1024}
 ANY = {"type": "object"}
 INTEGER, NUMBER, STRING = {"type": "integer"}, {"type": "number"}, {"type": "string"}
+ORDER = {"enum": ["id", "uncertain"]}  # loophub.labeling.service.LEASE_ORDERS
 SETTINGS = {"type": "object", "required": ["overlap", "lease_seconds"],
-            "properties": {"overlap": INTEGER, "lease_seconds": NUMBER}}
+            "properties": {"overlap": INTEGER, "lease_seconds": NUMBER, "order": ORDER}}
 COUNTS = {"type": "object", "additionalProperties": INTEGER}
 
 
@@ -32,14 +33,16 @@ class LabelingHandler(DatasetHandler):
 
 
 class SettingsHandler(LabelingHandler):
-    openapi = {"get": Op("Labeling settings: overlap (labels wanted per item), lease_seconds",
+    openapi = {"get": Op("Labeling settings: overlap (labels wanted per item), lease_seconds, "
+                         "order (id, or uncertain: lowest model confidence first)",
                          access="dataset:read", response=SETTINGS),
-               "put": Op("Change overlap and lease length (owner or admin)",
+               "put": Op("Change overlap, lease length and lease order (owner or admin)",
                          access="dataset:manage", response=SETTINGS,
                          body={"type": "object", "additionalProperties": False, "properties": {
                              "overlap": {"type": "integer", "minimum": 1, "maximum": 50},
                              "lease_seconds": {"type": "number", "minimum": 5,
-                                               "maximum": 604800}}},
+                                               "maximum": 604800},
+                             "order": ORDER}},
                          body_example={"overlap": 1})}
 
     def get(self, name: str) -> None:
@@ -59,7 +62,9 @@ class LeasesHandler(LabelingHandler):
                                          "slot": {"type": ["integer", "null"]},
                                          "expires_at": NUMBER}}}}}),
                "post": Op("Lease up to count items needing your label; items you hold come "
-                          "first (resume)", access="dataset:write", response={
+                          "first (resume), then new ones in order (default: the dataset's "
+                          "setting; uncertain: lowest model confidence first)",
+                          access="dataset:write", response={
                               "type": "object", "required": ["items"], "properties": {
                                   "items": {"type": "array", "items": {
                                       "type": "object", "required": ["record", "revision"],
@@ -67,7 +72,8 @@ class LeasesHandler(LabelingHandler):
                                                      "expires_at": NUMBER}}}}},
                           body={"type": "object", "additionalProperties": False, "properties": {
                               "count": {"type": "integer", "minimum": 1, "maximum": 50},
-                              "split": {"type": ["string", "null"], "maxLength": 255}}},
+                              "split": {"type": ["string", "null"], "maxLength": 255},
+                              "order": {"enum": ["id", "uncertain", None]}}},
                           body_example={"count": 1})}
 
     def get(self, name: str) -> None:
@@ -76,7 +82,7 @@ class LeasesHandler(LabelingHandler):
     async def post(self, name: str) -> None:
         self.write_json({"items": await in_thread(
             self.labeling.acquire, self.actor, name, self.body.get("count", 1),
-            split=self.body.get("split"))})
+            split=self.body.get("split"), order=self.body.get("order"))})
 
 
 class ReleaseHandler(LabelingHandler):

@@ -37,15 +37,21 @@ class Labeling:
         return self.client.request("GET", self._path(name, "settings"))
 
     def configure(self, name: str, *, overlap: int | None = None,
-                  lease_seconds: float | None = None) -> dict:
-        body = {k: v for k, v in (("overlap", overlap), ("lease_seconds", lease_seconds))
-                if v is not None}
+                  lease_seconds: float | None = None, order: str | None = None) -> dict:
+        """ORDER: how new items are leased, "id" or "uncertain" (lowest model confidence
+        first: see Client().models.predict_into)."""
+        body = {k: v for k, v in (("overlap", overlap), ("lease_seconds", lease_seconds),
+                                  ("order", order)) if v is not None}
         return self.client.request("PUT", self._path(name, "settings"), json=body)
 
-    def lease(self, name: str, count: int = 1, split: str | None = None) -> list[dict]:
-        """Lease up to ``count`` items needing your label (the ones you hold come first)."""
-        return self.client.request("POST", self._path(name, "leases"),
-                                   json={"count": count, "split": split})["items"]
+    def lease(self, name: str, count: int = 1, split: str | None = None,
+              order: str | None = None) -> list[dict]:
+        """Lease up to ``count`` items needing your label (the ones you hold come first),
+        new ones in ORDER ("id", "uncertain"; None: the dataset's labeling setting)."""
+        body: dict[str, Any] = {"count": count, "split": split}
+        if order is not None:
+            body["order"] = order
+        return self.client.request("POST", self._path(name, "leases"), json=body)["items"]
 
     def leases(self, name: str) -> list[dict]:
         return self.client.request("GET", self._path(name, "leases"))["leases"]

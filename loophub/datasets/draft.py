@@ -27,6 +27,7 @@ from loophub.datasets.records import (
     is_annotated,
     labels_of,
     pack_labels,
+    prediction_confidence,
     record_hash,
 )
 from loophub.errors import Conflict, NotFound
@@ -72,6 +73,7 @@ def record_columns(record: dict) -> dict:
         "split": record.get("split"), "labels": pack_labels(labels_of(record)),
         "annotated": is_annotated(record),
         "annotators": pack_labels(annotators_of(record)), "media_sha": media.get("sha256"),
+        "confidence": prediction_confidence(record),
     }
 
 
@@ -81,8 +83,8 @@ def row_values(record: dict, seq: int, actor: str) -> dict:
 
 
 COLUMNS = ("dataset_id", "record_id", "revision", "content", "hash", "split", "labels",
-           "annotated", "annotators", "media_sha", "deleted", "seq", "updated_by", "updated_at",
-           "pack", "pack_offset", "pack_length")
+           "annotated", "annotators", "media_sha", "confidence", "deleted", "seq", "updated_by",
+           "updated_at", "pack", "pack_offset", "pack_length")
 _REPLACED = COLUMNS[3:]
 _PACK_AT = COLUMNS.index("pack")
 
@@ -144,7 +146,8 @@ class _RowWriter:
         v = record_columns(record)
         self.batch.append([self.dataset_id, v["record_id"], 1, v["content"], v["hash"],
                            v["split"], v["labels"], v["annotated"], v["annotators"],
-                           v["media_sha"], False, *self.fixed, None, None, None])
+                           v["media_sha"], v["confidence"], False, *self.fixed, None, None,
+                           None])
         if len(self.batch) >= BATCH:
             self._write_batch()
 

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -65,6 +66,9 @@ class DraftRecord(Base):
     annotated: Mapped[bool] = mapped_column(Boolean, default=False)
     annotators: Mapped[str] = mapped_column(Text, default="")
     media_sha: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # lowest pending prediction score of a record no person labeled (records.
+    # prediction_confidence): the labelers' "uncertain first" order (migration 0010)
+    confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     deleted: Mapped[bool] = mapped_column(Boolean, default=False)
     base_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     base_labels: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -84,6 +88,10 @@ class DraftRecord(Base):
         # who holds a blob (may a user refer to a digest? loophub.store.grants)
         Index("ix_dataset_records_media", "media_sha", sqlite_where=text("media_sha IS NOT NULL"),
               postgresql_where=text("media_sha IS NOT NULL")),
+        # uncertain-first leases read it in order; only predicted, unlabeled rows are in it
+        Index("ix_dataset_records_confidence", "dataset_id", "confidence", "record_id",
+              sqlite_where=text("confidence IS NOT NULL"),
+              postgresql_where=text("confidence IS NOT NULL")),
     )
 
 

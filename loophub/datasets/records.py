@@ -51,6 +51,20 @@ def annotators_of(record: dict) -> list[str]:
     return sorted(names)
 
 
+def prediction_confidence(record: dict) -> float | None:
+    """The lowest score of the record's pending model predictions while no person has
+    labeled it, else None: the key of the labelers' "uncertain first" order. A record a
+    person labeled leaves that order (so the index behind it holds only the queue), and
+    predictions without a score, accepted or rejected ones rank nothing."""
+    if annotators_of(record):
+        return None
+    scores = [a["score"] for a in record.get("annotations", ())
+              if (a.get("source") or {}).get("kind") == "model"
+              and (a.get("review") or {}).get("state") in (None, "pending")
+              and isinstance(a.get("score"), int | float) and not isinstance(a["score"], bool)]
+    return float(min(scores)) if scores else None
+
+
 def pack_labels(labels: Iterable[str]) -> str:
     """Labels as one string with separators at both ends, so SQL LIKE finds whole names."""
     labels = list(labels)

@@ -11,7 +11,8 @@ from loophub.store.models import Base, utcnow
 
 
 class LabelingConfig(Base):
-    """How a dataset is labeled: annotations wanted per item (overlap) and lease length."""
+    """How a dataset is labeled: annotations wanted per item (overlap), lease length, and the
+    order items are handed out in."""
 
     __tablename__ = "labeling_configs"
 
@@ -19,6 +20,9 @@ class LabelingConfig(Base):
                                             primary_key=True)
     overlap: Mapped[int] = mapped_column(Integer, default=1)
     lease_seconds: Mapped[float] = mapped_column(Float, default=600.0)
+    # the order new items are leased in: "id", or "uncertain" (lowest model confidence
+    # first; migration 0010)
+    lease_order: Mapped[str] = mapped_column(String(16), default="id")
     updated_by: Mapped[str] = mapped_column(String(255), default="")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 
-from sqlalchemy import and_, delete, not_, select
+from sqlalchemy import and_, delete, not_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 
 from loophub import audit
@@ -35,6 +35,9 @@ from loophub.store.models import utcnow
 Clock = Callable[[], float]
 SCAN_BATCH = 200
 MAX_LEASES_PER_CALL = 50
+# "id": draft order; "uncertain": lowest model confidence first (records without
+# predictions after, in id order), so labeling effort goes where the model is weakest
+LEASE_ORDERS = ("id", "uncertain")
 
 
 class LabelingService:
@@ -53,48 +56,63 @@ class LabelingService:
     @staticmethod
     def _config(session, dataset: Dataset) -> LabelingConfig:
         config = session.get(LabelingConfig, dataset.id)
-        return config or LabelingConfig(dataset_id=dataset.id, overlap=1, lease_seconds=600.0)
+        return config or LabelingConfig(dataset_id=dataset.id, overlap=1, lease_seconds=600.0,
+                                        lease_order="id")
+
+    @staticmethod
+    def _settings_view(config: LabelingConfig) -> dict:
+        return {"overlap": config.overlap, "lease_seconds": config.lease_seconds,
+                "order": config.lease_order or "id"}
 
     def settings(self, actor: Actor, name: str) -> dict:
         with self.db.session() as session:
-            config = self._config(session, self._dataset(session, actor, name))
-            return {"overlap": config.overlap, "lease_seconds": config.lease_seconds}
+            return self._settings_view(self._config(session, self._dataset(session, actor,
+                                                                            name)))
 
     def configure(self, actor: Actor, name: str, *, overlap: int | None = None,
-                  lease_seconds: float | None = None) -> dict:
-        """Set the annotations wanted per item and the lease length (owner or admin)."""
+                  lease_seconds: float | None = None, order: str | None = None) -> dict:
+        """Set the annotations wanted per item, the lease length and the order items are
+        leased in (owner or admin)."""
         if overlap is not None and (not isinstance(overlap, int) or not 1 <= overlap <= 50):
             raise InvalidInput("overlap must be a whole number from 1 to 50")
         if lease_seconds is not None and not 5 <= float(lease_seconds) <= 7 * 86400:
             raise InvalidInput("lease_seconds must be between 5 seconds and a week")
+        _check_order(order)
         with self.db.transaction() as session:
             dataset = self._dataset(session, actor, name, "manage")
             config = session.get(LabelingConfig, dataset.id)
             if config is None:
-                config = LabelingConfig(dataset_id=dataset.id, overlap=1, lease_seconds=600.0)
+                config = LabelingConfig(dataset_id=dataset.id, overlap=1, lease_seconds=600.0,
+                                        lease_order="id")
                 session.add(config)
             config.overlap = overlap if overlap is not None else config.overlap
             config.lease_seconds = (float(lease_seconds) if lease_seconds is not None
                                     else config.lease_seconds)
+            config.lease_order = order or config.lease_order or "id"
             config.updated_by, config.updated_at = actor.name, utcnow()
             audit.record(session, actor, "labeling.settings", f"dataset:{name}",
-                         overlap=config.overlap, lease_seconds=config.lease_seconds)
-            return {"overlap": config.overlap, "lease_seconds": config.lease_seconds}
+                         overlap=config.overlap, lease_seconds=config.lease_seconds,
+                         order=config.lease_order)
+            return self._settings_view(config)
 
     # -- leases -----------------------------------------------------------------------
 
     def acquire(self, actor: Actor, name: str, count: int = 1, *,
-                split: str | None = None) -> list[dict]:
+                split: str | None = None, order: str | None = None) -> list[dict]:
         """Lease up to ``count`` items that still need the actor's label.
 
         Items the actor already holds come first (a restarted labeler resumes where it
-        was), then new ones in id order. Each item is {"record", "revision", "expires_at"}.
+        was), then new ones in ``order`` (None: the dataset's labeling setting): "id", or
+        "uncertain" (lowest prediction confidence first, then unpredicted items by id).
+        Each item is {"record", "revision", "expires_at"}.
         """
+        _check_order(order)
         count = max(1, min(int(count), MAX_LEASES_PER_CALL))
         now = self.clock()
         with self.db.transaction() as session:
             dataset = self._dataset(session, actor, name, "write")
             config = self._config(session, dataset)
+            order = order or config.lease_order or "id"
             expires = now + config.lease_seconds
             session.execute(delete(Lease).where(and_(
                 Lease.dataset_id == dataset.id, Lease.state == "active", Lease.expires_at < now)))
@@ -103,7 +121,7 @@ class LabelingService:
             mine = {rid for rid, rows in leases.items() if any(h == actor.name for h, _ in rows)}
             fresh: list[DraftRecord] = []
             for row in self._candidates(session, dataset.id, actor.name, split,
-                                        unlabeled_only=config.overlap == 1):
+                                        unlabeled_only=config.overlap == 1, order=order):
                 if len(held) + len(fresh) >= count:
                     break
                 if row.record_id in mine:
@@ -144,24 +162,21 @@ class LabelingService:
 
     @staticmethod
     def _candidates(session, dataset_id: int, holder: str, split: str | None, *,
-                    unlabeled_only: bool) -> Iterable[DraftRecord]:
-        """Draft records the holder has not labeled, in id order, fetched in batches
-        (with overlap 1 only items nobody labeled, filtered in SQL: no scan of done ones)."""
+                    unlabeled_only: bool, order: str = "id") -> Iterable[DraftRecord]:
+        """Draft records the holder has not labeled, in ORDER, fetched in batches (with
+        overlap 1 only items nobody labeled, filtered in SQL: no scan of done ones).
+
+        "uncertain" reads the predicted rows first by (confidence, id) through their
+        partial index, which holds only records no person labeled (the queue itself), then
+        the unpredicted ones by id: both are keyset scans, no sort of the whole draft."""
         mine = DraftRecord.annotators.contains(pack_labels([holder]), autoescape=True)
-        ordered = draft.ordered_id(session)
-        after = None
-        while True:
-            where = [draft.filtered(dataset_id, RecordFilter(split=split)), not_(mine)]
-            if unlabeled_only:
-                where.append(DraftRecord.annotators == "")
-            if after is not None:
-                where.append(ordered > after)
-            batch = session.scalars(select(DraftRecord).where(and_(*where))
-                                    .order_by(ordered).limit(SCAN_BATCH)).all()
-            yield from batch
-            if len(batch) < SCAN_BATCH:
-                return
-            after = batch[-1].record_id
+        base = [draft.filtered(dataset_id, RecordFilter(split=split)), not_(mine)]
+        if unlabeled_only:
+            base.append(DraftRecord.annotators == "")
+        if order == "uncertain":
+            yield from _by_confidence(session, base)
+            base.append(DraftRecord.confidence.is_(None))
+        yield from _by_id(session, base)
 
     @staticmethod
     def _try_lease(session, dataset_id: int, record_id: str, holder: str, slot: int,
@@ -315,6 +330,9 @@ class LabelingService:
         written = 0
         with self.db.transaction() as session:
             dataset = self._dataset(session, actor, name, "write")
+            # Take the dataset's write lock before reading the records: a label saved
+            # between this read and the write below would otherwise be overwritten.
+            draft.take_seq(session, dataset.id)
             wanted = sorted({p["record_id"] for p in predictions})
             rows: dict[str, DraftRecord] = {}
             for start in range(0, len(wanted), 500):
@@ -329,7 +347,9 @@ class LabelingService:
                     raise NotFound(f"predictions[{i}].record_id: no record {record_id!r} in "
                                    f"dataset {name!r}", detail={"field": f"predictions[{i}]"})
                 record = records.get(record_id) or draft.to_record(rows[record_id])
-                source = {"kind": "model", "name": model, "version": pred.get("version")}
+                version = pred.get("version")
+                source = {"kind": "model", "name": model,
+                          "version": None if version is None else str(version)}
                 kept = [a for a in record["annotations"]
                         if not ((a.get("source") or {}).get("kind") == "model"
                                 and a["source"].get("name") == model)]
@@ -346,6 +366,44 @@ class LabelingService:
             audit.record(session, actor, "labeling.predictions", f"dataset:{name}",
                          records=len(records), annotations=written)
         return {"records": len(records), "annotations": written}
+
+def _check_order(order: str | None) -> None:
+    if order is not None and order not in LEASE_ORDERS:
+        raise InvalidInput(f"order {order!r} is not a lease order; use one of "
+                           f"{', '.join(LEASE_ORDERS)}", detail={"field": "order"})
+
+
+def _by_id(session, where: list) -> Iterable[DraftRecord]:
+    """Rows matching WHERE in id order, SCAN_BATCH at a time (keyset paging)."""
+    ordered = draft.ordered_id(session)
+    after = None
+    while True:
+        page = where if after is None else [*where, ordered > after]
+        batch = session.scalars(select(DraftRecord).where(and_(*page))
+                                .order_by(ordered).limit(SCAN_BATCH)).all()
+        yield from batch
+        if len(batch) < SCAN_BATCH:
+            return
+        after = batch[-1].record_id
+
+
+def _by_confidence(session, where: list) -> Iterable[DraftRecord]:
+    """Predicted rows matching WHERE by ascending confidence, ties by id (keyset paging
+    on the pair)."""
+    ordered = draft.ordered_id(session)
+    score = DraftRecord.confidence
+    after: tuple[float, str] | None = None
+    while True:
+        page = [*where, score.is_not(None)]
+        if after is not None:
+            page.append(tuple_(score, ordered) > tuple_(*after))  # a row value: an index range
+        batch = session.scalars(select(DraftRecord).where(and_(*page))
+                                .order_by(score, ordered).limit(SCAN_BATCH)).all()
+        yield from batch
+        if len(batch) < SCAN_BATCH:
+            return
+        after = (batch[-1].confidence, batch[-1].record_id)
+
 
 def _free_slot(row: DraftRecord, leases: list[tuple[str, int | None]],
                overlap: int) -> int | None:
