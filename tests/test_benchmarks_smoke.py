@@ -1,6 +1,6 @@
-"""The platform benchmarks run: benchmarks/queue_watch.py and benchmarks/api_isolation.py
-in --quick mode (a real platform each, small data) print their JSON line with the keys
-the docs quote."""
+"""The platform benchmarks run: benchmarks/queue_watch.py, benchmarks/api_isolation.py and
+benchmarks/models.py in --quick mode (a real platform each, small data) print their JSON
+line with the keys the docs quote."""
 
 from __future__ import annotations
 
@@ -38,3 +38,10 @@ def test_api_isolation_quick():
                                    "export", "export_job", "import", "commit"}
     assert line["health_p99_ms_under_load"] is not None
     assert line["read_p99_ms_under_load"] is not None
+
+
+def test_models_quick():
+    line = run_quick("models.py")
+    assert line["items"] == 1000 and line["metrics_match_reference"] is True
+    assert line["numbers_checked"] > 100
+    assert 0 < line["eval_read_share"] < 1 and line["eval_10k_s"] > 0
