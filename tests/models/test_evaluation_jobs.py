@@ -98,3 +98,58 @@ def test_evaluations_are_checked_before_anything_runs(digits, api, tmp_path):
     failed = digits.models.evaluations("cnn@1")[-1]
     assert failed["state"] == "failed" and "holdout" in failed["error"]
     assert failed["result"] is None
+
+
+def _bio(text: str, spans) -> list[str]:
+    """IOB2 tags of TEXT's whitespace tokens (what the conll import's records hold)."""
+    import re
+
+    tags = []
+    for match in re.finditer(r"\S+", text):
+        inside = [s for s in spans if s[0] <= match.start() and match.end() <= s[1]]
+        if not inside:
+            tags.append("O")
+        else:
+            start, _, kind = inside[0]
+            tags.append(f"{'B' if match.start() == start else 'I'}-{kind}")
+    return tags
+
+
+def test_a_tagger_trained_on_the_conll_fixture_is_evaluated_as_seqeval_would(api, pool,
+                                                                           tmp_path):
+    from seqeval.metrics import f1_score, precision_score, recall_score
+
+    from loophub.models.predictor import Predictor
+    from loophub.training.recipes.labels import spans
+    from tests.training.test_recipes import fixtures, imported
+
+    schema, records = imported("conll", fixtures() / "conll" / "allennlp_conll2003.txt")
+    for n, record in enumerate(records):
+        record["split"] = "train" if n % 2 else "test"
+    folder = tmp_path / "conll"
+    folder.mkdir()
+    (folder / "label_schema.json").write_text(json.dumps(schema))
+    (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    client = api.client("ann")
+    client.datasets.create("conll", label_schema=schema)
+    client.datasets.import_("conll", folder, "loophub", progress=False)
+    client.datasets.commit("conll", "the CoNLL fixture")
+    job = client.training.run("ner-tagger", dataset="conll@v1", per_worker={"cpu": 1,
+                                                                         "mem": "2G"},
+                              params={"epochs": 30, "min_freq": 1})
+    job.wait(progress=False, timeout=300)
+    version = client.models.register("tagger", job=job)
+    evaluation = client.models.evaluate("tagger@1", dataset="conll@v1", split="test",
+                                        slices=[], progress=False)
+    got = evaluation["result"]["metrics"]
+    tests = sorted((r for r in records if r["split"] == "test"), key=lambda r: r["id"])
+    predictor = Predictor.load(client.models.artifact("tagger@1"), version["meta"])
+    found = predictor.predict_records(tests, lambda record: None)
+    truth = [_bio(r["text"], spans(r)) for r in tests]
+    guessed = [_bio(r["text"], [(s["start"], s["end"], s["label"]) for s in p["spans"]])
+               for r, p in zip(tests, found, strict=True)]
+    assert evaluation["result"]["count"] == len(tests)
+    assert got["precision"] == pytest.approx(precision_score(truth, guessed), abs=1e-12)
+    assert got["recall"] == pytest.approx(recall_score(truth, guessed), abs=1e-12)
+    assert got["f1"] == pytest.approx(f1_score(truth, guessed), abs=1e-12)
+    assert got["f1"] > 0  # it learnt something from the handful of sentences
