@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import partial
-from typing import Any
+from typing import Any, BinaryIO
 
 import fastjsonschema
 from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
-from tornado import web
+from tornado import iostream, web
 
 from loophub.errors import InvalidInput, LoophubError, TooLarge, Unauthenticated
 from loophub.identity import Actor
@@ -425,6 +425,19 @@ class ApiHandler(HubOAuthenticated, web.RequestHandler):
     def write_json(self, data: Any, status: int | None = None) -> None:
         self.set_status(status or self.op.status)
         self.finish(dumps(data))
+
+    async def write_stream(self, stream: BinaryIO) -> None:
+        """Send STREAM (a blob, a file) a MiB at a time, read off the event loop; closes
+        it. A client that goes away mid-download ends the answer quietly."""
+        try:
+            while chunk := await in_thread(stream.read, 1 << 20):
+                self.write(chunk)
+                await self.flush()
+        except iostream.StreamClosedError:
+            return
+        finally:
+            stream.close()
+        self.finish()
 
     async def write_json_off_loop(self, data: Any, status: int | None = None) -> None:
         """write_json for large answers (pages of records): serialized on a thread."""

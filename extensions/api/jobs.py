@@ -12,8 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from tornado import iostream
-
 from loophub.errors import Conflict, NotFound
 from loophub.identity import Actor
 from loophub.jobs import STATES, JobStore, Work
@@ -129,14 +127,7 @@ class JobResultHandler(ApiHandler):
         self.set_header("Content-Disposition",
                         f'attachment; filename="{result.get("filename", path.name)}"')
         self.set_header("Content-Length", str(path.stat().st_size))
-        with open(path, "rb") as stream:
-            try:
-                while chunk := await in_thread(stream.read, 1024 * 1024):
-                    self.write(chunk)
-                    await self.flush()
-            except iostream.StreamClosedError:
-                return
-        self.finish()
+        await self.write_stream(open(path, "rb"))  # noqa: SIM115 - write_stream closes it
 
 
 J = "jobs/(?P<job_id>[^/]+)"

@@ -126,7 +126,6 @@ class VersionsHandler(ModelsHandler):
                                    artifact=body["artifact"], meta=body["meta"],
                                    dataset=body.get("dataset"), params=body.get("params"),
                                    metrics=body.get("metrics"), **options)
-        self.set_status(201)
         self.write_json(view)
 
 
@@ -196,13 +195,7 @@ class ArtifactHandler(ModelsHandler):
         self.set_header("Content-Type", "application/octet-stream")
         self.set_header("Content-Disposition",
                         f'attachment; filename="{view["model"]}-v{view["version"]}.pt"')
-        try:
-            while chunk := await in_thread(stream.read, 1 << 20):
-                self.write(chunk)
-                await self.flush()
-        finally:
-            stream.close()
-        self.finish()
+        await self.write_stream(stream)
 
 
 class AliasHandler(ModelsHandler):
@@ -290,7 +283,6 @@ class VersionEvaluationsHandler(ModelsHandler):
         accepted = await in_thread(self.ctx.training.check, actor, spec, internal=True)
         await submit(self, accepted, created=lambda job: evaluations.create(
             actor, checked, job["id"], evaluation_id))
-        self.set_status(201)
         self.write_json(await in_thread(evaluations.get, actor, model, evaluation_id))
 
     async def get(self, model: str, version: str) -> None:

@@ -269,13 +269,7 @@ class BlobHandler(TrainingHandler):
     async def get(self, job_id: str, digest: str) -> None:
         stream = await in_thread(self.service.blob_of, self.actor, job_id, digest)
         self.set_header("Content-Type", "application/octet-stream")
-        try:
-            while chunk := await in_thread(stream.read, 1 << 20):
-                self.write(chunk)
-                await self.flush()
-        finally:
-            stream.close()
-        self.finish()
+        await self.write_stream(stream)
 
 
 T = "training/jobs/(?P<job_id>[^/]+)"
