@@ -123,6 +123,9 @@ class Models:
         data = to_torchscript(module, example_input)
         meta = {"format": "torchscript", "task": task, "labels": list(labels),
                 "preprocess": preprocess or default_preprocess(task, example_input)}
+        from loophub.training.service import packages
+
+        meta["packages"] = packages()  # what the notebook that scripted it ran
         if example_input is not None:
             import torch
 
@@ -304,3 +307,18 @@ class Models:
 
         return predict_into(self.client, dataset, model_ref, filter=filter,
                             batch_size=batch_size, progress=progress)
+
+    # -- comparing and trying versions -------------------------------------------------------
+
+    def board(self, name: str) -> Any:
+        """Model NAME's versions side by side, and "try it" (loophub.widgets.ModelBoard,
+        the ``model_board`` entry point of ``loophub.notebook_widgets``: the SDK imports
+        no widget, as for a Job's monitor)."""
+        from importlib.metadata import entry_points
+
+        found = [e for e in entry_points(group="loophub.notebook_widgets")
+                 if e.name == "model_board"]
+        if not found:
+            raise errors.InvalidInput("the model board is not installed (loophub's widgets);"
+                                      " from loophub.widgets import ModelBoard works as well")
+        return found[0].load()(name, client=self.client)

@@ -38,6 +38,7 @@ from loophub.models.tables import (
 )
 from loophub.store import BlobStore, Database, grants
 from loophub.store.models import iso, utcnow
+from loophub.training.tables import TrainingRun
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 ALIAS = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
@@ -355,12 +356,14 @@ class ModelRegistry:
                 raise Conflict(f"training job {job_id} is {job.state}: only a job that "
                                "succeeded has a model to register")
             result, params = dict(job.result or {}), dict(job.params or {})
+            run = s.get(TrainingRun, job_id)
+            packages = dict(run.packages or {}) if run else {}
         artifact = result.get("artifact")
         if not artifact:
             raise Conflict(f"training job {job_id} succeeded without saving a model "
                            "(ctx.save_model was not called)")
         with self.blobs.open(artifact["meta"]) as stream:
-            meta = json.loads(stream.read())
+            meta = {"packages": packages, **json.loads(stream.read())}
         self._check_blob(artifact["blob"], meta)
         version = {"dataset": result["dataset"], "id": result["version_id"],
                    "number": result["version_number"],
@@ -403,7 +406,8 @@ class ModelRegistry:
             model.version_count += 1
             row = ModelVersion(
                 model_id=model.id, number=model.version_count, artifact=artifact, meta=meta,
-                size=size, signature=signature(meta["task"], meta["labels"]),
+                size=size, signature=signature(meta["task"], meta["labels"],
+                                    meta.get("preprocess")),
                 framework={"format": meta["format"], "torch": meta.get("torch"),
                            "packages": meta.get("packages") or {}},
                 params=params, metrics=metrics, job_id=job_id,

@@ -33,6 +33,7 @@ def test_a_trained_version_is_evaluated_by_a_job_as_scikit_learn_would(digits, t
     assert version["metrics"]["test_accuracy"] == job.refresh().view["result"]["metrics"][
         "test_accuracy"]
     assert digits.models.lineage("digits@1")["job"] == job.id
+    assert {"torch", "numpy", "distributed"} <= set(version["framework"]["packages"])
 
     evaluation = digits.models.evaluate("digits@v1", dataset="digits@v1", split="test",
                                         slices=["label", "split"], progress=False)

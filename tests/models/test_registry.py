@@ -28,6 +28,7 @@ def test_a_module_becomes_a_servable_version_with_lineage_both_ways(digits):
     assert view["signature"]["response"]["properties"]["predictions"]["items"]["properties"][
         "label"]["enum"] == DIGITS
     assert view["meta"]["preprocess"]["mode"] == "L" and view["test_status"] == "untested"
+    assert view["framework"]["packages"]["torch"] == torch.__version__
     # the bytes served are TorchScript that gives the module's answer, no user code needed
     loaded = torch.jit.load(io.BytesIO(digits.models.artifact("digits-cnn@v1")))
     x = torch.rand(2, 1, 16, 16)
