@@ -3,7 +3,8 @@
 Labelers (driven by the dataset's label schema): ImageClassifier, TextClassifier,
 BoxLabeler, SpanLabeler, ReviewLabeler, and ``labeler_for(dataset)`` to pick one.
 Versioning: VersionBrowser and DatasetOverview. Training: JobMonitor (what a training job
-shows in a cell: live curves, state, log, Stop). Everything talks to the platform through
+shows in a cell: live curves, state, log, Stop). Models: ModelBoard (a model's versions
+side by side, and "try it" in the kernel). Everything talks to the platform through
 the client SDK (loophub.client.Client): each widget takes ``client=`` (default: the
 notebook user's ``Client()``).
 """
@@ -17,6 +18,7 @@ from loophub.widgets.labeler import (
     TextClassifier,
     labeler_for,
 )
+from loophub.widgets.models import ModelBoard
 from loophub.widgets.training import JobMonitor
 from loophub.widgets.versions import DatasetOverview, VersionBrowser
 
@@ -26,6 +28,7 @@ __all__ = [
     "ImageClassifier",
     "JobMonitor",
     "Labeler",
+    "ModelBoard",
     "ReviewLabeler",
     "SpanLabeler",
     "TextClassifier",
