@@ -8,12 +8,13 @@ import io
 import string
 from typing import Any
 
-from loophub.models.gate import parse_transform
+from loophub.models.gate import parse_transform, test_key
 
 
 def run_checks(predictor, tests: list[dict]) -> list[dict]:
     """The outcome of each example or invariance test, in order (metric tests skipped)."""
-    return [_run(predictor, test) for test in tests if test["kind"] != "metric"]
+    return [{**_run(predictor, test), "key": test_key(test)} for test in tests
+            if test["kind"] != "metric"]
 
 
 def _predict(predictor, given: dict) -> dict:

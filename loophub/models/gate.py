@@ -19,6 +19,8 @@ carries their outcomes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from typing import Any
@@ -165,22 +167,27 @@ def _metric_outcome(test: dict, evaluations: list[dict]) -> dict:
     return {"passed": bool(passed), "value": value, "evaluation": matching[-1]["id"]}
 
 
+def test_key(test: dict) -> str:
+    """What identifies an example or invariance test: a check's outcome counts for the
+    test it was run for, not for one set later in its place."""
+    return hashlib.sha256(json.dumps(test, sort_keys=True).encode()).hexdigest()
+
+
 def judge(tests: list[dict], evaluations: list[dict]) -> dict:
     """Each test's outcome from EVALUATIONS (views of this version's evaluations, their
     results in), and the status: passed only when every test passed and there is one."""
-    checks: list[dict] = []
+    checks: dict[str, dict] = {}
     for evaluation in evaluations:
-        checks = (evaluation.get("result") or {}).get("checks") or checks
+        for check in (evaluation.get("result") or {}).get("checks") or ():
+            checks[check.get("key", "")] = check
     outcomes = []
-    check_index = 0
     for index, test in enumerate(tests):
         if test["kind"] == "metric":
             outcome = _metric_outcome(test, evaluations)
         else:
-            found = checks[check_index] if check_index < len(checks) else None
-            check_index += 1
-            outcome = dict(found) if found else {"passed": False,
-                                                  "why": "the check did not run"}
+            found = checks.get(test_key(test))
+            outcome = {k: v for k, v in found.items() if k != "key"} if found else {
+                "passed": False, "why": "the check did not run (models.test runs it)"}
         outcomes.append({"test": index, "name": test["name"], "kind": test["kind"],
                          **outcome})
     status = "passed" if outcomes and all(o["passed"] for o in outcomes) else "failed"

@@ -50,7 +50,8 @@ def test_judge_reads_metrics_slices_and_checks():
     evaluation = {"id": "e1", "dataset": "d@v1", "split": "test", "result": {
         "metrics": {"accuracy": 0.6, "per_class": {"a": {"recall": 0.1}}},
         "slices": {"label": {"b": {"accuracy": 0.95}}},
-        "checks": [{"passed": True, "got": "a", "expected": "a"}]}}
+        "checks": [{"passed": True, "got": "a", "expected": "a",
+                    "key": gate.test_key(tests[3])}]}}
     judged = gate.judge(tests, [evaluation])
     assert judged["status"] == "passed"
     assert [r["value"] for r in judged["results"][:3]] == [0.6, 0.1, 0.95]
@@ -60,6 +61,11 @@ def test_judge_reads_metrics_slices_and_checks():
     missing = gate.judge(tests, [{**evaluation, "split": "val"}])
     assert "no evaluation on d@v1 (test)" in missing["results"][0]["why"]
     assert gate.judge([], [])["status"] == "failed"  # no tests: nothing passed
+    # a check run for another example does not count for this one
+    other = gate.check_tests([{"kind": "example", "input": {"text": "hi"}, "expect": "b"}],
+                             task="text_classification", labels=["a", "b"])
+    stale = gate.judge(other, [evaluation])["results"][0]
+    assert not stale["passed"] and "did not run" in stale["why"]
 
 
 @pytest.mark.training
