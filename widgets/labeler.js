@@ -116,7 +116,8 @@ function render({ model, el }) {
     title.textContent = `${model.get("dataset")} · ${task().replace("_", " ")} · ${model.get("user")}` +
       (st.reviewMode ? " · review" : "");
     progressBar.style.width = total ? `${(100 * done) / total}%` : "0";
-    progressText.textContent = `${done}/${total} done · ${p.mine || 0} by you`;
+    progressText.textContent = `${done}/${total} done · ${p.mine || 0} by you` +
+      (p.imported ? ` · ${p.imported} imported` : "");
     counts.replaceChildren(...Object.entries(p.labels || {}).map(([label, n]) => h("span",
       { class: "lh-count", style: `border-color:${colorOf(label)}` }, `${label}: ${n}`)));
     const hotkeys = model.get("hotkeys");
@@ -614,7 +615,7 @@ function render({ model, el }) {
     } else if (name === "Escape") { st.selected = null; show(); }
     else if (task() === "object_detection" && (name === k.zoom_in || name === "=")) { st.zoom = Math.min(8, st.zoom * 1.5); show(); }
     else if (task() === "object_detection" && name === k.zoom_out) { st.zoom = Math.max(0.25, st.zoom / 1.5); show(); }
-    else if (task() === "object_detection" && name === k.zoom_reset) { st.zoom = 1; show(); }
+    else if (task() === "object_detection" && name === k.zoom_reset && !label) { st.zoom = 1; show(); }
     else if (st.reviewMode && name === "a") op({ action: "review_all", state: "accepted" }, t0);
     else if (st.reviewMode && name === "r") op({ action: "review_all", state: "rejected" }, t0);
     else if (label && st.reviewMode && task() in CLASS_TYPE) op({ action: "fix", labels: [label] }, t0);

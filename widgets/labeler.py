@@ -19,6 +19,7 @@ import traitlets
 from loophub import errors
 from loophub.client import Client
 from loophub.datasets.records import annotators_of, labels_of
+from loophub.labeling.agreement import is_done
 from loophub.widgets.session import (
     DEFAULT_KEYS,
     Filters,
@@ -227,9 +228,13 @@ class Labeler(anywidget.AnyWidget):
         overlap = progress.get("overlap", 1)
         progress["labels"] = {k: v for k, v in sorted(counts.items()) if v > 0}
         progress["done"] = progress.get("done", 0) + (
-            (users_after >= overlap) - (users_before >= overlap))
+            is_done(users_after, bool(labels_after), overlap)
+            - is_done(users_before, bool(labels_before), overlap))
         progress["labeled"] = progress.get("labeled", 0) + (
             (users_after > 0) - (users_before > 0))
+        if "imported" in progress:
+            progress["imported"] += ((bool(labels_after) and not users_after)
+                                     - (bool(labels_before) and not users_before))
         progress["mine"] = progress.get("mine", 0) + (mine_after - mine_before)
         self.progress = progress
 

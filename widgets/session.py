@@ -412,12 +412,18 @@ def confirming(annotation: dict, prediction: dict) -> dict:
 
 
 def default_hotkeys(schema: dict, overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """label -> key: the schema's hotkeys, then number keys and letters, then overrides."""
+    """label -> key: the schema's hotkeys, then a one-character name's own key (class "0"
+    on key 0, "b" on b), then number keys and letters, then overrides."""
     keys: dict[str, str] = {}
     reserved = {"s", "z"}
     for cls in schema.get("classes", ()):
         if cls.get("hotkey"):
             keys[cls["name"]] = cls["hotkey"]
+    for cls in schema.get("classes", ()):
+        own = cls["name"].lower()  # the labeler reads letter keys in lower case
+        if (cls["name"] not in keys and len(own) == 1 and own.isalnum() and own.isascii()
+                and own not in reserved and own not in keys.values()):
+            keys[cls["name"]] = own
     free = [k for k in HOTKEY_POOL if k not in set(keys.values()) | reserved]
     for cls in schema.get("classes", ()):
         if cls["name"] not in keys and free:

@@ -123,11 +123,13 @@ class SkipHandler(LabelingHandler):
 
 
 class ProgressHandler(LabelingHandler):
-    openapi = {"get": Op("Labeling progress: total, done, mine, per-label and per-split "
-                         "counts", access="dataset:read", response={
+    openapi = {"get": Op("Labeling progress: total, done (labeled by overlap people, or "
+                         "carrying imported labels), labeled by people, mine, imported, "
+                         "per-label and per-split counts", access="dataset:read", response={
                              "type": "object", "properties": {
                                  "total": INTEGER, "done": INTEGER, "labeled": INTEGER,
-                                 "mine": INTEGER, "overlap": INTEGER, "labels": COUNTS,
+                                 "mine": INTEGER, "imported": INTEGER, "overlap": INTEGER,
+                                 "labels": COUNTS,
                                  "splits": COUNTS}})}
 
     async def get(self, name: str) -> None:

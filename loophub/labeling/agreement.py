@@ -155,3 +155,9 @@ def dataset_agreement(task: str, records: Iterable[dict]) -> dict:
         result["fleiss_kappa"] = {"raters": size, "items": len(rated),
                                   "kappa": fleiss_kappa(rated)}
     return result
+
+
+def is_done(people: int, labeled: bool, overlap: int) -> bool:
+    """Whether an item counts as done: OVERLAP people labeled it, or it carries labels
+    (from an import) that no person has labeled over yet."""
+    return people >= overlap or (labeled and people == 0)

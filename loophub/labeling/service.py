@@ -27,7 +27,12 @@ from loophub.datasets.service import DatasetService
 from loophub.datasets.validation import RecordValidator
 from loophub.errors import InvalidInput, NotFound
 from loophub.identity import Actor
-from loophub.labeling.agreement import dataset_agreement, item_agreement, user_annotations
+from loophub.labeling.agreement import (
+    dataset_agreement,
+    is_done,
+    item_agreement,
+    user_annotations,
+)
 from loophub.labeling.models import LabelingConfig, Lease
 from loophub.store.db import Database
 from loophub.store.models import utcnow
@@ -164,19 +169,24 @@ class LabelingService:
     def _candidates(session, dataset_id: int, holder: str, split: str | None, *,
                     unlabeled_only: bool, order: str = "id") -> Iterable[DraftRecord]:
         """Draft records the holder has not labeled, in ORDER, fetched in batches (with
-        overlap 1 only items nobody labeled, filtered in SQL: no scan of done ones).
+        overlap 1 only items no person labeled, filtered in SQL: no scan of done ones).
 
-        "uncertain" reads the predicted rows first by (confidence, id) through their
-        partial index, which holds only records no person labeled (the queue itself), then
-        the unpredicted ones by id: both are keyset scans, no sort of the whole draft."""
+        Items no person labeled come first: those with no label at all, then those that
+        carry labels from an import (a person still confirms them), then, with overlap,
+        items others labeled. "uncertain" reads the predicted rows first by (confidence,
+        id) through their partial index, which holds only records no person labeled (the
+        queue itself), then the unpredicted ones by id: keyset scans, no sort of the whole
+        draft."""
         mine = DraftRecord.annotators.contains(pack_labels([holder]), autoescape=True)
         base = [draft.filtered(dataset_id, RecordFilter(split=split)), not_(mine)]
-        if unlabeled_only:
-            base.append(DraftRecord.annotators == "")
+        nobody = DraftRecord.annotators == ""
         if order == "uncertain":
-            yield from _by_confidence(session, base)
+            yield from _by_confidence(session, [*base, nobody])
             base.append(DraftRecord.confidence.is_(None))
-        yield from _by_id(session, base)
+        yield from _by_id(session, [*base, nobody, DraftRecord.annotated.is_(False)])
+        yield from _by_id(session, [*base, nobody, DraftRecord.annotated.is_(True)])
+        if not unlabeled_only:
+            yield from _by_id(session, [*base, DraftRecord.annotators != ""])
 
     @staticmethod
     def _try_lease(session, dataset_id: int, record_id: str, holder: str, slot: int,
@@ -240,26 +250,33 @@ class LabelingService:
     # -- progress, media --------------------------------------------------------------
 
     def progress(self, actor: Actor, name: str) -> dict:
-        """Items done (labeled by ``overlap`` users), labeled by the actor, per-label counts."""
+        """Items done, labeled by people, labeled by the actor, imported with labels,
+        per-label counts.
+
+        An item is done when ``overlap`` people labeled it, or when it carries labels from
+        an import (or an accepted prediction) and no person has labeled it yet: a dataset
+        imported with labels is not "0 done". ``labeled`` counts items people labeled;
+        ``imported`` the items whose only labels came from elsewhere."""
         with self.db.session() as session:
             dataset = self._dataset(session, actor, name)
             overlap = self._config(session, dataset).overlap
             rows = session.execute(select(DraftRecord.labels, DraftRecord.annotators,
-                                          DraftRecord.split).where(
+                                          DraftRecord.annotated, DraftRecord.split).where(
                 draft.filtered(dataset.id, RecordFilter()))).all()
         labels: Counter[str] = Counter()
         splits: Counter[str] = Counter()
-        done = mine = labeled = 0
-        for packed_labels, packed_users, split in rows:
+        done = mine = labeled = imported = 0
+        for packed_labels, packed_users, annotated, split in rows:
             users = unpack_labels(packed_users)
             labeled += bool(users)
-            done += len(users) >= overlap
+            imported += bool(annotated) and not users
+            done += is_done(len(users), bool(annotated), overlap)
             mine += actor.name in users
             labels.update(unpack_labels(packed_labels))
             splits[split or "unassigned"] += 1
         return {"total": len(rows), "done": done, "labeled": labeled, "mine": mine,
-                "overlap": overlap, "labels": dict(sorted(labels.items())),
-                "splits": dict(sorted(splits.items()))}
+                "imported": imported, "overlap": overlap,
+                "labels": dict(sorted(labels.items())), "splits": dict(sorted(splits.items()))}
 
     def media(self, actor: Actor, name: str, record_id: str) -> tuple[bytes, str]:
         """The record's media bytes and type (read permission on the dataset)."""

@@ -82,7 +82,8 @@ def test_labeled_items_leave_the_queue_and_progress_counts(api, shared_images):
     nxt = ann.lease("pets", 1)
     assert [i["record"]["id"] for i in nxt] == [shared_images[1]]
     progress = ann.progress("pets")
-    assert progress == {"total": 6, "done": 1, "labeled": 1, "mine": 1, "overlap": 1,
+    assert progress == {"total": 6, "done": 1, "labeled": 1, "mine": 1, "imported": 0,
+                        "overlap": 1,
                         "labels": {"cat": 1}, "splits": {"unassigned": 6}}
 
 
