@@ -82,13 +82,47 @@ def _check(name: str, func) -> bool:
     return True
 
 
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a sqlite:/// URL (None for other databases and in-memory ones)."""
+    if not url.startswith("sqlite:///") or url in ("sqlite:///", "sqlite:///:memory:"):
+        return None
+    return Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def _schema_state(url: str) -> str:
+    """Tables and migration revision of the database at URL, read without writing (a
+    SQLite file is opened read-only; no migration runs)."""
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine, inspect, text
+
+    from loophub.store.db import alembic_config, make_engine
+
+    path = _sqlite_path(url)
+    engine = (create_engine(f"sqlite:///file:{path}?mode=ro&uri=true") if path is not None
+              else make_engine(url))
+    try:
+        tables = inspect(engine).get_table_names()
+        current = None
+        if "alembic_version" in tables:
+            with engine.connect() as conn:
+                current = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    finally:
+        engine.dispose()
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    if current != head:
+        raise RuntimeError(f"{len(tables)} tables at migration {current or 'none'}, the code "
+                           f"expects {head}: `loophub up` migrates it")
+    return f"{len(tables)} tables, migrations applied"
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
+    """Check the set-up and say what to fix; reads only (no home, database or blob is
+    created: `loophub up` does that)."""
     from loophub.pool import load_pool
-    from loophub.store import BlobStore, Database
 
     settings = Settings.from_env(args.home)
-    settings.ensure_dirs()
-    print(f"loophub {loophub.__version__}, home {settings.home}")
+    print(f"loophub {loophub.__version__}, home {settings.home}"
+          + ("" if settings.home.exists() else " (not created yet: `loophub up` creates it)"))
 
     def proxy() -> str:
         cmd = proxy_command()
@@ -98,14 +132,27 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return f"{cmd} {out.stdout.strip()}"
 
     def database() -> str:
-        db = Database(settings.db_url)
-        tables = len(db.table_names())
-        db.dispose()
-        return f"{settings.db_url.split('@')[-1]} ({tables} tables, migrations applied)"
+        where = settings.db_url.split("@")[-1]
+        path = _sqlite_path(settings.db_url)
+        if path is not None and not path.exists():
+            return f"{where} (none yet: `loophub up` creates it)"
+        return f"{where} ({_schema_state(settings.db_url)})"
 
     def blobs() -> str:
-        BlobStore(settings.blob_url).check()
-        return f"{settings.blob_url} (write, read, verify ok)"
+        from loophub.store import BlobStore
+
+        if "://" not in settings.blob_url or settings.blob_url.startswith("file://"):
+            root = Path(settings.blob_url.removeprefix("file://"))
+            if not root.exists():
+                return f"{settings.blob_url} (none yet: `loophub up` creates it)"
+            if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+                raise RuntimeError(f"{root} is not readable and writable by this user")
+            return f"{settings.blob_url} (readable and writable)"
+        store = BlobStore(settings.blob_url)
+        if not store.fs.exists(store.root):
+            return f"{settings.blob_url} (none yet: `loophub up` creates it)"
+        store.fs.ls(store.root)
+        return f"{settings.blob_url} (readable)"
 
     def pool() -> str:
         nodes = load_pool(settings.pool)
@@ -118,8 +165,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             return "not running (start it with `loophub up`)"
         url = json.loads(run.read_text())["url"]
         status = _get(f"{url}/hub/health")
+        if status == 0:
+            return (f"stopped (the last `loophub up` ran at {url}; nothing answers there "
+                    "now: start it with `loophub up`)")
         if status != 200:
-            raise RuntimeError(f"run.json says {url} but /hub/health answers {status or 'nothing'}")
+            raise RuntimeError(f"run.json says {url} but /hub/health answers {status}")
         return f"running at {url}"
 
     results = [_check(n, f) for n, f in [("proxy", proxy), ("database", database),

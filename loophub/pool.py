@@ -86,6 +86,18 @@ def detect_local_node() -> NodeSpec:
     )
 
 
+def readable_bytes(value: int | float) -> str:
+    """A byte count as a person reads it: 1024-based units, one decimal at most
+    ("23.5 GiB", "16 GiB", "512 B")."""
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            break
+        size /= 1024
+    text = f"{size:.1f}".removesuffix(".0")
+    return f"{text} {unit}"
+
+
 def parse_mem(value: object, where: str) -> int:
     """Memory as bytes (int) or a string with a unit: '16G', '512M', '2GiB'."""
     if isinstance(value, int | float) and not isinstance(value, bool):

@@ -64,7 +64,14 @@ from loophub.client import Client
 from loophub.client.core import api_message
 from loophub.client.scheduler import QueueWatcher, wait_until_running
 from loophub.errors import InvalidInput, LoophubError, Unavailable
-from loophub.pool import GIB, check_cpu_gpu, check_gpu_type, parse_mem
+from loophub.pool import (
+    GIB,
+    PoolConfigError,
+    check_cpu_gpu,
+    check_gpu_type,
+    load_pool,
+    parse_mem,
+)
 from loophub.runtime import Confinement, Placement, placements
 from loophub.runtime.confine import ConfinementError
 from loophub.scheduler.keys import kernel_key
@@ -651,10 +658,31 @@ def cmd_install(args: argparse.Namespace) -> int:
     extra = {k: v for k, v in (("idle_timeout", args.idle_timeout),
                                ("queue_timeout", args.queue_timeout)) if v is not None}
     for size in _sizes(args):
+        _warn_if_unplaceable(size)
         path = install_kernelspec(size, name=args.name, display_name=args.display_name,
                                   prefix=args.prefix, user=args.user, extra_config=extra)
         print(f"installed {Path(path).name!r} ({size.summary()}) in {path}")
     return 0
+
+
+def _warn_if_unplaceable(size: KernelSize) -> None:
+    """Warn (on stderr; the kernelspec is still installed, the pool may grow) when no
+    node of the pool has SIZE's GPUs: such a kernel would wait in the queue forever."""
+    if not size.gpu:
+        return
+    try:
+        nodes = load_pool()
+    except PoolConfigError:
+        return  # `loophub doctor` reports a bad pool
+    fitting = [n.gpu for n in nodes if size.gpu_type in (None, n.gpu_type)]
+    most = max(fitting, default=0)
+    if most < size.gpu:
+        kind = f"{size.gpu_type} " if size.gpu_type else ""
+        print(f"warning: this kernel asks for {size.gpu} {kind}GPUs but no node of the pool "
+              f"has more than {most} {kind}GPU{'s' if most != 1 else ''} (pool: "
+              f"{'LOOPHUB_POOL' if os.environ.get('LOOPHUB_POOL') else 'this machine'}); "
+              "its starts would wait in the queue until the pool grows: declare the pool "
+              "in LOOPHUB_POOL or install a smaller size", file=sys.stderr)
 
 
 def cmd_list(args: argparse.Namespace) -> int:

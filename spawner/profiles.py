@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loophub.errors import InvalidInput
-from loophub.pool import GIB, check_cpu_gpu, check_gpu_type, parse_mem
+from loophub.pool import GIB, check_cpu_gpu, check_gpu_type, parse_mem, readable_bytes
 
 OPTION_KEYS = {"profile", "cpu", "mem", "gpu", "gpu_type", "runtime"}
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -38,7 +38,7 @@ class Profile:
     def summary(self) -> str:
         gpu = f", {self.gpu} GPU" + (f" ({self.gpu_type})" if self.gpu_type else "") \
             if self.gpu else ""
-        return f"{self.cpu:g} CPU, {self.mem / GIB:g} GiB{gpu}"
+        return f"{self.cpu:g} CPU, {readable_bytes(self.mem)}{gpu}"
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ def _positive(options: dict, key: str, limit: float, integer: bool = False) -> f
     if value < 0 or (key != "gpu" and value == 0):
         raise InvalidInput(f"{key}: must be positive, got {value!r}")
     if value > limit:
-        shown = f"{limit / GIB:g} GiB" if key == "mem" else f"{limit:g}"
+        shown = readable_bytes(limit) if key == "mem" else f"{limit:g}"
         raise InvalidInput(f"{key}: {value:g} is more than your limit of {shown}; pick a "
                            "profile or ask an admin to raise the limit")
     return value

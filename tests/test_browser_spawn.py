@@ -38,7 +38,9 @@ def test_options_form_pending_queue_then_lab(busy_hub):
         labels = page.inner_text("#spawn_form")
         assert "Small" in labels and "Medium" in labels and "Custom size" in labels
         assert "4 GPU" in labels  # the custom limit offered to her
+        assert not page.is_visible("input[name=cpu]")  # custom fields: only for custom
         page.check("input[name=profile][value=custom]")
+        assert page.is_visible("input[name=cpu]")
         page.fill("input[name=cpu]", "0.5")
         page.fill("input[name=mem]", "1")
         page.fill("input[name=gpu]", "2")

@@ -137,3 +137,34 @@ def test_up_reuses_its_home_and_stops_everything(tmp_path):
         assert resp.json()["name"] == "zoe"
     finally:
         second.stop()
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_doctor_writes_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LOOPHUB_HOME"}
+    out = subprocess.run([sys.executable, "-m", "loophub.cli", "doctor"], capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not (tmp_path / ".loophub").exists() and _tree(tmp_path) == []
+    assert "loophub up" in out.stdout  # what creates the home
+
+
+def test_doctor_leaves_an_existing_home_as_it_was(tmp_path, capsys):
+    home = tmp_path / "h"
+    assert main(["user", "add", "ann", "--home", str(home)]) == 0  # a home with a database
+    before = {p: p.stat().st_mtime_ns for p in home.rglob("*")}
+    assert main(["doctor", "--home", str(home)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in home.rglob("*")} == before
+    assert "ok    database" in capsys.readouterr().out
+
+
+def test_doctor_reports_a_stopped_hub(tmp_path, capsys):
+    from loophub.ports import free_port
+
+    (tmp_path / "run.json").write_text(f'{{"url": "http://127.0.0.1:{free_port()}"}}')
+    assert main(["doctor", "--home", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ok    hub: stopped" in out and "loophub up" in out, out

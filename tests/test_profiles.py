@@ -85,3 +85,19 @@ def test_form_round_trip():
     html = render_form(parse_profiles(RAW), LIMITS, True, {"profile": "small"})
     assert 'value="small" checked' in html and "Custom size" in html and "1 GPU" in html
     assert "<script" not in html
+
+
+def test_form_rounds_sizes_and_shows_custom_fields_only_for_custom():
+    odd = 25_228_029_952  # a detected machine's memory: 23.496... GiB
+    profiles = parse_profiles([{"slug": "all", "display_name": "All", "cpu": 2, "mem": odd}])
+    limits = Limits(cpu=2, mem=odd, gpu=0)
+    html = render_form(profiles, limits, True, {"profile": "all"})
+    assert "23.5 GiB" in html and "23.496" not in html and "23.4961" not in html
+    custom = html[html.index('<div class="loophub-custom"'):]
+    assert "display:none" in custom.split(">", 1)[0]  # another choice: fields hidden
+    assert 'max="23.25"' in custom  # the form never offers more than the limit
+    chosen = render_form(profiles, limits, True, {"profile": "custom"})
+    assert "display:flex" in chosen[chosen.index('<div class="loophub-custom"'):].split(">")[0]
+    assert "onchange=" in html  # picking "Custom size" shows them (no <script> needed)
+    with pytest.raises(InvalidInput, match=r"limit of 23\.5 GiB"):
+        resolve_choice({"profile": "custom", "cpu": 1, "mem": "30G"}, profiles, limits, True)

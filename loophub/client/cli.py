@@ -11,7 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from loophub.client.core import Client
-from loophub.errors import InvalidInput, LoophubError
+from loophub.errors import InvalidInput, LoophubError, Unauthenticated
+
+TOKEN_HELP = "pass --token or set LOOPHUB_TOKEN to a token from `loophub token NAME`"
 
 
 def online(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -34,14 +36,26 @@ def client_from(args: argparse.Namespace) -> Client:
             raise InvalidInput("no running platform found: pass --url, set LOOPHUB_API_URL, or "
                                "start one with `loophub up`")
         url = json.loads(Path(run).read_text())["url"] + "/services/loophub/api"
-    return Client(url, args.token or None)
+    token = (args.token or os.environ.get("LOOPHUB_TOKEN")
+             or os.environ.get("JUPYTERHUB_API_TOKEN"))
+    if not token:
+        raise Unauthenticated(f"no API token: {TOKEN_HELP}")
+    return Client(url, token)
 
 
 def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """HANDLER with errors as one line on stderr and exit code 2."""
+    """HANDLER with errors as one line on stderr and exit code 2. A token the API
+    refuses is explained for the terminal (the API's own message speaks of headers,
+    notebooks and browsers)."""
     def run(args: argparse.Namespace) -> int:
         try:
             return handler(args)
+        except Unauthenticated as exc:
+            message = exc.message if exc.message.startswith("no API token") else (
+                f"the hub did not accept the API token (from --token, else $LOOPHUB_TOKEN): "
+                f"it may be mistyped, expired or revoked; {TOKEN_HELP}")
+            print(f"error: {message}", file=sys.stderr)
+            return 2
         except LoophubError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 2

@@ -148,8 +148,17 @@ class Client:
         return self.request("GET", "me")
 
     def pool(self) -> dict:
-        """The resource pool: nodes with cpu, mem (bytes), gpu."""
-        return self.request("GET", "pool")
+        """The resource pool: nodes with cpu, mem (bytes), gpu, and free capacity; each
+        ``mem`` has a ``mem_readable`` beside it ("23.5 GiB")."""
+        from loophub.pool import readable_bytes
+
+        pool = self.request("GET", "pool")
+        sizes = [pool.get("total"), *(pool.get("nodes") or [])]
+        sizes += [node.get("free") for node in pool.get("nodes") or []]
+        for size in sizes:
+            if isinstance(size, dict) and isinstance(size.get("mem"), int | float):
+                size["mem_readable"] = readable_bytes(size["mem"])
+        return pool
 
     # -- the rooms ---------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import sys
 
 from loophub.client.cli import client_from, guarded, online
 from loophub.datasets.formats import FORMATS, convert, validate_source
+from loophub.errors import NotFound
 
 
 def _progress_printer(enabled: bool):
@@ -75,7 +76,15 @@ def handle_import(args: argparse.Namespace) -> int:
     client = client_from(args)
     if args.create:
         client.datasets.create(args.name)
-    report = client.datasets.import_(args.name, args.src, args.format, progress=not args.quiet)
+    try:
+        report = client.datasets.import_(args.name, args.src, args.format,
+                                         progress=not args.quiet)
+    except NotFound:
+        if args.create or _exists(client, args.name):
+            raise
+        raise NotFound(f"no dataset named {args.name!r}: add --create to create it "
+                       f"(`loophub data import {args.name} {args.src} --format {args.format} "
+                       "--create`), or check the name") from None
     print(f"imported {report['records']} records into {args.name} "
           f"({report['media_stored']} media files stored)")
     return 0
@@ -93,8 +102,20 @@ def handle_commit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exists(client, name: str) -> bool:
+    try:
+        client.datasets.get(name)
+    except NotFound:
+        return False
+    return True
+
+
 def handle_log(args: argparse.Namespace) -> int:
-    for v in client_from(args).datasets.log(args.name, limit=args.limit):
+    versions = client_from(args).datasets.log(args.name, limit=args.limit)
+    if not versions:
+        print(f"{args.name} has no versions yet: its records are in the draft; "
+              f"`loophub data commit {args.name} -m MESSAGE` makes version 1")
+    for v in versions:
         tags = f" [{', '.join(v.get('tags') or [])}]" if v.get("tags") else ""
         print(f"v{v['number']}{tags}  {v.get('created', '')}  {v.get('author', '')}  "
               f"{v.get('records', '')} records  {v.get('message', '')}")
