@@ -143,7 +143,7 @@ class Predictor:
         """JSON Schemas {"request": ..., "response": ...} of this model: the request's
         ``instances`` (base64 images or texts), the response's ``predictions`` (the
         dicts the predict methods return), label names as enums."""
-        return signature(self.task, self.labels)
+        return signature(self.task, self.labels, self.preprocess)
 
     # -- images ---------------------------------------------------------------------------
 

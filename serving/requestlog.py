@@ -1,0 +1,84 @@
+"""A sample of a replica's requests as JSON lines, for monitoring and the feedback loop
+to collect (the release side stores and reads them; this only writes).
+
+One line per sampled predict request: time, status, latency, and per instance a summary
+of the input (a text itself, cut at MAX_TEXT; an image as its sha256 and size, so the
+collector can deduplicate it against the blob store) with the prediction's label and
+score. The file is bounded: past ``max_bytes`` it is rotated to ``PATH.1`` (the older
+one dropped). Lines are buffered and flushed once a second, off the request's path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_TEXT = 1000
+
+
+def _input_summary(instance: Any) -> dict[str, Any]:
+    if instance.text is not None:
+        return {"text": instance.text[:MAX_TEXT]}
+    if instance.image is not None:
+        return {"image_sha256": hashlib.sha256(instance.image).hexdigest(),
+                "bytes": len(instance.image)}
+    pixels = instance.pixels
+    return {"pixels_sha256": hashlib.sha256(pixels.tobytes()).hexdigest(),
+            "shape": list(pixels.shape)}
+
+
+def _output_summary(prediction: dict) -> dict[str, Any]:
+    if "scores" in prediction:
+        return {"label": prediction["label"], "score": max(prediction["scores"])}
+    found = prediction.get("boxes") or prediction.get("spans") or []
+    return {"labels": [f["label"] for f in found], "scores": [f["score"] for f in found]}
+
+
+class RequestLog:
+    """Sampled request records in a JSON-lines file at PATH (RATE: share of requests
+    kept, 0-1)."""
+
+    def __init__(self, path: str | Path, rate: float = 1.0, *,
+                 max_bytes: int = 64 * 1024 * 1024, seed: int | None = None) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(f"log sample rate must be within 0 and 1, got {rate}")
+        self.path = Path(path)
+        self.rate = rate
+        self.max_bytes = max_bytes
+        self._random = random.Random(seed)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._size = self.path.stat().st_size
+
+    def sampled(self) -> bool:
+        return self.rate >= 1.0 or self._random.random() < self.rate
+
+    def write(self, *, status: int, seconds: float, instances: list | None,
+              predictions: list[dict] | None) -> None:
+        record: dict[str, Any] = {"time": time.time(), "status": status,
+                                  "latency_ms": round(seconds * 1000, 3)}
+        if instances is not None:
+            record["inputs"] = [_input_summary(i) for i in instances]
+        if predictions is not None:
+            record["outputs"] = [_output_summary(p) for p in predictions]
+        line = json.dumps(record) + "\n"
+        self._file.write(line)
+        self._size += len(line)
+        if self._size > self.max_bytes:
+            self._rotate()
+
+    def _rotate(self) -> None:
+        self._file.close()
+        self.path.replace(self.path.with_name(self.path.name + ".1"))
+        self._file = self.path.open("a", encoding="utf-8")
+        self._size = 0
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
