@@ -4,11 +4,12 @@ Labelers (driven by the dataset's label schema): ImageClassifier, TextClassifier
 BoxLabeler, SpanLabeler, ReviewLabeler, and ``labeler_for(dataset)`` to pick one.
 Versioning: VersionBrowser and DatasetOverview. Training: JobMonitor (what a training job
 shows in a cell: live curves, state, log, Stop). Models: ModelBoard (a model's versions
-side by side, and "try it" in the kernel). Everything talks to the platform through
-the client SDK (loophub.client.Client): each widget takes ``client=`` (default: the
-notebook user's ``Client()``).
+side by side, and "try it" in the kernel), DrawPad (draw an image to try). Everything
+talks to the platform through the client SDK (loophub.client.Client): each widget takes
+``client=`` (default: the notebook user's ``Client()``).
 """
 
+from loophub.widgets.drawpad import DrawPad
 from loophub.widgets.labeler import (
     BoxLabeler,
     ImageClassifier,
@@ -25,6 +26,7 @@ from loophub.widgets.versions import DatasetOverview, VersionBrowser
 __all__ = [
     "BoxLabeler",
     "DatasetOverview",
+    "DrawPad",
     "ImageClassifier",
     "JobMonitor",
     "Labeler",

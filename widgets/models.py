@@ -8,13 +8,14 @@ headline metrics of its latest evaluation on each dataset version and split, the
 version it was trained on, its job, its test status and the aliases that point at it; the
 history of every alias move; a chosen metric against the version number; the confusion
 matrices and per-class precision/recall of a chosen evaluation; the training curves of the
-versions' jobs. "Try it" runs any version in this kernel on an uploaded image or a typed
-text and shows the prediction, its scores and the latency.
+versions' jobs. "Try it" runs any version in this kernel on an uploaded image, an image
+drawn on a DrawPad (image classification) or a typed text and shows the prediction, its
+scores and the latency.
 
-Plain ipywidgets and plotly FigureWidgets (no front-end code of our own), so it renders the
-same in JupyterLab and in Voila. Every read goes through the client SDK; the data is shaped
-by the pure functions at the top of this module (tested without a browser), the widget only
-draws what they return.
+Plain ipywidgets and plotly FigureWidgets, plus the anywidget DrawPad (widgets/drawpad.py),
+so it renders the same in JupyterLab and in Voila. Every read goes through the client SDK;
+the data is shaped by the pure functions at the top of this module (tested without a
+browser), the widget only draws what they return.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import ipywidgets as w
 
 from loophub import errors
 from loophub.client import Client
+from loophub.widgets.drawpad import DrawPad
 
 if TYPE_CHECKING:
     from loophub.models.predictor import Predictor
@@ -43,6 +45,7 @@ HEADLINE = {
 REGISTERED = "registered"  # the source of a version's own metrics (from its job or register)
 IMAGE_TASKS = ("image_classification", "object_detection")
 TEXT_INPUT_TASKS = ("text_classification", "ner")
+DRAW_TASKS = ("image_classification",)  # a sketch means nothing to a detector
 MAX_ANNOTATED_CELLS = 20  # label count above which heatmap cells are not written in
 STYLE = """<style>
 .lh-models table { border-collapse: collapse; font-size: 12px; }
@@ -483,6 +486,8 @@ class ModelBoard(w.VBox):
         self.latest: dict[int, dict[str, dict]] = {}
         self.curves: dict[str, dict[str, tuple[list, list]]] = {}
         self._input: bytes | str | None = None
+        self._drawn: bytes | None = None  # the pad's last drawing, as PNG bytes
+        self.trial: Trial | None = None  # the last answer shown
         self._quiet = False
         self._build()
         self.refresh()
@@ -526,10 +531,20 @@ class ModelBoard(w.VBox):
         self.try_button.on_click(lambda _: self._guard(self.try_it))
         self.try_all_button.on_click(lambda _: self._guard(self.try_every_version))
         self.try_version.observe(lambda _: self._rerun(), "value")
+        # a pen an eighth of the pad wide: after the Predictor's preprocessing shrinks the
+        # drawing to 16x16, strokes are about 2 px, as in the digits scans
+        self.pad = DrawPad(width=160, height=160, stroke=20)
+        self.pad.add_class("lh-try-pad")
+        self.pad.observe(lambda _: self._guard(self._drew), "value")
         self.inputs = w.HBox()
+        self.drawing = w.HBox()  # the pad, for the tasks that take a drawing
+        # the pad beside the answer, so one sees both while drawing; wrapped when narrow
+        answer = w.VBox([self.try_result, self.try_plot])
         box = w.VBox([w.HBox([self.try_version, self.inputs, self.try_button,
                               self.try_all_button]),
-                      self.try_result, self.try_plot, self.try_table])
+                      w.HBox([self.drawing, answer],
+                             layout=w.Layout(flex_flow="row wrap", align_items="flex-start")),
+                      self.try_table])
         box.add_class("lh-try")
         return box
 
@@ -632,18 +647,33 @@ class ModelBoard(w.VBox):
     # -- trying ---------------------------------------------------------------------------
 
     def _show_inputs(self) -> None:
-        """An upload for image models, a text box for text models."""
+        """An upload for image models (and a pad to draw on for image classifiers), a
+        text box for text models."""
         task = self.model.get("task")
         self.text.placeholder = ("type a text to tag" if task == "ner" else
                                  "type a text to classify")
         self.inputs.children = ((self.upload,) if task in IMAGE_TASKS else
                                 (self.text,) if task in TEXT_INPUT_TASKS else ())
+        self.drawing.children = (self.pad,) if task in DRAW_TASKS else ()
 
     def _uploaded(self, files: Sequence[dict]) -> None:
         if not files:
             return  # the upload was cleared (below)
         self._input = bytes(files[0]["content"])
         self.upload.value = ()  # so the same file can be uploaded again
+        self.pad.clear()  # the pad would otherwise show what is no longer being tried
+        self.try_it()
+
+    def _drew(self) -> None:
+        """A stroke ended (the pad sent the whole drawing): try it at once, as an upload
+        is. A cleared pad takes its drawing back from "Predict" and "Every version"."""
+        drawn = self.pad.png
+        if drawn is None:
+            if self._input is not None and self._input == self._drawn:
+                self._input = None
+            self._drawn = None
+            return
+        self._drawn = self._input = drawn
         self.try_it()
 
     def _rerun(self) -> None:
@@ -660,12 +690,14 @@ class ModelBoard(w.VBox):
                 raise errors.InvalidInput("type a text to try the model on")
             return self.text.value
         if self._input is None:
-            raise errors.InvalidInput("upload an image to try the model on")
+            raise errors.InvalidInput(
+                "draw or upload an image to try the model on"
+                if self.model.get("task") in DRAW_TASKS else "upload an image to try the model on")
         return self._input
 
     def try_it(self, value: bytes | str | None = None) -> Trial:
-        """The chosen version's prediction of VALUE (default: the uploaded image or the
-        typed text), shown with its scores and latency; also returned."""
+        """The chosen version's prediction of VALUE (default: the last image uploaded or
+        drawn, or the typed text), shown with its scores and latency; also returned."""
         if isinstance(value, bytes | bytearray):
             self._input = bytes(value)  # "Every version" and a version change reuse it
         elif isinstance(value, str):
@@ -675,6 +707,7 @@ class ModelBoard(w.VBox):
             raise errors.InvalidInput(f"model {self.name!r} has no version to try")
         version = self.versions[self.try_version.value]
         trial = self.predictors.run(version, value)
+        self.trial = trial
         self.try_result.value = self._trial_html(trial, value)
         _show(self.try_plot, scores_figure(trial.task, trial, version["labels"]), "")
         return trial

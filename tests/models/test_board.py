@@ -209,6 +209,64 @@ def test_the_board_compares_versions_and_tries_one_as_the_predictor_does(digits,
     assert board.try_table.value.count("<tr>") == 3
 
 
+def _drawing() -> bytes:
+    """A "1" drawn as the pad's front end would send it: an opaque RGBA PNG (what
+    canvas.toDataURL gives) of the pad's size, a white stroke on black."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGBA", (160, 160), "black")
+    ImageDraw.Draw(image).line([(80, 20), (80, 140)], fill="white", width=14)
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_drawing_on_the_pad_is_tried_as_the_predictor_tries_it(digits, tmp_path):
+    """The pad's data URL, set as the front end sets it at a stroke's end, runs the chosen
+    version at once; its answer is the Predictor's on the same PNG (which its own
+    preprocessing shrinks to the model's 16x16). Clear takes the drawing back."""
+    import base64
+
+    import traitlets
+
+    from loophub.models.predictor import Predictor
+    from loophub.widgets.drawpad import DATA_URL, DrawPad, png_of
+
+    _register(digits, 0)
+    _register(digits, 1)
+    board = ModelBoard("cnn", client=digits)
+    assert board.drawing.children == (board.pad,)  # an image classifier: a pad to draw on
+    assert (board.pad.width, board.pad.height, board.pad.color, board.pad.background) == (
+        160, 160, "white", "black")
+    drawn = _drawing()
+    board.pad.value = DATA_URL + base64.b64encode(drawn).decode()
+    assert board.status.value == "" and board.pad.png == drawn
+    direct = {ref: Predictor.load(digits.models.artifact(ref), digits.models.get(ref)["meta"])
+              for ref in ("cnn@v1", "cnn@v2")}
+    expected = direct["cnn@v2"].predict_images([drawn])[0]
+    assert board.trial.ref == "cnn@v2" and board.trial.prediction == expected
+    assert describe("image_classification", expected) in board.try_result.value
+    assert " ms" in board.try_result.value
+    assert board.try_plot.children[0].data[0].x[0] == max(expected["scores"])
+    board.try_version.value = "cnn@v1"  # another version gets the same drawing
+    assert board.trial.ref == "cnn@v1"
+    assert board.trial.prediction == direct["cnn@v1"].predict_images([drawn])[0]
+    board.pad.clear()  # as the Clear button does: nothing left to predict
+    board.try_button.click()
+    assert "draw or upload an image" in board.status.value
+    with pytest.raises(traitlets.TraitError):
+        board.pad.value = "data:text/plain;base64,aGk="
+    with pytest.raises(errors.InvalidInput):
+        png_of(DATA_URL + "not base64!")
+    pad = DrawPad(width=64, height=32, stroke=4, color="black", background="white")
+    assert (pad.width, pad.height, pad.stroke, pad.png) == (64, 32, 4.0, None)
+    image = _image(tmp_path)
+    board.try_it(image)  # an upload after a drawing: the upload is what is tried now
+    assert board.try_it().prediction == direct["cnn@v1"].predict_images([image])[0]
+
+
 def test_the_board_says_what_is_wrong_instead_of_failing(digits):
     from datetime import UTC, datetime
 
@@ -310,6 +368,7 @@ def test_a_text_model_is_tried_on_typed_text(api, tmp_path):
                    json={"artifact": digest, "meta": trained.meta})
     board = ModelBoard("topics", client=client)
     assert board.inputs.children == (board.text,)  # a text box, not an upload
+    assert board.drawing.children == ()  # nor a pad to draw on
     board.text.value = "the match ended with a late goal"
     board.try_button.click()
     expected = trained.predictor().predict_texts([board.text.value])[0]

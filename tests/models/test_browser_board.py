@@ -1,11 +1,12 @@
 """The model board in a real JupyterLab and in Voila, in Chromium: a notebook trains and
 registers one version, registers a second from a module, evaluates both with real jobs
 and shows the board; its table, alias history and confusion heatmaps render, and an
-uploaded image gets the version's prediction with its latency. Screenshots go to
-test-artifacts/models/."""
+uploaded image and a stroke drawn on the pad (mouse down, move, up) each get the version's
+prediction with its latency. Screenshots go to test-artifacts/models/."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -69,11 +70,77 @@ def analyst(hub, admin_token, tmp_path_factory):
     hub.hub_api(admin_token, "DELETE", "users/mona/server")
 
 
-def expected_answer(client: Client, ref: str, image: Path) -> str:
-    """What the board must print: the Predictor's own answer, computed here."""
-    version = client.models.get(ref)
-    predictor = Predictor.load(client.models.artifact(ref), version["meta"])
-    return describe(predictor.task, predictor.predict_images([image.read_bytes()])[0])
+PREDICTORS: dict[str, Predictor] = {}  # by ref: the upload and the drawing share one
+
+
+def expected_prediction(client: Client, ref: str, image: Path | bytes) -> dict:
+    """The Predictor's own answer on IMAGE (a file or its bytes), computed here."""
+    if ref not in PREDICTORS:
+        PREDICTORS[ref] = Predictor.load(client.models.artifact(ref),
+                                         client.models.get(ref)["meta"])
+    data = image if isinstance(image, bytes) else image.read_bytes()
+    return PREDICTORS[ref].predict_images([data])[0]
+
+
+# the drawing the board tried is the one the canvas holds: its thumbnail is the same PNG
+# (looked up each time: every answer replaces the result's element)
+SHOWS_DRAWING = """([canvas, root]) => {
+    const img = root.querySelector('.lh-try-result img');
+    return !!img && img.src.endsWith(canvas.toDataURL('image/png').split(',')[1]);
+}"""
+TOP_SCORE = """root => {
+    const plot = root.querySelector('.lh-try-scores .js-plotly-plot');
+    return plot && plot.data && plot.data.length ? plot.data[0].x[0] : null;
+}"""
+
+
+def check_answer(page, root, ref: str, expected: dict) -> None:
+    """The board shows REF's EXPECTED prediction with its latency, and its scores chart
+    (a new plot per answer, drawn after the text: waited for, so screenshots hold it)."""
+    text = root.locator(".lh-try-result").inner_text()
+    assert f"{ref} says" in text and " ms" in text, text
+    assert describe("image_classification", expected) in text, text
+    best = max(expected["scores"])
+    page.wait_for_function(f"r => Math.abs(({TOP_SCORE})(r) - {best!r}) < 1e-6",
+                           arg=root.element_handle(), timeout=30_000)
+
+
+BLANK = """canvas => {
+    const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width,
+                                                        canvas.height).data;
+    return pixels.every((v, n) => n % 4 === 3 ? v === 255 : v === 0);
+}"""
+
+
+def draw_and_check(page, root, client: Client, ref: str, shots: str) -> None:
+    """A stroke with the mouse on the pad (down, move, up) is tried at its end: the board
+    shows the Predictor's answer on the canvas's own PNG, with the latency; Clear blanks
+    the pad and takes the drawing back from Predict."""
+    canvas = root.locator(".lh-try-pad canvas")
+    canvas.scroll_into_view_if_needed()
+    assert canvas.evaluate(BLANK)  # the upload before cleared it
+    box = canvas.bounding_box()
+    x, top, bottom = box["x"] + box["width"] * 0.5, box["y"] + 20, box["y"] + box["height"] - 20
+    page.mouse.move(x - 15, top + 15)  # a "1": a short lead-in, then straight down
+    page.mouse.down()
+    page.mouse.move(x, top, steps=3)
+    page.mouse.move(x, bottom, steps=8)
+    page.mouse.up()
+    try:
+        page.wait_for_function(SHOWS_DRAWING, arg=[canvas.element_handle(),
+                                                   root.element_handle()], timeout=30_000)
+    except Exception:
+        screenshot(root.locator(".lh-try"), f"models/{shots}-no-drawing.png")
+        raise AssertionError("the drawing was not tried; the board says: "
+                             + root.locator(".lh-try").inner_text()) from None
+    drawn = base64.b64decode(canvas.evaluate("c => c.toDataURL('image/png')").split(",")[1])
+    check_answer(page, root, ref, expected_prediction(client, ref, drawn))
+    screenshot(root.locator(".lh-try"), f"models/{shots}-draw.png")
+    root.locator(".lh-try-pad .lh-drawpad-clear").click()
+    assert canvas.evaluate(BLANK)
+    root.locator(".lh-try button", has_text="Predict").click()
+    page.wait_for_function("r => r.innerText.includes('draw or upload an image')",
+                           arg=root.element_handle(), timeout=30_000)
 
 
 def check_board(page, root, client: Client, model: str, image: Path, shots: str) -> None:
@@ -106,14 +173,12 @@ def check_board(page, root, client: Client, model: str, image: Path, shots: str)
     with page.expect_file_chooser() as chooser:
         root.locator(".lh-try .widget-upload").click()
     chooser.value.set_files(str(image))
-    result = root.locator(".lh-try-result")
-    result.wait_for(timeout=60_000)
-    text = result.inner_text()
+    root.locator(".lh-try-result").wait_for(timeout=60_000)
     latest = f"{model}@v{max(v['version'] for v in versions)}"
-    assert f"{latest} says" in text and " ms" in text, text
-    assert expected_answer(client, latest, image) in text, text
+    check_answer(page, root, latest, expected_prediction(client, latest, image))
     root.locator(".lh-try").scroll_into_view_if_needed()
     screenshot(root.locator(".lh-try"), f"models/{shots}-try.png")
+    draw_and_check(page, root, client, latest, shots)
 
 
 def test_the_model_board_in_jupyterlab(hub, analyst):
