@@ -24,6 +24,7 @@ from loophub.store.models import Base, iso, utcnow
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 MIN_PASSWORD = 10
+NO_PASSWORD = "!"  # the hash of an account created without a password: matches nothing
 
 
 class Account(Base):
@@ -100,6 +101,35 @@ class Accounts:
             account.password_changed = utcnow()
             audit.record(s, actor, "account.password", f"account:{name}")
         return password
+
+    def ensure_pending(self, name: str, *, admin: bool = False, actor: str = "system") -> bool:
+        """Create NAME without a password (nobody can sign in as it until an admin runs
+        `loophub user reset NAME`); False if the account exists. For users added on the
+        hub's admin page."""
+        check_username(name)
+        with self.db.transaction() as s:
+            if s.get(Account, name) is not None:
+                return False
+            s.add(Account(name=name, password_hash=NO_PASSWORD, admin=admin))
+            audit.record(s, actor, "account.create", f"account:{name}", admin=admin,
+                         password=False)
+        return True
+
+    def has_password(self, name: str) -> bool:
+        with self.db.transaction() as s:
+            account = s.get(Account, name)
+            return account is not None and account.password_hash != NO_PASSWORD
+
+    def reset(self, name: str, *, actor: str = "system") -> str:
+        """A new generated password for NAME, creating the account if the hub has the
+        user but loophub has no account for it; returns the password (shown once)."""
+        check_username(name)
+        if not self.exists(name):
+            try:
+                return self.create(name, actor=actor)
+            except Conflict:  # created meanwhile
+                pass
+        return self.set_password(name, actor=actor)
 
     def authenticate(self, name: str, password: str) -> Account | None:
         with self.db.transaction() as s:

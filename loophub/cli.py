@@ -63,6 +63,12 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_reset(args: argparse.Namespace) -> int:
+    password = _accounts(args).reset(args.name, actor="cli")
+    print(f"new password for {args.name} (shown once; give it to them): {password}")
+    return 0
+
+
 def cmd_passwd(args: argparse.Namespace) -> int:
     password = _accounts(args).set_password(args.name, actor="cli")
     print(f"new password for {args.name}: {password}")
@@ -196,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name")
     add.add_argument("--admin", action="store_true")
     add.set_defaults(func=cmd_user_add)
+    reset = user_sub.add_parser(
+        "reset", parents=[home],
+        help="print a new password for an account (also for users added on the hub's "
+             "admin page, who have none)")
+    reset.add_argument("name")
+    reset.set_defaults(func=cmd_user_reset)
 
     passwd = sub.add_parser("passwd", parents=[home], help="set a new generated password")
     passwd.add_argument("name")

@@ -92,6 +92,19 @@ class AccountsHandler(ApiHandler):
         self.write_json({"name": name, "admin": admin, "password": password})
 
 
+class AccountResetHandler(ApiHandler):
+    openapi = {"post": Op(
+        "Give an account a new generated password, returned once (creates the account of a "
+        "hub user added on the hub's admin page)", access="admin", response={
+            "type": "object", "required": ["name", "password"], "properties": {
+                "name": {"type": "string"}, "password": {"type": "string"}}},
+        errors={400: "not a valid user name"})}
+
+    def post(self, name: str) -> None:
+        password = Accounts(self.ctx.db).reset(name, actor=self.actor.name)
+        self.write_json({"name": name, "password": password})
+
+
 class AuditHandler(ApiHandler):
     openapi = {"get": Op(
         "The audit trail, newest first, filtered by actor, action (exact, or a prefix ending "
@@ -141,6 +154,7 @@ ROUTES: list[tuple[str, type]] = [
     ("me", MeHandler),
     ("pool", PoolHandler),
     ("accounts", AccountsHandler),
+    ("accounts/(?P<name>[^/]+)/reset", AccountResetHandler),
     ("audit", AuditHandler),
     ("openapi.json", OpenAPIHandler),
 ]
