@@ -32,6 +32,7 @@ from tornado import iostream, web
 
 from loophub.errors import InvalidInput, LoophubError, TooLarge, Unauthenticated
 from loophub.identity import Actor
+from loophub.store.models import iso
 
 log = logging.getLogger("loophub.api")
 
@@ -516,7 +517,9 @@ def _loading_body(func: Callable) -> Callable:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
+    if isinstance(value, datetime):
+        return iso(value)  # with its zone: SQLite gives back naive UTC datetimes
+    if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, set | frozenset | tuple):
         return list(value)

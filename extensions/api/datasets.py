@@ -532,9 +532,14 @@ class CheckoutHandler(DatasetHandler):
         self.write_json(result)
 
 
+DENSE_IDS = {"type": "boolean", "default": False,
+             "description": "yolo only: class indices 0..n-1 instead of the class ids "
+                            "(e.g. COCO's category ids), which data.yaml keeps in "
+                            "category_ids"}
 EXPORT_QUERY = {"format": {**FORMAT, "default": "loophub"},
                 "version": {"type": "string", "minLength": 1, "maxLength": 255,
-                            "default": "head"}}
+                            "default": "head"},
+                "dense_ids": DENSE_IDS}
 
 
 class ExportHandler(DatasetHandler):
@@ -544,7 +549,8 @@ class ExportHandler(DatasetHandler):
 
     async def get(self, name: str) -> None:
         fmt, version = self.query["format"], self.query["version"]
-        chunks = await in_thread(self.datasets.export, self.actor, name, fmt, version=version)
+        chunks = await in_thread(self.datasets.export, self.actor, name, fmt, version=version,
+                                 dense_ids=self.query["dense_ids"])
         first = await in_thread(next, chunks, None)  # permission/version errors raise here
         self.set_header("Content-Type", _media_type(fmt))
         self.set_header("Content-Disposition",
@@ -565,21 +571,26 @@ class ExportsHandler(DatasetHandler):
     openapi = {"post": Op("Export a version as a job (progress in GET jobs/ID; the file at "
                           "GET jobs/ID/result, kept a day)", access="dataset:read", status=202,
                           body={"type": "object", "additionalProperties": False,
-                                "properties": {"format": FORMAT, "version": REF}},
+                                "properties": {"format": FORMAT, "version": REF,
+                                               "dense_ids": DENSE_IDS}},
                           response=JOB_VIEW, body_example={"format": "loophub"})}
 
     def post(self, name: str) -> None:
         fmt = self.body.get("format", "loophub")
         version = str(self.body.get("version", "head"))
+        dense_ids = bool(self.body.get("dense_ids", False))
         who, datasets, folder = self.actor, self.datasets, self.ctx.job_files
         datasets.check_access(who, name, "read")
+        if dense_ids and fmt != "yolo":
+            raise InvalidInput(f"dense ids apply to the yolo format, not {fmt}")
         filename = _export_name(name, version, fmt)
 
         def work(ctx: JobContext) -> dict:
             target = Path(folder) / ctx.job_id / filename
             target.parent.mkdir(parents=True, exist_ok=True)
             size = 0
-            chunks = datasets.export(who, name, fmt, version=version, progress=ctx.progress)
+            chunks = datasets.export(who, name, fmt, version=version, progress=ctx.progress,
+                                     dense_ids=dense_ids)
             with open(target, "wb") as out:
                 for chunk in chunks:
                     out.write(chunk)

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from loophub.client.core import Client
@@ -41,6 +42,20 @@ def client_from(args: argparse.Namespace) -> Client:
     if not token:
         raise Unauthenticated(f"no API token: {TOKEN_HELP}")
     return Client(url, token)
+
+
+def when(text: str | None) -> str:
+    """An API time (ISO 8601) for a terminal: '2026-12-06 14:03:07 UTC', always with
+    its zone (a time without one is UTC, as the API stores it)."""
+    if not text:
+        return ""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

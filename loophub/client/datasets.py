@@ -198,14 +198,17 @@ class Datasets:
                                          "message": message})
 
     def export(self, name: str, dest: str | os.PathLike, format: str = "loophub", *,
-               version: str | int = "head", progress: bool = False) -> Path:
+               version: str | int = "head", progress: bool = False,
+               dense_ids: bool = False) -> Path:
         """Write an export to ``dest`` (JSONL for loophub, a zip for the other formats),
-        streamed. With ``progress`` it runs as a job with a progress bar, then downloads."""
+        streamed. With ``progress`` it runs as a job with a progress bar, then downloads.
+        ``dense_ids`` (yolo): class indices 0..n-1, the class ids kept in data.yaml."""
+        options = {"dense_ids": True} if dense_ids else {}
         if not progress:
             return self.client.download(self._ds(name, "export"), dest, params={
-                "format": format, "version": str(version)})
+                "format": format, "version": str(version), **options})
         job = self.client.request("POST", self._ds(name, "exports"),
-                                  json={"format": format, "version": str(version)})
+                                  json={"format": format, "version": str(version), **options})
         self.client.jobs.wait(job, desc=f"export {name}")
         return self.client.jobs.download(job["id"], dest)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from loophub.client.cli import client_from, guarded, online
+from loophub.client.cli import client_from, guarded, online, when
 from loophub.datasets.formats import FORMATS, convert, validate_source
 from loophub.errors import NotFound
 
@@ -91,7 +91,8 @@ def handle_import(args: argparse.Namespace) -> int:
 
 
 def handle_export(args: argparse.Namespace) -> int:
-    path = client_from(args).datasets.export(args.name, args.dst, args.format, version=args.version)
+    path = client_from(args).datasets.export(args.name, args.dst, args.format, version=args.version,
+                                             dense_ids=args.dense_ids)
     print(f"wrote {path}")
     return 0
 
@@ -117,7 +118,7 @@ def handle_log(args: argparse.Namespace) -> int:
               f"`loophub data commit {args.name} -m MESSAGE` makes version 1")
     for v in versions:
         tags = f" [{', '.join(v.get('tags') or [])}]" if v.get("tags") else ""
-        print(f"v{v['number']}{tags}  {v.get('created', '')}  {v.get('author', '')}  "
+        print(f"v{v['number']}{tags}  {when(v.get('created'))}  {v.get('author', '')}  "
               f"{v.get('records', '')} records  {v.get('message', '')}")
     return 0
 
@@ -146,6 +147,9 @@ def registeronline(actions) -> None:
     exp.add_argument("dst")
     exp.add_argument("--format", default="loophub", choices=list(FORMATS), metavar="FMT")
     exp.add_argument("--version", default="head")
+    exp.add_argument("--dense-ids", action="store_true",
+                     help="yolo: class indices 0..n-1 instead of the class ids (e.g. COCO's "
+                          "category ids, kept in data.yaml's category_ids)")
     exp.set_defaults(func=guarded(handle_export))
     com = online(actions.add_parser("commit", help="commit the draft (online)"))
     com.add_argument("name")

@@ -441,7 +441,7 @@ class DatasetService:
             dataset = self._readable(session, actor, name)
             row = draft.get_row(session, dataset.id, record_id)
             return {"record": draft.to_record(row), "revision": row.revision,
-                    "updated_by": row.updated_by, "updated_at": row.updated_at.isoformat()}
+                    "updated_by": row.updated_by, "updated_at": iso(row.updated_at)}
 
     def next_unlabeled(self, actor: Actor, name: str, *, after: str | None = None,
                        split: str | None = None, skip: Callable[[str], bool] | None = None
@@ -775,10 +775,14 @@ class DatasetService:
         return Path(dst)
 
     def export(self, actor: Actor, name: str, fmt: str, *, version: str = "head",
-               chunk_size: int = 1 << 20, progress: Progress | None = None) -> Iterator[bytes]:
+               chunk_size: int = 1 << 20, progress: Progress | None = None,
+               dense_ids: bool = False) -> Iterator[bytes]:
         """The export as a stream of byte chunks: JSONL for ``loophub``, a zip otherwise.
         Permission and version are checked before the first chunk; PROGRESS gets
-        (records written, records in the version)."""
+        (records written, records in the version). ``dense_ids``: YOLO class indices
+        0..n-1, the class ids kept in data.yaml (``write_dataset``)."""
+        if dense_ids and fmt != "yolo":
+            raise InvalidInput(f"dense ids apply to the yolo format, not {fmt}")
         with self.db.session() as session:
             dataset = self._readable(session, actor, name)
             bundle = self._bundle(session, dataset, version)
@@ -790,7 +794,7 @@ class DatasetService:
             raise InvalidInput(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
         if fmt == "loophub":
             return _jsonl_chunks(bundle, chunk_size)
-        return _zip_chunks(fmt, bundle, chunk_size)
+        return _zip_chunks(fmt, bundle, chunk_size, dense_ids=dense_ids)
 
     # -- lineage, pins, garbage collection -------------------------------------------
 
@@ -942,10 +946,11 @@ def _counted(records, total: int, progress: Progress, every: int = 1000):
     progress(done, total or done)
 
 
-def _zip_chunks(fmt: str, bundle: Bundle, chunk_size: int) -> Iterator[bytes]:
+def _zip_chunks(fmt: str, bundle: Bundle, chunk_size: int, *,
+                dense_ids: bool = False) -> Iterator[bytes]:
     with tempfile.TemporaryDirectory(prefix="loophub-export-") as tmp:
         folder = Path(tmp) / "export"
-        write_dataset(fmt, bundle, folder)
+        write_dataset(fmt, bundle, folder, dense_ids=dense_ids)
         folder.mkdir(parents=True, exist_ok=True)  # a version without records wrote nothing
         (folder / "label_schema.json").write_text(json.dumps(bundle.label_schema, indent=2))
         archive = Path(tmp) / "export.zip"

@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from loophub.client.cli import client_from, guarded, online
+from loophub.client.cli import client_from, guarded, online, when
 from loophub.errors import InvalidInput
 from loophub.training.spec import parse_param
 
@@ -64,7 +64,7 @@ def handle_train(args: argparse.Namespace) -> int:
 def handle_jobs(args: argparse.Namespace) -> int:
     client = client_from(args)
     for job in client.jobs.list(kind=args.kind, state=args.state, limit=args.limit):
-        print(f"{job['id']}  {job['kind']:<7} {job['state']:<11} {job['created_at'][:19]}  "
+        print(f"{job['id']}  {job['kind']:<7} {job['state']:<11} {when(job['created_at'])}  "
               f"{job.get('target', '')}  {job.get('message', '')}")
     return 0
 

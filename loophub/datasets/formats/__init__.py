@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loophub.datasets.formats.base import Bundle, source_folder
+from loophub.datasets.formats.sniff import sniff_format
 from loophub.datasets.records import all_labels_of
 from loophub.errors import InvalidInput
 
@@ -49,7 +50,7 @@ def read_dataset(fmt: str, src: str | os.PathLike, *, validate: bool = True) -> 
     ``validate=False`` gives the format's bundle as it is: the caller validates the
     records, learning their classes if the bundle infers them (imports do)."""
     module = format_module(fmt)
-    with source_folder(src) as path:
+    with _looks_like_hint(src, fmt), source_folder(src) as path:
         with _as_invalid_input(src, fmt):
             bundle = module.read(Path(path))
             if validate and bundle.infer_classes:
@@ -75,6 +76,20 @@ def _infer_classes(bundle: Bundle) -> None:
         except (AttributeError, KeyError, TypeError):
             continue  # malformed: validation names the record, its path and the rule
     bundle.label_schema, bundle.infer_classes = bundle.with_classes(names), False
+
+
+@contextmanager
+def _looks_like_hint(src, fmt: str) -> Iterator[None]:
+    """A file that fails as FMT but looks like another format says so."""
+    try:
+        yield
+    except InvalidInput as exc:
+        guess = sniff_format(src)
+        if guess and guess != fmt and guess in FORMATS:
+            exc.message = (f"{exc.message}. The file looks like {guess}, not {fmt}: import "
+                           f"it as format {guess!r}")
+            exc.args = (exc.message,)
+        raise
 
 
 # What a malformed file can still raise inside a parser after the checks that give
@@ -107,7 +122,15 @@ def _checked(validator: RecordValidator, records, source: str, seen: set[str]):
         yield record
 
 
-def write_dataset(fmt: str, bundle: Bundle, dst: str | os.PathLike) -> None:
+def write_dataset(fmt: str, bundle: Bundle, dst: str | os.PathLike, *,
+                  dense_ids: bool = False) -> None:
+    """Write BUNDLE to DST in format FMT. ``dense_ids`` (YOLO only): class indices
+    0..n-1 instead of the class ids, the ids kept in data.yaml."""
+    if dense_ids:
+        if fmt != "yolo":
+            raise InvalidInput(f"dense ids apply to the yolo format, not {fmt}")
+        format_module(fmt).write(bundle, Path(dst), dense_ids=True)
+        return
     format_module(fmt).write(bundle, Path(dst))
 
 

@@ -304,7 +304,13 @@ def source_folder(src: str | os.PathLike) -> Iterator[Path]:
         with tempfile.TemporaryDirectory(prefix="loophub-zip-") as tmp:
             safe_extract(src, Path(tmp))
             entries = list(Path(tmp).iterdir())
-            yield entries[0] if len(entries) == 1 and entries[0].is_dir() else Path(tmp)
+            try:
+                yield entries[0] if len(entries) == 1 and entries[0].is_dir() else Path(tmp)
+            except InvalidInput as exc:
+                # name the file inside the zip, not the folder it was extracted to
+                exc.message = exc.message.replace(tmp, str(src))
+                exc.args = (exc.message,)
+                raise
     else:
         yield src
 

@@ -44,7 +44,29 @@ def read(src: Path) -> Bundle:
     if not names:  # no names file: the class indices are the names
         used = {int(a["label"]) for r in records for a in r["annotations"]}
         names = [str(i) for i in range(max(used) + 1)] if used else []
-    return Bundle(build_label_schema("object_detection", names), records, FolderMedia([root]))
+    schema = build_label_schema("object_detection", names)
+    ids = _category_ids(root, len(names))
+    if ids and len(schema["classes"]) == len(names):  # an export with dense_ids: the
+        for cls in schema["classes"]:                 # classes get their ids back
+            cls["id"] = ids[cls["id"]]
+    return Bundle(schema, records, FolderMedia([root]))
+
+
+def _category_ids(root: Path, count: int) -> dict[int, int]:
+    """data.yaml's ``category_ids`` (class index -> the source's category id, written by
+    an export with dense ids), if it is one for every class."""
+    found = sorted(root.rglob("data.yaml"), key=lambda p: len(p.parts))
+    if not found:
+        return {}
+    try:
+        ids = (yaml.safe_load(found[0].read_text(encoding="utf-8")) or {}).get("category_ids")
+    except (yaml.YAMLError, AttributeError):
+        return {}
+    if (not isinstance(ids, dict) or sorted(ids) != list(range(count))
+            or not all(isinstance(v, int) for v in ids.values())
+            or len(set(ids.values())) != count):
+        return {}
+    return ids
 
 
 def _class_names(root: Path) -> list[str]:
@@ -134,15 +156,24 @@ def _annotation(path: Path, number: int, line: str, names, size) -> dict:
 
 # -- export ------------------------------------------------------------------------
 
-def write(bundle: Bundle, dst: Path) -> None:
+def write(bundle: Bundle, dst: Path, *, dense_ids: bool = False) -> None:
     """labels/[split/]<stem>.txt beside images/[split/]<stem>.<suffix>, as Ultralytics
     reads them, and data.yaml. The stem is the record id's last part less an image
-    suffix, made safe and unique (``ExportNames``): one label file per record."""
-    classes = bundle.label_schema.get("classes", ())
-    index = {c["name"]: c["id"] for c in classes}
-    names = [f"class_{i}" for i in range(max(index.values(), default=-1) + 1)]
-    for cls in classes:
-        names[cls["id"]] = cls["name"]
+    suffix, made safe and unique (``ExportNames``): one label file per record.
+
+    The class index is the class id (COCO's category id), and data.yaml names the
+    gaps ``class_<i>``, since Ultralytics needs indices 0..nc-1. With ``dense_ids`` the
+    indices are 0..n-1 in id order, data.yaml has only the real names, and its
+    ``category_ids`` maps each index to the class id (read back on import)."""
+    classes = sorted(bundle.label_schema.get("classes", ()), key=lambda c: c["id"])
+    if dense_ids:
+        index = {c["name"]: i for i, c in enumerate(classes)}
+        names = [c["name"] for c in classes]
+    else:
+        index = {c["name"]: c["id"] for c in classes}
+        names = [f"class_{i}" for i in range(max(index.values(), default=-1) + 1)]
+        for cls in classes:
+            names[cls["id"]] = cls["name"]
     dst.mkdir(parents=True, exist_ok=True)
     # .txt names the reader takes for lists or class names, never for labels
     stems = ExportNames(Path(name).stem for name in LIST_FILES | set(NAME_FILES)
@@ -161,7 +192,9 @@ def write(bundle: Bundle, dst: Path) -> None:
         label_path.parent.mkdir(parents=True, exist_ok=True)
         label_path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         copy_media(bundle.media, record, dst / "images" / f"{stem}{image_suffix(record)}")
-    config = {"names": names, "nc": len(names)}
+    config: dict = {"names": names, "nc": len(names)}
+    if dense_ids:
+        config["category_ids"] = {i: c["id"] for i, c in enumerate(classes)}
     for split in sorted(splits):
         config[split] = f"images/{splits[split]}"
     (dst / "data.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
