@@ -75,7 +75,11 @@ def _schemathesis(hub, token: str, config, tmp_path) -> tuple[int, str]:
            f"{hub.api}/openapi.json", "-H", f"Authorization: token {token}", "--checks", CHECKS,
            "--phases", "examples,coverage,fuzzing", "--max-time", str(MAX_TIME),
            "--workers", "2", "--request-timeout", "70", "--seed", "21",
-           "--suppress-health-check", "all", "--no-color"]
+           "--suppress-health-check", "all", "--no-color",
+           # an admin's reset gives the named account a new password: drawn at random it
+           # can be the hub's first admin, whom later tests sign in as (test_accounts and
+           # the authorization matrix call it on accounts of their own)
+           "--exclude-path-regex", r"^/accounts/[^/]+/reset$"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=MAX_TIME + 120,
                          cwd=tmp_path)
     return out.returncode, out.stdout + out.stderr
