@@ -46,6 +46,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from loophub.ports import free_port  # noqa: E402
+from tests.serving.test_server import train_digits_mlp  # noqa: E402  (the same model)
 
 LUA = """
 local f = io.open(os.getenv("BENCH_BODY"), "r")
@@ -85,22 +86,6 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     data = load_digits()
     pixels = np.kron(data.images, np.ones((1, 2, 2))) * 255 / 16
     return np.clip(pixels.round(), 0, 255).astype(np.uint8), data.target
-
-
-def train_mlp(images: np.ndarray, targets: np.ndarray):
-    import torch
-
-    torch.manual_seed(0)
-    x = (torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 255 - MEAN) / STD
-    y = torch.tensor(targets)
-    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(256, 64), torch.nn.ReLU(),
-                              torch.nn.Linear(64, 10))
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(80):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        optimizer.step()
-    return net.eval()
 
 
 def write_models(folder: Path, net, sample: np.ndarray) -> dict[str, Path]:
@@ -335,7 +320,7 @@ def main() -> None:
         folder = Path(tmp)
         images, targets = digits()
         say("training the digits MLP, writing both servers' models", quiet)
-        bodies = write_models(folder, train_mlp(images, targets), images[7])
+        bodies = write_models(folder, train_digits_mlp(images, targets), images[7])
         servers: dict[str, Server] = {}
         try:
             servers["mlflow"] = start_mlflow(folder)
