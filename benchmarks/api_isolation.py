@@ -16,7 +16,8 @@ one at a time, each heavy route runs its heaviest request back to back for at le
   agreement      GET labeling/NAME/agreement (every record has two annotators)
   diff           GET datasets/NAME/diff?base=1&target=2
   export         GET datasets/NAME/export (JSONL, streamed) of v2
-  export_job     POST datasets/NAME/exports (COCO zip, a job) and its polling to the end
+  export_job     POST datasets/NAME/exports (COCO zip, a job whose work runs in a child
+                 process) and its polling to the end
   import         POST datasets/uploads + POST datasets/NEW/imports of --import-records
                  records (a job) into a new dataset, polled to the end
   commit         POST datasets/NEW/commits, the first commit of that import (a job)

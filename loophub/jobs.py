@@ -14,7 +14,13 @@ decides which thread (extensions/api/jobs.py).
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import queue
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -354,3 +360,114 @@ class JobStore:
         for job_id in ids:
             log.warning("job %s was interrupted: %s", job_id, reason)
         return ids
+
+
+# -- work in a child process --------------------------------------------------------------
+# CPU-heavy work (an export zips and encodes every record) run on one of the API's threads
+# holds the GIL in long stretches, and every request waits behind it. Such work runs in a
+# child Python process instead; the job itself (its row, progress, cancel, log) stays in
+# the API's thread, which relays what the child reports. The child speaks JSON lines on
+# stdout ({"progress": ...}, {"log": ...}, then {"result": ...} or {"error": ...}) and gets
+# its spec on stdin, so a database password never shows in a process list.
+
+CHILD_POLL = 0.25  # seconds between looks at a silent child (a cancel is noticed this fast)
+
+
+def run_in_child(ctx: JobContext, module: str, spec: dict[str, Any]) -> dict:
+    """Run ``python -m MODULE`` (whose main is ``child_main``) with SPEC, relaying its
+    progress and log to CTX; its result is returned, its error raised as the same
+    LoophubError; a cancel (or the service stopping) kills it."""
+    with tempfile.TemporaryFile() as stderr:
+        child = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, stderr=stderr)
+        try:
+            child.stdin.write(json.dumps(spec).encode())
+            child.stdin.close()
+            outcome = _relay(ctx, child)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            child.stdout.close()
+        if outcome is None:
+            stderr.seek(0)
+            tail = stderr.read()[-4000:].decode(errors="replace")
+            ctx.log(tail)
+            raise RuntimeError(f"the job's process ended with exit code {child.returncode} "
+                               "and no result")
+    if "error" in outcome:
+        raise _error_from(outcome["error"])
+    return outcome["result"]
+
+
+def _relay(ctx: JobContext, child: subprocess.Popen) -> dict | None:
+    """Pass the child's reports on until its result or error (None: it died silently).
+    A thread reads the pipe so this one can look for a cancel while the child is quiet."""
+    lines: queue.Queue[bytes] = queue.Queue()
+
+    def read() -> None:
+        for line in iter(child.stdout.readline, b""):
+            lines.put(line)
+        lines.put(b"")  # the end
+
+    threading.Thread(target=read, daemon=True, name=f"job-{ctx.job_id[:8]}").start()
+    while True:
+        try:
+            line = lines.get(timeout=CHILD_POLL)
+        except queue.Empty:
+            ctx.check_cancelled()
+            continue
+        if not line:
+            return None
+        message = json.loads(line)
+        if "progress" in message:
+            ctx.progress(*message["progress"])  # raises JobCancelled on a cancel
+        elif "log" in message:
+            ctx.log(message["log"])
+        else:
+            return message
+
+
+def _error_from(error: dict) -> LoophubError:
+    from loophub import errors
+
+    kind = getattr(errors, error.get("type", ""), None)
+    if not (isinstance(kind, type) and issubclass(kind, LoophubError)):
+        kind = LoophubError
+    return kind(error["message"], detail=error.get("detail"))
+
+
+class ChildContext:
+    """What work in a child process gets: the ``progress`` and ``log`` of a JobContext,
+    sent to the parent (progress at most every PROGRESS_EVERY / 5 s)."""
+
+    def __init__(self, out: Any) -> None:
+        self._out, self._sent_at = out, 0.0
+
+    def _send(self, message: dict) -> None:
+        self._out.write(json.dumps(message) + "\n")
+        self._out.flush()
+
+    def progress(self, done: int, total: int | None = None, message: str | None = None) -> None:
+        if time.monotonic() - self._sent_at >= PROGRESS_EVERY / 5:
+            self._sent_at = time.monotonic()
+            self._send({"progress": [done, total, message]})
+
+    def log(self, line: str) -> None:
+        self._send({"log": line})
+
+
+def child_main(work: Callable[[dict, ChildContext], dict]) -> None:
+    """A child's main: read the spec, run WORK at a lower priority than the API (which
+    must keep answering), report its result or error; exit 0 either way."""
+    os.nice(5)
+    out = sys.stdout
+    sys.stdout = sys.stderr  # stray prints must not break the protocol
+    ctx = ChildContext(out)
+    try:
+        result = work(json.load(sys.stdin), ctx)
+    except LoophubError as exc:
+        ctx._send({"error": {"type": type(exc).__name__, "message": exc.message,
+                             "detail": exc.detail}})
+    else:
+        ctx._send({"result": result or {}})

@@ -4,6 +4,7 @@ and in the SDK, cancelled, and never silently lost when the API service stops.""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -11,7 +12,7 @@ import pytest
 
 from loophub import errors
 from loophub.identity import Actor
-from loophub.jobs import JobStore
+from loophub.jobs import JobStore, run_in_child
 from loophub.store import BlobStore, Database
 from tests.labeling.conftest import image_dataset
 
@@ -148,3 +149,40 @@ def test_a_failed_import_job_says_why_and_names_the_users_file(api, tmp_path):
     [job] = client.jobs.list()
     assert job["state"] == "failed" and job["error"]["status"] == 400
     assert client.datasets.get("broken")["draft_records"] == 0
+
+
+def test_work_in_a_child_process_reports_progress_result_and_errors(store):
+    """CPU-heavy work (exports) runs in a child process, at a lower priority than the API;
+    the job sees its progress, log, result and errors as if it ran in the thread."""
+    job = store.create(ANN, "export")
+    done = store.run(job["id"], lambda ctx: run_in_child(ctx, "tests.jobchild", {"do": "count"}))
+    assert (done["state"], done["done"], done["total"]) == ("succeeded", 3, 3)
+    assert done["result"]["pid"] != os.getpid() and done["result"]["nice"] >= 5
+    assert store.log_text(ANN, job["id"]) == "counted to 3\n"
+    missing = store.run(store.create(ANN, "export")["id"],
+                        lambda ctx: run_in_child(ctx, "tests.jobchild", {"do": "missing"}))
+    assert missing["state"] == "failed" and missing["error"]["status"] == 404
+    assert missing["error"]["error"] == "version v9 of pets does not exist"
+    crashed = store.run(store.create(ANN, "export")["id"],
+                        lambda ctx: run_in_child(ctx, "tests.jobchild", {"do": "crash"}))
+    assert crashed["state"] == "failed" and "exit code 1" in crashed["message"]
+    assert "the child fell over" in store.log_text(ANN, crashed["id"])
+
+
+def test_cancelling_a_job_kills_its_child_process(store, tmp_path):
+    job = store.create(ANN, "export")
+    pidfile = tmp_path / "child.pid"
+    spec = {"do": "sleep", "pidfile": str(pidfile)}
+    thread = threading.Thread(target=store.run, args=(
+        job["id"], lambda ctx: run_in_child(ctx, "tests.jobchild", spec)))
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    store.cancel(ANN, job["id"])
+    thread.join(10)
+    assert store.get(ANN, job["id"])["state"] == "cancelled"
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left running
+        os.kill(pid, 0)

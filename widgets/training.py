@@ -91,12 +91,13 @@ class JobMonitor(w.VBox):
         metrics = result.get("metrics") or {}
         if metrics:
             details += "; " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items()))
+        # The button first: the header saying "succeeded" must never show beside a live Stop.
+        self.stop_button.disabled = state not in ACTIVE
         spec = view.get("spec") or {}
         what = spec.get("recipe") or (spec.get("function") or {}).get("name", "function")
         self.header.value = (f"<b>{escape(what)}</b> on {escape(view.get('dataset', ''))} "
                              f"&middot; {' &middot; '.join(parts)}<br>"
                              f"<span class='lh-muted'>{escape(details)}</span>")
-        self.stop_button.disabled = state not in ACTIVE
 
     def add_lines(self, lines: list[dict]) -> None:
         self._lines += [f"[{x['rank']}] {x['line']}" for x in lines]

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from tornado import iostream
 
+from loophub.datasets.export_job import MODULE as EXPORT_MODULE
+from loophub.datasets.export_job import export_spec
 from loophub.datasets.formats import FORMATS
 from loophub.datasets.models import STATES, VISIBILITIES
 from loophub.datasets.schemas import inline_schema
 from loophub.errors import InvalidInput, TooLarge
-from loophub.jobs import JobContext
+from loophub.jobs import JobContext, run_in_child
 
 from .base import DRAIN_LIMIT, ApiHandler, Op, in_thread
 from .jobs import JOB_VIEW
@@ -585,16 +587,12 @@ class ExportsHandler(DatasetHandler):
             raise InvalidInput(f"dense ids apply to the yolo format, not {fmt}")
         filename = _export_name(name, version, fmt)
 
-        def work(ctx: JobContext) -> dict:
+        def work(ctx: JobContext) -> dict:  # in a child process: the API keeps answering
             target = Path(folder) / ctx.job_id / filename
             target.parent.mkdir(parents=True, exist_ok=True)
-            size = 0
-            chunks = datasets.export(who, name, fmt, version=version, progress=ctx.progress,
-                                     dense_ids=dense_ids)
-            with open(target, "wb") as out:
-                for chunk in chunks:
-                    out.write(chunk)
-                    size += len(chunk)
+            spec = export_spec(datasets, who, name, fmt, version=version, dense_ids=dense_ids,
+                               target=target)
+            size = run_in_child(ctx, EXPORT_MODULE, spec)["size"]
             return {"file": str(target), "filename": filename, "size": size,
                     "media_type": _media_type(fmt)}
 

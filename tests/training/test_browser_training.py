@@ -73,7 +73,8 @@ def test_the_job_widget_draws_live_curves_in_jupyterlab(hub, admin_token, tmp_pa
             assert later > early > 0, (early, later)
             text = page.inner_text(f"{NOTEBOOK} .lh-job")
             assert "succeeded" in text and re.search(r"test_accuracy 0\.\d+", text), text
-            assert page.is_disabled(f"{NOTEBOOK} .lh-job button")  # Stop: nothing to stop
+            # Stop: nothing to stop (each widget update is its own message: wait for it)
+            page.wait_for_selector(f"{NOTEBOOK} .lh-job button:disabled", timeout=10_000)
             screenshot(page, "training/job-done.png")
     finally:
         hub.hub_api(admin_token, "DELETE", "users/tina/server")
