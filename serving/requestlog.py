@@ -1,11 +1,14 @@
 """A sample of a replica's requests as JSON lines, for monitoring and the feedback loop
 to collect (the release side stores and reads them; this only writes).
 
-One line per sampled predict request: time, status, latency, and per instance a summary
-of the input (a text itself, cut at MAX_TEXT; an image as its sha256 and size, so the
-collector can deduplicate it against the blob store) with the prediction's label and
-score. The file is bounded: past ``max_bytes`` it is rotated to ``PATH.1`` (the older
-one dropped). Lines are buffered and flushed once a second, off the request's path.
+One line per sampled predict request: time, status, latency, the served model version
+when the logger knows it, and per instance a summary of the input (a text itself, cut at
+MAX_TEXT; an image as its sha256 and size, so the collector can deduplicate it against
+the blob store) with the prediction's label and score, and the input's numeric summary
+``features`` (serving.monitoring.summary_features: what drift is measured on), a list
+beside ``inputs``, one dict per instance, so the inputs' own summaries keep their shape.
+The file is bounded: past ``max_bytes`` it is rotated to ``PATH.1`` (the older one
+dropped). Lines are buffered and flushed once a second, off the request's path.
 """
 
 from __future__ import annotations
@@ -14,8 +17,11 @@ import hashlib
 import json
 import random
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
+
+from loophub.serving.monitoring import summary_features
 
 MAX_TEXT = 1000
 
@@ -40,15 +46,21 @@ def _output_summary(prediction: dict) -> dict[str, Any]:
 
 class RequestLog:
     """Sampled request records in a JSON-lines file at PATH (RATE: share of requests
-    kept, 0-1)."""
+    kept, 0-1). VERSION (the model's NAME@vN) goes on every record, so the logs of a
+    canary and its champion can be told apart; VOCABULARY (the model's tokens) adds the
+    oov share to a text's features."""
 
     def __init__(self, path: str | Path, rate: float = 1.0, *,
-                 max_bytes: int = 64 * 1024 * 1024, seed: int | None = None) -> None:
+                 max_bytes: int = 64 * 1024 * 1024, seed: int | None = None,
+                 version: str | None = None,
+                 vocabulary: Collection[str] | None = None) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"log sample rate must be within 0 and 1, got {rate}")
         self.path = Path(path)
         self.rate = rate
         self.max_bytes = max_bytes
+        self.version = version
+        self.vocabulary = vocabulary
         self._random = random.Random(seed)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
@@ -61,8 +73,12 @@ class RequestLog:
               predictions: list[dict] | None) -> None:
         record: dict[str, Any] = {"time": time.time(), "status": status,
                                   "latency_ms": round(seconds * 1000, 3)}
+        if self.version is not None:
+            record["version"] = self.version
         if instances is not None:
             record["inputs"] = [_input_summary(i) for i in instances]
+            record["features"] = [summary_features(i, vocabulary=self.vocabulary)
+                                  for i in instances]
         if predictions is not None:
             record["outputs"] = [_output_summary(p) for p in predictions]
         line = json.dumps(record) + "\n"

@@ -110,8 +110,8 @@ class ModelServer:
         self.checker: RequestChecker | None = None
         self.metrics: ServerMetrics | None = None
         self.engine: Batcher | Direct | None = None
-        self.request_log = RequestLog(config.request_log, config.log_sample_rate) \
-            if config.request_log else None
+        self.request_log = RequestLog(config.request_log, config.log_sample_rate,
+                                      version=config.model_ref) if config.request_log else None
         # one thread: passes never overlap, and torch's own threads do the parallel work
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.ready = False

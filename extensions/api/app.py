@@ -54,12 +54,13 @@ from .models import ROUTES as MODEL_ROUTES
 from .openapi import build_openapi
 from .routes import ROUTES
 from .scheduler import ROUTES as SCHEDULER_ROUTES
+from .serving import ROUTES as SERVING_ROUTES
 from .shell import SchedulerShell
 from .training import ROUTES as TRAINING_ROUTES
 
 log = logging.getLogger("loophub.api")
 ALL_ROUTES = [*ROUTES, *SCHEDULER_ROUTES, *JOB_ROUTES, *DATASET_ROUTES, *LABELING_ROUTES,
-              *TRAINING_ROUTES, *MODEL_ROUTES]
+              *TRAINING_ROUTES, *MODEL_ROUTES, *SERVING_ROUTES]
 
 
 @dataclass
@@ -135,6 +136,38 @@ class ServiceContext:
         from loophub.models.registry import ModelRegistry
 
         return ModelRegistry(self.db, self.blobs, self.datasets)
+
+    @cached_property
+    def releases(self):
+        from loophub.serving.releases import ReleaseStore
+
+        return ReleaseStore(self.db)
+
+    @cached_property
+    def release_manager(self):
+        from loophub.serving.manager import ReleaseManager
+
+        from .serving import SERVING
+
+        backends = {node.name: node.backend for node in self.pool}
+        return ReleaseManager(
+            self.releases, self.blobs, files=self.settings.home / "serving",
+            end=lambda request_id, reason: self.scheduler.release(
+                request_id, reason=reason, actor=SERVING),
+            backend_of=lambda node: backends.get(node, "local"))
+
+    @property
+    def public_url(self) -> str:
+        """The hub's public URL (releases are served under it); '' without a hub."""
+        return self.hub.public_url if self.hub is not None else ""
+
+    async def start_serving(self) -> None:
+        """Replicas that outlived a restart are adopted (or started again on their
+        allocation), then watched."""
+        running = {v["id"]: v["allocation"] for v in self.scheduler.service.queue()
+                   if v["kind"] == "service" and v["state"] == "running"}
+        await self.release_manager.recover(running)
+        ioloop.IOLoop.current().add_callback(self.release_manager.watch)
 
     @cached_property
     def evaluations(self):
@@ -224,6 +257,9 @@ class ServiceContext:
         from .training import JobHandler
 
         shell.register("job", JobHandler(self.runner))
+        from .serving import ServiceHandler
+
+        shell.register("service", ServiceHandler(self.release_manager))
         return shell
 
     async def recover_training(self) -> None:
@@ -474,6 +510,7 @@ class LoophubAPI(Application):
             sys.exit(2)
         ctx.scheduler.start_background()
         ioloop.IOLoop.current().add_callback(ctx.recover_training)
+        ioloop.IOLoop.current().add_callback(ctx.start_serving)
         keep_the_loop_responsive()
         log.info("loophub API %s listening on %s%s", loophub.__version__, url.geturl(), prefix)
         loop = ioloop.IOLoop.current()

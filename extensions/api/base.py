@@ -43,7 +43,8 @@ MAX_DEPTH = 32                   # nesting of arrays and objects in a JSON body
 MAX_INT = 2**53                  # integers outside +-2^53 are refused (JSON's safe range)
 METHODS = ("get", "post", "put", "patch", "delete")
 ACCESS = ("public", "user", "admin", "own", "dataset:read", "dataset:write", "dataset:manage",
-          "model:read", "model:write", "model:manage")
+          "model:read", "model:write", "model:manage", "release:read", "release:write",
+          "release:manage")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -56,7 +57,7 @@ class Op:
     ``admin`` hub admins; ``own`` the owner of the thing in the path, or an admin;
     ``dataset:read|write|manage`` the ``name`` in the path is a dataset and the caller
     needs that right on it (loophub.access); ``model:read|write|manage`` the same for the
-    ``model`` in the path.
+    ``model`` in the path, ``release:read|write|manage`` for the ``release``.
     """
 
     summary: str

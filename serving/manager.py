@@ -1,0 +1,347 @@
+"""The releases' I/O shell: replica processes started on their scheduler allocations,
+watched, restarted, drained; the domain's decisions (releases.py) carried out.
+
+The API service owns one ``ReleaseManager``. A replica's life: its row is queued and its
+``service`` request submitted (by the API's routes); the scheduler's start decision reaches
+``started`` (through the API shell's ServiceHandler), which runs the model server on the
+allocation, confined like a notebook server, waits for /ready and marks it ready (the
+gateway then routes to it); ``settle`` drains what a rollout, scale or promotion left
+over; a drained replica gets SIGTERM (the server finishes what it holds) and its
+request is ended. ``watch`` restarts a replica whose process died.
+
+Local processes only for now: a replica on a Slurm node is not started (its request is
+ended with a message saying so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tornado.httpclient import AsyncHTTPClient
+
+from loophub.identity import Actor
+from loophub.ports import free_port
+from loophub.runtime import Confinement, placements
+from loophub.store import BlobStore
+
+from .releases import ReleaseStore
+
+log = logging.getLogger("loophub.serving")
+End = Callable[[str, str], None]             # (request id, reason): the holder ends it
+PLATFORM = Actor("loophub", kind="service")
+MAX_RESTARTS = 5        # in a row, before the replica is left failed
+CANNOT_SERVE = 2        # the model server's exit code when the model cannot be served
+KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
+
+
+@dataclass
+class Running:
+    """A replica's process as this manager started (or found) it."""
+
+    replica: str
+    release: str
+    pid: int
+    url: str
+    proc: subprocess.Popen | None = None
+    confinement: Confinement | None = None
+    allocation: dict = field(default_factory=dict)
+    log_path: Path | None = None
+
+    def alive(self) -> bool:
+        if self.proc is not None:
+            return self.proc.poll() is None
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+class ReleaseManager:
+    def __init__(self, store: ReleaseStore, blobs: BlobStore, *, files: Path, end: End,
+                 python: str = sys.executable, ready_timeout: float = 180.0,
+                 switch_grace: float = 1.0, drain_timeout: float = 30.0,
+                 memory_enforcement: str = "auto", cgroup_parent: str = "loophub",
+                 backend_of: Callable[[str], str] = lambda node: "local") -> None:
+        self.store, self.blobs, self.files = store, blobs, Path(files)
+        self.end, self.python = end, python
+        self.ready_timeout, self.switch_grace = ready_timeout, switch_grace
+        self.drain_timeout = drain_timeout
+        self.memory_enforcement, self.cgroup_parent = memory_enforcement, cgroup_parent
+        self.backend_of = backend_of
+        self.running: dict[str, Running] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._http = AsyncHTTPClient()
+
+    # -- the scheduler's decisions -----------------------------------------------------------
+
+    async def started(self, replica_id: str, allocation: dict) -> None:
+        """The scheduler allocated the replica: run its model server there."""
+        replica = await asyncio.to_thread(self.store.replica, replica_id)
+        if replica is None or not replica["wanted"]:
+            return  # its release stopped or moved on while it waited: the settle ends it
+        unit = placements(allocation)[0]
+        if self.backend_of(unit.node) != "local":
+            await self._give_up(replica, f"node {unit.node} is a Slurm node; replicas run "
+                                         "on local nodes only for now")
+            return
+        self._spawn(self._launch(replica, allocation))
+
+    async def ended(self, replica_id: str, reason: str) -> None:
+        """Its request ended by someone else (an admin, a reconciliation): stop it."""
+        replica = await asyncio.to_thread(self.store.replica, replica_id)
+        if replica is None or replica["state"] == "stopped":
+            return
+        await self._stop_process(replica_id)
+        await asyncio.to_thread(self.store.set_replica, replica_id, "stopped",
+                                message=f"stopped: {reason}", routes=True)
+
+    # -- starting -----------------------------------------------------------------------------
+
+    async def _launch(self, replica: dict, allocation: dict) -> None:
+        rid = replica["id"]
+        try:
+            running = await asyncio.to_thread(self._start_process, replica, allocation)
+        except Exception as exc:  # a bad artifact, a cgroup refused: the replica says why
+            log.exception("replica %s of %s did not start", rid, replica["release"])
+            await self._give_up(replica, f"could not start: {exc}")
+            return
+        self.running[rid] = running
+        await asyncio.to_thread(self.store.set_replica, rid, "starting",
+                                message="loading the model", url=running.url,
+                                pid=running.pid, node=placements(allocation)[0].node)
+        failure = await self._wait_ready(running)
+        if failure is None:
+            await asyncio.to_thread(self.store.set_replica, rid, "ready", message="serving")
+            log.info("replica %s of %s serves %s at %s", rid, running.release,
+                     replica["version"], running.url)
+            await self.settle(running.release)
+        elif running.proc is not None and running.proc.poll() == CANNOT_SERVE:
+            self.running.pop(rid, None)  # the same files will fail the same way
+            await self._give_up(replica, f"the model server cannot serve {replica['version']}"
+                                         f": {_tail(running.log_path, 1)}")
+        elif rid in self.running:
+            await self._failed(rid, failure)
+
+    def _start_process(self, replica: dict, allocation: dict) -> Running:
+        folder = self._materialize(replica["artifact"], replica["meta"])
+        unit = placements(allocation)[0]
+        port = free_port()
+        logs = self.files / "logs" / replica["release"]
+        logs.mkdir(parents=True, exist_ok=True)
+        options = replica["options"]
+        cmd = [self.python, "-m", "loophub.serving.server", "--artifact",
+               str(folder / "model.pt"), "--meta", str(folder / "model.json"),
+               "--port", str(port), "--model-ref", replica["version"],
+               "--drain-timeout", str(self.drain_timeout),
+               "--request-log", str(logs / f"{replica['id']}.requests.jsonl"),
+               "--log-sample-rate", str(options.get("log_sample_rate", 1.0)),
+               "--max-batch-size", str(options.get("max_batch_size", 32)),
+               "--max-wait-ms", str(options.get("max_wait_ms", 5.0))]
+        if options.get("batching") is False:
+            cmd.append("--no-batching")
+        env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
+        env.update(unit.env(), PYTHONUNBUFFERED="1")
+        confinement = Confinement.build(unit, name=f"replica-{replica['id']}",
+                                        mode=self.memory_enforcement,
+                                        cgroup_parent=self.cgroup_parent,
+                                        rlimit_fallback=False, logger=log)
+        log_path = logs / f"{replica['id']}.log"
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    start_new_session=True, preexec_fn=confinement.preexec())
+        return Running(replica["id"], replica["release"], proc.pid, f"http://127.0.0.1:{port}",
+                       proc=proc, confinement=confinement, allocation=allocation,
+                       log_path=log_path)
+
+    def _materialize(self, artifact: str, meta: dict) -> Path:
+        """The version's files for the server, once per artifact (written, then renamed:
+        a replica never reads half a file)."""
+        folder = self.files / "artifacts" / artifact
+        if (folder / "model.json").exists():
+            return folder
+        folder.mkdir(parents=True, exist_ok=True)
+        part = folder / f"model.pt.{os.getpid()}.part"
+        with self.blobs.open(artifact) as src, open(part, "wb") as out:
+            while chunk := src.read(1 << 20):
+                out.write(chunk)
+        part.replace(folder / "model.pt")
+        meta_part = folder / f"model.json.{os.getpid()}.part"
+        meta_part.write_text(json.dumps(meta))
+        meta_part.replace(folder / "model.json")
+        return folder
+
+    async def _wait_ready(self, running: Running) -> str | None:
+        """None once the replica answers /ready; else why not."""
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.running.get(running.replica) is not running:
+                return "stopped while it started"
+            if not running.alive():
+                code = running.proc.poll() if running.proc else None
+                return f"its process exited while loading (code {code})"
+            try:
+                resp = await self._http.fetch(f"{running.url}/ready", raise_error=False,
+                                              request_timeout=2)
+                if resp.code == 200:
+                    return None
+            except OSError:
+                pass  # not listening yet
+            await asyncio.sleep(0.2)
+        return f"did not become ready in {self.ready_timeout:.0f} s"
+
+    # -- moving traffic ------------------------------------------------------------------------
+
+    async def settle(self, name: str) -> None:
+        """Drain what the release no longer needs (after a replica became ready, a scale,
+        a promotion)."""
+        drained = await asyncio.to_thread(self.store.to_drain, name)
+        if drained:
+            await self.drain(drained)
+
+    async def drain(self, replicas: list[dict]) -> None:
+        """Replicas already out of the route (rows draining): once the gateway has seen
+        that (``switch_grace``), each finishes its requests and stops; requests end."""
+        if not replicas:
+            return
+        await asyncio.sleep(self.switch_grace)
+        await asyncio.gather(*(self._retire(r) for r in replicas))
+
+    async def _retire(self, replica: dict) -> None:
+        rid = replica["id"]
+        await self._stop_process(rid)
+        await asyncio.to_thread(self.store.set_replica, rid, "stopped", message="stopped")
+        if replica.get("request_id"):
+            self.end(replica["request_id"], f"replica {rid} of {replica['release']} drained")
+
+    async def _stop_process(self, rid: str) -> None:
+        running = self.running.pop(rid, None)
+        if running is None:
+            return
+        await _terminate(running, self.drain_timeout + 5)
+        if running.confinement is not None:
+            running.confinement.release()
+
+    # -- failures -------------------------------------------------------------------------------
+
+    async def _failed(self, rid: str, why: str) -> None:
+        """A replica's process died or never got ready: out of the route, started again on
+        its allocation (up to MAX_RESTARTS in a row)."""
+        running = self.running.pop(rid, None)
+        if running is not None:
+            await _terminate(running, 2)
+        replica = await asyncio.to_thread(self.store.replica, rid)
+        if replica is None or not replica["wanted"]:
+            return
+        tail = _tail(running.log_path) if running else ""
+        restarts = replica["restarts"] + 1
+        message = f"{why}; restart {restarts}" + (f": {tail}" if tail else "")
+        await asyncio.to_thread(self.store.set_replica, rid, "failed", message=message,
+                                restarts=restarts, routes=True)
+        await asyncio.to_thread(self.store.record, replica["release"], PLATFORM,
+                                "replica_failed", replica=rid, reason=why)
+        if restarts > MAX_RESTARTS or running is None:
+            await self._give_up(replica, f"{why}; gave up after {restarts - 1} restarts")
+            return
+        await asyncio.sleep(min(2 ** restarts, 30))
+        self._spawn(self._launch(replica, running.allocation))
+
+    async def _give_up(self, replica: dict, why: str) -> None:
+        await asyncio.to_thread(self.store.set_replica, replica["id"], "stopped",
+                                message=why, routes=True)
+        if replica.get("request_id"):
+            self.end(replica["request_id"], why)
+
+    async def watch_once(self) -> None:
+        for rid, running in list(self.running.items()):
+            if not running.alive():
+                replica = await asyncio.to_thread(self.store.replica, rid)
+                if replica and replica["state"] in ("ready", "starting"):
+                    code = running.proc.poll() if running.proc else None
+                    await self._failed(rid, f"its process exited (code {code})")
+
+    async def watch(self, every: float = 1.0) -> None:
+        while True:
+            try:
+                await self.watch_once()
+            except Exception:  # the watch must outlive one bad round
+                log.exception("replica watch failed")
+            await asyncio.sleep(every)
+
+    # -- life of the manager -----------------------------------------------------------------
+
+    async def recover(self, running_requests: dict[str, dict]) -> None:
+        """After an API restart: replicas whose process still answers are adopted, those
+        whose request still runs are started again, the rest are stopped."""
+        for replica in await asyncio.to_thread(self.store.live_replicas):
+            rid, url = replica["id"], replica["url"]
+            alive = Running(rid, replica["release"], replica["pid"] or 0, url or "")
+            if replica["pid"] and url and alive.alive() and await self._answers(url):
+                self.running[rid] = alive
+            elif replica["request_id"] in running_requests:
+                full = await asyncio.to_thread(self.store.replica, rid)
+                self._spawn(self._launch(full, running_requests[replica["request_id"]]))
+            else:
+                await asyncio.to_thread(self.store.set_replica, rid, "stopped",
+                                        message="the API restarted and its request was gone",
+                                        routes=True)
+
+    async def _answers(self, url: str) -> bool:
+        try:
+            resp = await self._http.fetch(f"{url}/health", raise_error=False,
+                                          request_timeout=2)
+            return resp.code == 200
+        except OSError:
+            return False
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def settle_tasks(self) -> None:
+        """Wait for launches and drains in flight (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        """The API stops: replicas keep serving (they are found again on restart)."""
+        for task in list(self._tasks):
+            task.cancel()
+
+
+async def _terminate(running: Running, grace: float) -> None:
+    """SIGTERM (the server drains), then SIGKILL after GRACE seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        if not running.alive():
+            break
+        try:
+            os.killpg(running.pid, sig) if running.proc else os.kill(running.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while running.alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    if running.proc is not None:
+        running.proc.poll()
+
+
+def _tail(path: Path | None, lines: int = 3) -> str:
+    if path is None or not path.exists():
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(0, path.stat().st_size - 4096))
+        return " | ".join(f.read().decode(errors="replace").strip().splitlines()[-lines:])
+
