@@ -25,6 +25,7 @@ ip = env.get("LOOPHUB_IP", "127.0.0.1")
 port = int(env.get("LOOPHUB_PORT", "8000"))
 hub_port = int(env.get("LOOPHUB_HUB_PORT", "8081"))
 api_port = int(env.get("LOOPHUB_API_PORT", "10101"))
+gateway_port = int(env.get("LOOPHUB_GATEWAY_PORT", "10102"))
 proxy_api_port = int(env.get("LOOPHUB_PROXY_API_PORT", "8001"))
 
 # --- the hub -----------------------------------------------------------------
@@ -93,6 +94,16 @@ c.JupyterHub.services = [
     },
     # The hub-side identity FairSpawner uses to queue requests on users' behalf.
     {"name": "loophub-spawner", "api_token": spawner_token},
+    # The release gateway: /services/models/<release>/predict for every served release
+    # (loophub.serving.gateway). It authorises each release itself (owner, group, admins,
+    # API keys), so every user may reach it.
+    {
+        "name": "models",
+        "url": f"http://127.0.0.1:{gateway_port}",
+        "command": [sys.executable, "-m", "loophub.serving.gateway"],
+        "environment": {**settings.env(), "LOOPHUB_GATEWAY_PORT": str(gateway_port)},
+        "oauth_no_confirm": True,
+    },
 ]
 c.JupyterHub.load_roles = [
     {
@@ -108,12 +119,14 @@ c.JupyterHub.load_roles = [
         "services": ["loophub-spawner"],
     },
     {
-        # Every user may call the loophub API (it authorises each route itself).
+        # Every user may call the loophub API and the release gateway (each authorises
+        # every route or release itself).
         "name": "user",
-        "scopes": ["self", "access:services!service=loophub"],
+        "scopes": ["self", "access:services!service=loophub", "access:services!service=models"],
     },
     {
-        # A notebook acts as its user: the SDK's calls from a server carry the user's rights.
+        # A notebook acts as its user: the SDK's calls from a server carry the user's rights
+        # (the loophub API and the release gateway included).
         "name": "server",
         "scopes": ["inherit"],
     },

@@ -187,7 +187,8 @@ class ReleaseStore:
         if not ready:
             return "waiting"
         stable = [r for r in ready if r.role == "stable" and r.version == release.version]
-        if any(r.version != release.version and r.role == "stable" for r in live):
+        if any(r.version != release.version and r.role == "stable" and r.state in LIVE
+               for r in live):
             return "updating"
         return "serving" if len(stable) >= release.replicas else "degraded"
 
