@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tornado.httpclient import AsyncHTTPClient
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from loophub.identity import Actor
 from loophub.ports import free_port
@@ -197,8 +197,8 @@ class ReleaseManager:
                                               request_timeout=2)
                 if resp.code == 200:
                     return None
-            except OSError:
-                pass  # not listening yet
+            except (OSError, HTTPClientError):
+                pass  # not listening yet, or busy loading: ask again
             await asyncio.sleep(0.2)
         return f"did not become ready in {self.ready_timeout:.0f} s"
 
@@ -303,13 +303,18 @@ class ReleaseManager:
             resp = await self._http.fetch(f"{url}/health", raise_error=False,
                                           request_timeout=2)
             return resp.code == 200
-        except OSError:
+        except (OSError, HTTPClientError):
             return False
 
     def _spawn(self, coro) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a replica task failed", exc_info=task.exception())
 
     async def settle_tasks(self) -> None:
         """Wait for launches and drains in flight (tests, shutdown)."""
