@@ -51,10 +51,11 @@ EXPECTED: dict[str, dict[str, object]] = {
                        "other": {"private": 404, "group": 404, "public": 403},
                        "member": {"private": 404, "group": 403, "public": 403}},
 }
-for _need in ("read", "write", "manage"):  # models are shared exactly like datasets
+for _need in ("read", "write", "manage"):  # models and releases: shared like datasets
     EXPECTED[f"model:{_need}"] = EXPECTED[f"dataset:{_need}"]
+    EXPECTED[f"release:{_need}"] = EXPECTED[f"dataset:{_need}"]
 # the 404 of a thing that exists but is not the caller's to see
-UNSEEN = re.compile(r"^no (dataset|model) named .* that you can see|"
+UNSEEN = re.compile(r"^no (dataset|model|release) named .* that you can see|"
                     r"^no (job|training job|scheduler request) .* of yours")
 
 
@@ -90,7 +91,7 @@ class World:
     """The platform as the matrix sees it: tokens, datasets and the owner's things."""
 
     def __init__(self, hub, admin_token: str) -> None:
-        tag = uuid.uuid4().hex[:6]
+        tag = self.tag = uuid.uuid4().hex[:6]
         self.hub = hub
         names = {c: f"mx-{c}-{tag}" for c in ("owner", "member", "other")}
         self.tokens = {"anonymous": None, "bad_token": "0" * 32, "admin": admin_token}
@@ -147,6 +148,7 @@ class World:
             "kind": "service", "release": "mx-matrix", "replica": "0",
             "demand": {"cpu": node_cpu}, "preemptible": False})
         self.cleanup.append(("DELETE", f"/scheduler/requests/{blocker['id']}"))
+        self.build_releases()  # behind the blocker: their replicas wait, no process starts
         # the request the scheduler operations act on (releasing it frees nothing)
         self.request_id = self.owner("POST", "/scheduler/requests", status=201, json={
             "kind": "service", "release": "mx-matrix", "replica": "1",
@@ -183,8 +185,26 @@ class World:
                 "dataset": f"{self.datasets[visibility]}@v1"})  # queued behind the blocker
             self.evaluations[visibility] = evaluation["id"]
 
+    def build_releases(self) -> None:
+        """A release per visibility (hub, group, public-token) of that visibility's model,
+        with an API key; its replica waits behind the blocker, so no process starts."""
+        access = {"private": "public-token", "group": f"group:{self.group}", "public": "hub"}
+        self.releases = {v: f"mx-rel-{v}-{self.tag}" for v in VISIBILITIES}
+        self.release_keys, self.replicas = {}, {}
+        for visibility, name in self.releases.items():
+            view = self.owner("POST", "/releases", json={
+                "name": name, "model": f"{self.models[visibility]}@champion",
+                "access": access[visibility], "per_replica": {"cpu": 0.01, "mem": "64M"}})
+            self.replicas[visibility] = view["replica_list"][0]["id"]
+            self.release_keys[visibility] = self.owner(
+                "POST", f"/releases/{name}/keys", json={"note": "matrix"})["id"]
+            self.cleanup.insert(0, ("DELETE", f"/releases/{name}"))  # before the blocker
+
     def path_value(self, path: str, name: str, visibility: str | None) -> str:
-        values = {"name": self.datasets.get(visibility or "private"), "record_id": "r0",
+        v = visibility or "private"
+        releases = {"release": self.releases[v], "key_id": self.release_keys[v],
+                    "replica": self.replicas[v]} if hasattr(self, "releases") else {}
+        values = {**releases, "name": self.datasets.get(visibility or "private"), "record_id": "r0",
                   "model": self.models[visibility or "private"], "version": "1",
                   "evaluation_id": self.evaluations.get(visibility or "private"),
                   "alias": "staging",
@@ -229,6 +249,9 @@ def _body(op: dict, world: World, visibility: str | None) -> dict:
         if isinstance(example, dict) and example.get("dataset") == "matrix@v1" and \
                 op["x-access"].startswith("model:"):  # a real dataset of that visibility
             example = {**example, "dataset": f"{world.datasets[visibility]}@v1"}
+        if isinstance(example, dict) and "model" in example and \
+                op["x-access"].startswith("release:"):  # a real model of that visibility
+            example = {**example, "model": f"{world.models[visibility]}@v1"}
         return {"json": example} if example is not None else {}
     if content:  # a raw body (uploads)
         kind = next(iter(content))
