@@ -34,11 +34,12 @@ from loophub.ports import free_port
 from loophub.runtime import Confinement, placements
 from loophub.store import BlobStore
 
+from .canary import Stats, replica_stats, verdict
 from .releases import ReleaseStore
 
 log = logging.getLogger("loophub.serving")
 End = Callable[[str, str], None]             # (request id, reason): the holder ends it
-PLATFORM = Actor("loophub", kind="service")
+PLATFORM = Actor("loophub", admin=True, kind="service")  # the platform's own changes
 MAX_RESTARTS = 5        # in a row, before the replica is left failed
 CANNOT_SERVE = 2        # the model server's exit code when the model cannot be served
 KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH", "VIRTUAL_ENV")
@@ -83,7 +84,7 @@ class ReleaseManager:
         self.backend_of = backend_of
         self.running: dict[str, Running] = {}
         self._tasks: set[asyncio.Task] = set()
-        self._http = AsyncHTTPClient()
+        self._baselines: dict[tuple[str, str], Stats] = {}  # (canary since, replica)
 
     # -- the scheduler's decisions -----------------------------------------------------------
 
@@ -193,7 +194,7 @@ class ReleaseManager:
                 code = running.proc.poll() if running.proc else None
                 return f"its process exited while loading (code {code})"
             try:
-                resp = await self._http.fetch(f"{running.url}/ready", raise_error=False,
+                resp = await AsyncHTTPClient().fetch(f"{running.url}/ready", raise_error=False,
                                               request_timeout=2)
                 if resp.code == 200:
                     return None
@@ -272,13 +273,47 @@ class ReleaseManager:
                     code = running.proc.poll() if running.proc else None
                     await self._failed(rid, f"its process exited (code {code})")
 
-    async def watch(self, every: float = 1.0) -> None:
+    async def watch(self, every: float = 1.0, guard_every: float = 2.0) -> None:
+        last_guard = 0.0
         while True:
             try:
                 await self.watch_once()
+                if time.monotonic() - last_guard >= guard_every:
+                    last_guard = time.monotonic()
+                    await self.guard_canaries()
             except Exception:  # the watch must outlive one bad round
                 log.exception("replica watch failed")
             await asyncio.sleep(every)
+
+    # -- the canary guard ----------------------------------------------------------------------
+
+    async def guard_canaries(self) -> None:
+        """Roll back every guarded canary that is worse than its stable side (canary.py)."""
+        for canary in await asyncio.to_thread(self.store.guarded_canaries):
+            sides = {"stable": Stats(), "canary": Stats()}
+            for replica in canary["replicas"]:
+                now = await self._scrape(replica["url"])
+                if now is None:
+                    continue
+                # a stable replica counts from the canary's start; a canary one from zero
+                key = (canary["since"], replica["id"])
+                start = self._baselines.setdefault(key, now if replica["role"] == "stable"
+                                                   else Stats())
+                sides[replica["role"]] = sides[replica["role"]] + (now - start)
+            reason = verdict(sides["stable"], sides["canary"], canary["guard"])
+            if reason:
+                log.warning("release %s: rolling back canary %s: %s", canary["name"],
+                            canary["version"], reason)
+                drained = await asyncio.to_thread(self.store.rollback, PLATFORM,
+                                                  canary["name"], reason=f"automatic: {reason}")
+                await self.drain(drained)
+
+    async def _scrape(self, url: str) -> Stats | None:
+        try:
+            resp = await AsyncHTTPClient().fetch(f"{url}/metrics", request_timeout=2)
+        except (OSError, HTTPClientError):
+            return None  # gone or busy: judged on the next round
+        return replica_stats(resp.body.decode())
 
     # -- life of the manager -----------------------------------------------------------------
 
@@ -300,7 +335,7 @@ class ReleaseManager:
 
     async def _answers(self, url: str) -> bool:
         try:
-            resp = await self._http.fetch(f"{url}/health", raise_error=False,
+            resp = await AsyncHTTPClient().fetch(f"{url}/health", raise_error=False,
                                           request_timeout=2)
             return resp.code == 200
         except (OSError, HTTPClientError):

@@ -30,6 +30,7 @@ from loophub.pool import PoolConfigError, parse_mem
 from loophub.store import Database
 from loophub.store.models import iso, utcnow
 
+from .canary import guard_options
 from .routing import Backend, ReleaseRoute, RouteTable
 from .tables import Release, ReleaseEvent, ReleaseKey, ReleaseReplica
 
@@ -123,6 +124,24 @@ def check_replicas(count: Any, field: str = "replicas") -> int:
         raise InvalidInput(f"{field}: {count!r} must be a whole number from 1 to "
                            f"{MAX_REPLICAS}", detail={"field": field})
     return count
+
+
+def check_guard(raw: Any) -> dict[str, float]:
+    """The canary guard's thresholds (serving/canary.py), defaults filled in."""
+    if raw is None or raw is True:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InvalidInput("guard: an object of thresholds, or false for no automatic "
+                           "rollback", detail={"field": "guard"})
+    limits = {"error_margin": (0.0, 1.0), "latency_ratio": (1.0, 1000.0),
+              "min_requests": (1, 1_000_000)}
+    for key, value in raw.items():
+        low, high = limits.get(key, (None, None))
+        if low is None or isinstance(value, bool) or not isinstance(value, int | float) \
+                or not low <= value <= high:
+            raise InvalidInput(f"guard.{key}: {value!r} is not one of {', '.join(limits)} "
+                               "within its range", detail={"field": f"guard.{key}"})
+    return guard_options(raw)
 
 
 def check_percent(percent: Any) -> float:
@@ -275,6 +294,22 @@ class ReleaseStore:
                     state=self._status(release, mine))
             return RouteTable(routes, generation)
 
+    def guarded_canaries(self) -> list[dict]:
+        """Releases whose canary has a guard, with their ready replicas' URLs by role."""
+        with self.db.session() as s:
+            out = []
+            for release in s.scalars(select(Release).where(Release.state == "active",
+                                                           Release.canary.is_not(None))):
+                canary = release.canary or {}
+                if not canary.get("guard"):
+                    continue
+                ready = self._replicas(s, release, ("ready",))
+                out.append({"name": release.name, "since": canary["since"],
+                            "version": canary["version"], "guard": canary["guard"],
+                            "replicas": [{"id": r.id, "role": r.role, "url": r.url}
+                                         for r in ready if r.url]})
+            return out
+
     def key_release(self, digest: str) -> str | None:
         with self.db.session() as s:
             return s.scalar(select(Release.name).join(
@@ -372,8 +407,11 @@ class ReleaseStore:
                     for _ in range(count - len(current))]
 
     def canary(self, actor: Actor, name: str, *, model: str, version: dict, percent: float,
-               replicas: int = 1) -> list[dict]:
+               replicas: int = 1, guard: dict | bool | None = None) -> list[dict]:
+        """A canary of VERSION taking PERCENT of requests; GUARD: the automatic rollback's
+        thresholds (canary.GUARD_DEFAULTS when None; False: no automatic rollback)."""
         percent = check_percent(percent)
+        guard = None if guard is False else check_guard(guard)
         count = check_replicas(replicas, "canary replicas")
         with self.db.transaction() as s:
             release = self._row(s, actor, name, "write")
@@ -386,7 +424,8 @@ class ReleaseStore:
                                    "canary needs another version", detail={"field": "model"})
             release.canary = {"model": model, "version": version["ref"], "percent": percent,
                               "replicas": count, "artifact": version["artifact"]["blob"],
-                              "meta": version["meta"], "since": iso(utcnow())}
+                              "meta": version["meta"], "since": iso(utcnow()),
+                              "guard": guard}
             self._moved(release)
             self._event(s, release, actor, "canary", model=model, version=version["ref"],
                         percent=percent)

@@ -27,8 +27,12 @@ class TokenIsUser(HubOAuth):
 
 
 class InProcessApi:
-    def __init__(self, url: str, ctx) -> None:
-        self.url, self.ctx = url, ctx
+    def __init__(self, url: str, ctx, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.url, self.ctx, self.loop = url, ctx, loop
+
+    def run(self, coro, timeout: float = 120.0):
+        """Run CORO on the API's event loop (what its background tasks would do)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     @property
     def service(self):
@@ -83,7 +87,7 @@ def serve_api(request, tmp_path, monkeypatch) -> Iterator[InProcessApi]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     ready.wait(30)
-    yield InProcessApi(url, ctx)
+    yield InProcessApi(url, ctx, state["loop"])
     state["loop"].call_soon_threadsafe(state["loop"].stop)
     thread.join(60)
     ctx.db.dispose()

@@ -37,6 +37,14 @@ OPTIONS = {"type": "object", "additionalProperties": False, "properties": {
     "log_sample_rate": {"type": "number", "minimum": 0, "maximum": 1},
     "sticky_header": {"type": "string", "maxLength": 64, "pattern": "^[A-Za-z0-9-]+$"}}}
 REPLICAS = {"type": "integer", "minimum": 1, "maximum": 16}
+GUARD = {"description": "automatic rollback when the canary is worse than the stable "
+                        "version (defaults: error_margin 0.05, latency_ratio 3, "
+                        "min_requests 50); false: none",
+         "oneOf": [{"type": "boolean"}, {
+             "type": "object", "additionalProperties": False, "properties": {
+                 "error_margin": {"type": "number", "minimum": 0, "maximum": 1},
+                 "latency_ratio": {"type": "number", "minimum": 1, "maximum": 1000},
+                 "min_requests": {"type": "integer", "minimum": 1, "maximum": 1000000}}}]}
 PERCENT = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100}
 REPLICA_VIEW = {"type": "object", "properties": {
     "id": {"type": "string"}, "role": {"type": "string"}, "version": {"type": "string"},
@@ -218,12 +226,13 @@ class RolloutHandler(ReleasesBase):
 class CanaryHandler(ReleasesBase):
     openapi = {
         "post": Op("Start a canary: another version takes PERCENT of the requests (the same "
-                   "side per sticky key); promote or roll back later",
+                   "side per sticky key); promote or roll back later, or it is rolled back "
+                   "by itself when its guard finds it worse than the stable version",
                    access="release:write", response=RELEASE_VIEW,
                    body={"type": "object", "additionalProperties": False,
                          "required": ["model", "percent"], "properties": {
                              "model": MODEL_REF, "percent": PERCENT,
-                             "replicas": REPLICAS}},
+                             "replicas": REPLICAS, "guard": GUARD}},
                    body_example={"model": "digits@v1", "percent": 10},
                    errors={409: "a canary runs already"}),
         "patch": Op("Change the canary's share of requests", access="release:write",
@@ -239,7 +248,8 @@ class CanaryHandler(ReleasesBase):
         version = await self.resolve(model)
         added = await in_thread(self.store.canary, self.actor, release, model=model,
                                 version=version, percent=self.body["percent"],
-                                replicas=self.body.get("replicas", 1))
+                                replicas=self.body.get("replicas", 1),
+                                guard=self.body.get("guard"))
         await self.queue(added)
         await self.answer(release)
 

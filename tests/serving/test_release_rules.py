@@ -181,3 +181,29 @@ def test_the_canary_share_and_sticky_keys():
     assert all(route.choose(u).version == sides[u] for u in users)  # sticky
     assert 140 <= list(sides.values()).count("d@v2") <= 260
     assert ReleaseRoute("d", "ann", "public").choose() is None
+
+
+def test_the_canary_guard_judges_error_rate_and_p99_once_enough_requests_came():
+    from loophub.serving.canary import Stats, guard_options, replica_stats, verdict
+
+    text = "\n".join([
+        '# TYPE loophub_model_requests_total counter',
+        'loophub_model_requests_total{route="predict",status="200"} 90',
+        'loophub_model_requests_total{route="predict",status="500"} 10',
+        'loophub_model_requests_total{route="health",status="200"} 1000',
+        '# TYPE loophub_model_request_duration_seconds histogram',
+        'loophub_model_request_duration_seconds_bucket{route="predict",le="0.001"} 50',
+        'loophub_model_request_duration_seconds_bucket{route="predict",le="0.01"} 99',
+        'loophub_model_request_duration_seconds_bucket{route="predict",le="+Inf"} 100',
+        'loophub_model_request_duration_seconds_count{route="predict"} 100',
+        'loophub_model_request_duration_seconds_sum{route="predict"} 0.3', ""])
+    canary = replica_stats(text)
+    assert (canary.requests, canary.errors, canary.quantile(0.99)) == (100, 10, 0.01)
+    guard = guard_options({"min_requests": 50})
+    fast = Stats(100, 0, {0.001: 100, float("inf"): 100})
+    assert "error rate 10.0%" in verdict(fast, canary, guard)
+    healthy_but_slow = Stats(100, 0, {0.001: 0, 0.01: 99, float("inf"): 100})
+    assert "p99 latency 10.0 ms" in verdict(fast, healthy_but_slow, guard)
+    assert verdict(fast, Stats(10, 10, {}), guard) is None  # too few requests to judge
+    assert verdict(fast, fast, guard) is None
+    assert (canary - canary).requests == 0

@@ -64,3 +64,57 @@ def test_a_release_serves_and_stops(api, digit_nets):
     assert ben.request("GET", "releases/digits")["owner"] == "ann"
     with pytest.raises(errors.PermissionDenied):
         ben.request("POST", "releases/digits/scale", json={"replicas": 2})
+
+
+def test_a_release_waits_in_the_fair_queue_until_the_pool_frees(api, digit_nets):
+    _, net = digit_nets
+    ann = api.client("ann")
+    register(ann, "queued", net)
+    node_cpu = max(n["cpu"] for n in ann.request("GET", "pool")["nodes"])
+    blocker = api.client("ben").request("POST", "scheduler/requests", json={
+        "kind": "service", "release": "other", "replica": "0", "demand": {"cpu": node_cpu}})
+    ann.request("POST", "releases", json={"name": "queued", "model": "queued@v1",
+                                          "per_replica": {"cpu": 1, "mem": "1G"}})
+    time.sleep(1)
+    view = ann.request("GET", "releases/queued")
+    [replica] = view["replica_list"]
+    assert (view["status"], replica["state"]) == ("waiting", "queued")
+    request = ann.request("GET", f"scheduler/requests/{replica['request_id']}")
+    assert request["state"] == "queued" and request["kind"] == "service"
+    api.client("ben").request("DELETE", f"scheduler/requests/{blocker['id']}")
+    wait_for(ann, "queued", lambda v: v["status"] == "serving")
+    ann.request("DELETE", "releases/queued")
+
+
+def test_a_slow_canary_is_rolled_back_by_its_guard(api, digit_nets):
+    """The guard compares the canary's predict p99 with the stable side's (replicas'
+    metrics) and rolls a canary three times slower back by itself."""
+    from tests.serving.test_server import Slow
+
+    images, net = digit_nets
+    ann = api.client("ann")
+    register(ann, "guarded", net)
+    register(ann, "guarded", Slow(net, rounds=300))
+    ann.request("POST", "releases", json={"name": "guarded", "model": "guarded@v1",
+                                          "per_replica": {"cpu": 0.5, "mem": "1G"}})
+    wait_for(ann, "guarded", lambda v: v["status"] == "serving")
+    ann.request("POST", "releases/guarded/canary", json={
+        "model": "guarded@v2", "percent": 20, "guard": {"min_requests": 20}})
+    view = wait_for(ann, "guarded", lambda v: any(
+        r["role"] == "canary" and r["state"] == "ready" for r in v["replica_list"]))
+    assert view["canary"]["guard"]["latency_ratio"] == 3.0
+    api.run(api.ctx.release_manager.guard_canaries())  # the baselines: nothing judged yet
+    assert ann.request("GET", "releases/guarded")["canary"] is not None
+    body = {"instances": [{"pixels": images[0].tolist()}]}
+    with requests.Session() as session:
+        for replica in view["replica_list"]:
+            for _ in range(25):
+                assert session.post(f"{replica['url']}/predict", json=body,
+                                    timeout=30).status_code == 200
+    api.run(api.ctx.release_manager.guard_canaries())
+    view = ann.request("GET", "releases/guarded")
+    assert view["canary"] is None and [r["role"] for r in view["replica_list"]] == ["stable"]
+    [event] = [h for h in ann.request("GET", "releases/guarded/history")["history"]
+               if h["action"] == "rollback"]
+    assert event["actor"] == "loophub" and "p99 latency" in event["detail"]["reason"]
+    ann.request("DELETE", "releases/guarded")
