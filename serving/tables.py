@@ -98,3 +98,16 @@ class ReleaseKey(Base):
     created_by: Mapped[str] = mapped_column(String(255))
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ServingReference(Base):
+    """The reference sample drift is measured against, per model artifact: summary
+    features of a sample of the training data (the version's dataset), its label counts."""
+
+    __tablename__ = "serving_references"
+
+    artifact: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[str] = mapped_column(String(512))
+    dataset: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    reference: Mapped[dict] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -156,6 +156,13 @@ class ServiceContext:
                 request_id, reason=reason, actor=SERVING),
             backend_of=lambda node: backends.get(node, "local"))
 
+    @cached_property
+    def monitor(self):
+        from loophub.serving.observe import Monitor
+
+        return Monitor(self.db, self.blobs, self.datasets, self.models,
+                       self.settings.home / "serving" / "logs")
+
     @property
     def public_url(self) -> str:
         """The hub's public URL (releases are served under it); '' without a hub."""

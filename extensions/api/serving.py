@@ -343,6 +343,41 @@ class ReplicaLogHandler(ReleasesBase):
         self.finish(text)
 
 
+class MonitoringHandler(ReleasesBase):
+    openapi = {"get": Op(
+        "A release's requests over a window: requests/s, p50/p95/p99 latency, errors by "
+        "status, classes predicted, confidence histogram, per version; input drift against "
+        "each version's training data (KS and PSI per summary feature, chi-squared on "
+        "classes) with a flag and its thresholds", access="release:read",
+        query={"window": {"type": "number", "minimum": 1, "maximum": 30 * 86400,
+                          "default": 3600, "description": "seconds back from now"}},
+        response={"type": "object", "required": ["summary", "drift"], "properties": {
+            "summary": {"type": "object"}, "drift": {"type": "object"},
+            "window_s": {"type": "number"}}})}
+
+    async def get(self, release: str) -> None:
+        view = await in_thread(self.store.get, self.actor, release)
+        self.write_json(await in_thread(self.ctx.monitor.report, view,
+                                        float(self.query["window"])))
+
+
+class TargetsHandler(ReleasesBase):
+    openapi = {"get": Op(
+        "Prometheus HTTP service discovery: every ready replica's metrics endpoint, labelled "
+        "with its release, version, role and replica (http_sd_configs; admins)",
+        access="admin", response={"type": "array", "items": {"type": "object"}})}
+
+    async def get(self) -> None:
+        table = await in_thread(self.store.route_table)
+        groups = [{"targets": [backend.url.removeprefix("http://")],
+                   "labels": {"release": name, "version": backend.version, "role": role,
+                              "replica": backend.replica}}
+                  for name, route in sorted(table.routes.items())
+                  for role, side in (("stable", route.stable), ("canary", route.canary))
+                  for backend in side]
+        self.write_json(groups)
+
+
 def _tail_bytes(path: Path, size: int) -> bytes:
     with open(path, "rb") as f:
         f.seek(max(0, path.stat().st_size - size))
@@ -352,6 +387,7 @@ def _tail_bytes(path: Path, size: int) -> bytes:
 R = "releases/(?P<release>[^/]+)"
 ROUTES: list[tuple[str, type]] = [
     ("releases", ReleaseListHandler),
+    ("serving/targets", TargetsHandler),
     (R, ReleaseHandler),
     (R + "/scale", ScaleHandler),
     (R + "/rollout", RolloutHandler),
@@ -362,4 +398,5 @@ ROUTES: list[tuple[str, type]] = [
     (R + "/keys", KeysHandler),
     (R + "/keys/(?P<key_id>[^/]+)", KeyHandler),
     (R + "/replicas/(?P<replica>[^/]+)/log", ReplicaLogHandler),
+    (R + "/monitoring", MonitoringHandler),
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pytest
 import requests
 import torch
@@ -54,6 +55,12 @@ def test_a_release_serves_and_stops(api, digit_nets):
     resp = requests.post(f"{replica['url']}/predict", json={"instances": [
         {"pixels": images[0].tolist()}]}, timeout=30)
     assert resp.status_code == 200, resp.text
+    [target] = api.client("root").request("GET", "serving/targets")  # Prometheus http_sd
+    assert target == {"targets": [replica["url"].removeprefix("http://")], "labels": {
+        "release": "digits", "version": "digits@v1", "role": "stable",
+        "replica": replica["id"]}}
+    with pytest.raises(errors.PermissionDenied):
+        ann.request("GET", "serving/targets")
     stopped = ann.request("DELETE", "releases/digits")
     assert stopped["status"] == "stopped" and stopped["replica_list"] == []
     with pytest.raises(requests.ConnectionError):
@@ -118,3 +125,59 @@ def test_a_slow_canary_is_rolled_back_by_its_guard(api, digit_nets):
                if h["action"] == "rollback"]
     assert event["actor"] == "loophub" and "p99 latency" in event["detail"]["reason"]
     ann.request("DELETE", "releases/guarded")
+
+
+def test_monitoring_summarises_requests_and_flags_drift_from_the_training_data(
+        api, digit_nets, tmp_path):
+    """The release's figures per version, and its inputs compared with the dataset
+    version the model learnt from: digits as trained pass, inverted digits drift."""
+    from sklearn.datasets import load_digits
+
+    from tests.training.conftest import digits_folder
+
+    _, net = digit_nets
+    # the requests' images made exactly as the training images were (digits_folder): a
+    # rounding difference (127 against 128 for a middle grey) is drift, rightly
+    images = np.kron((load_digits().images * 255 / 16).astype(np.uint8),
+                     np.ones((1, 2, 2), dtype=np.uint8))
+    ann = api.client("ann")
+    schema = digits_folder(tmp_path / "digits", count=400)
+    ann.datasets.create("mdigits", label_schema=schema)
+    ann.datasets.import_("mdigits", tmp_path / "digits", "loophub", progress=False)
+    ann.datasets.commit("mdigits", "400 digits")
+    register(ann, "watched", net, dataset="mdigits@v1")
+    ann.request("POST", "releases", json={"name": "watched", "model": "watched@v1",
+                                          "per_replica": {"cpu": 0.5, "mem": "1G"}})
+    view = wait_for(ann, "watched", lambda v: v["status"] == "serving")
+    url = view["replica_list"][0]["url"]
+    with requests.Session() as session:
+        for i in range(120):
+            body = {"instances": [{"pixels": images[i].tolist()}]}
+            assert session.post(f"{url}/predict", json=body, timeout=30).status_code == 200
+        assert session.post(f"{url}/predict", json={"instances": [{"pixels": "x"}]},
+                            timeout=30).status_code == 400
+    time.sleep(1.5)  # the replica flushes its request log once a second
+    report = ann.request("GET", "releases/watched/monitoring", params={"window": 600})
+    summary = report["summary"]
+    assert summary["requests"] == 121 and summary["status"] == {"200": 120, "400": 1}
+    assert summary["latency_ms"]["p99"] > 0 and sum(summary["classes"].values()) == 120
+    assert list(summary["versions"]) == ["watched@v1"]
+    calm = report["drift"]["watched@v1"]
+    assert calm["drifted"] is False, calm
+    assert calm["features"]["brightness"]["drifted"] is False
+
+    started = time.time()
+    time.sleep(1.1)
+    with requests.Session() as session:
+        for i in range(120):
+            body = {"instances": [{"pixels": (255 - images[i]).tolist()}]}
+            assert session.post(f"{url}/predict", json=body, timeout=30).status_code == 200
+    time.sleep(1.5)
+    report = ann.request("GET", "releases/watched/monitoring",
+                         params={"window": time.time() - started})
+    assert report["summary"]["requests"] == 120
+    shifted = report["drift"]["watched@v1"]
+    assert shifted["drifted"] is True and shifted["features"]["brightness"]["drifted"], shifted
+    with pytest.raises(errors.NotFound):
+        api.client("eve").request("GET", "releases/zzz/monitoring")
+    ann.request("DELETE", "releases/watched")

@@ -1,5 +1,5 @@
 """releases: models served as REST services (releases, replicas, append-only history,
-hashed API keys)
+hashed API keys, drift reference samples)
 
 Revision ID: 0011
 Revises: 0010
@@ -83,8 +83,16 @@ def upgrade() -> None:
         sa.Column("revoked", WHEN, nullable=True),
     )
     op.create_index("ix_release_keys_release_id", "release_keys", ["release_id"])
+    op.create_table(
+        "serving_references",
+        sa.Column("artifact", sa.String(64), primary_key=True),
+        sa.Column("version", sa.String(512), nullable=False),
+        sa.Column("dataset", sa.String(512), nullable=True),
+        sa.Column("reference", sa.JSON(), nullable=False),
+        sa.Column("created", WHEN, nullable=False),
+    )
 
 
 def downgrade() -> None:
-    for table in ("release_keys", "release_history", "release_replicas", "releases"):
+    for table in ("serving_references", "release_keys", "release_history", "release_replicas", "releases"):
         op.drop_table(table)

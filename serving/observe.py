@@ -1,0 +1,129 @@
+"""Monitoring a release: its replicas' request logs over a window, summarised per
+version (monitoring.summarize) and compared with the training data (monitoring.drift).
+
+The reference a version is compared with is built once per artifact from the dataset
+version it was trained on (a uniform sample of REFERENCE_RECORDS records: their images'
+or texts' summary features, and the label counts of every record) and kept in
+``serving_references``; a version registered without a dataset has no reference, and
+the answer says so instead of a drift flag.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from loophub.identity import Actor
+from loophub.store import BlobStore, Database
+from loophub.training.recipes.labels import class_label
+
+from . import monitoring
+from .tables import ServingReference
+
+REFERENCE_RECORDS = 1000
+READER = Actor("loophub", admin=True, kind="service")  # a reference is aggregate figures
+CLASS_KIND = {"image_classification": "image_class", "text_classification": "text_class"}
+
+
+class Monitor:
+    def __init__(self, db: Database, blobs: BlobStore, datasets, models, logs: Path) -> None:
+        self.db, self.blobs, self.datasets, self.models = db, blobs, datasets, models
+        self.logs = Path(logs)
+
+    def report(self, release: dict, window_s: float, *, now: float | None = None) -> dict:
+        """RELEASE's (its view) figures over the last WINDOW_S seconds."""
+        until = now or time.time()
+        records = monitoring.read_log(self._log_files(release["name"]), until - window_s,
+                                      until)
+        summary = monitoring.summarize(records, window_s=window_s)
+        drift = {}
+        for version in sorted(summary.get("versions") or {}):
+            served = [r for r in records if r.get("version") == version]
+            drift[version] = self._drift(version, served)
+        return {"release": release["name"], "window_s": window_s,
+                "since": until - window_s, "until": until, "malformed": records.malformed,
+                "summary": summary, "drift": drift}
+
+    def _log_files(self, name: str) -> list[Path]:
+        folder = self.logs / name
+        return sorted(folder.glob("*.requests.jsonl")) if folder.is_dir() else []
+
+    def _drift(self, version: str, records: list[dict]) -> dict:
+        try:
+            reference = self.reference(version)
+        except Exception as exc:  # a deleted version, an unreadable dataset: say so
+            return {"drifted": None, "insufficient": f"no reference for {version}: {exc}"}
+        if reference is None:
+            return {"drifted": None, "insufficient": f"{version} was registered without "
+                    "the dataset it learnt from, so there is nothing to compare with"}
+        return monitoring.drift(reference, records)
+
+    def reference(self, version: str) -> dict | None:
+        """VERSION's reference sample (built and kept on first use); None without a
+        dataset lineage."""
+        view = self.models.resolve(READER, version)
+        artifact = view["artifact"]["blob"]
+        with self.db.session() as s:
+            row = s.get(ServingReference, artifact)
+            if row is not None:
+                return row.reference
+        if not view.get("dataset") or not view.get("dataset_version_id"):
+            return None
+        reference = self._build(view)
+        with self.db.transaction() as s:
+            if s.get(ServingReference, artifact) is None:
+                s.add(ServingReference(artifact=artifact, version=version,
+                                       dataset=view["dataset"], reference=reference))
+        return reference
+
+    def _build(self, view: dict) -> dict:
+        name = view["dataset"].partition("@")[0]
+        records = self.datasets.version_records(READER, name, view["dataset_version_id"])
+        labels: Counter = Counter()
+        sample = _reservoir(_counting(records, labels, view.get("task")), REFERENCE_RECORDS)
+        instances = [self._instance(record) for record in sample]
+        out = monitoring.reference_sample([i for i in instances if i is not None],
+                                          limit=REFERENCE_RECORDS)
+        out["labels"] = dict(labels) if labels else None
+        out["dataset"] = view["dataset"]
+        return out
+
+    def _instance(self, record: dict) -> Any:
+        media = record.get("media") or {}
+        if media.get("sha256"):
+            return self.blobs.get_bytes(media["sha256"])
+        return record.get("text")
+
+
+def _counting(records: Iterator[dict], labels: Counter, task: str | None) -> Iterator[dict]:
+    """The records, counting their class labels on the way (classification tasks, the
+    label as the recipes read it)."""
+    kind = CLASS_KIND.get(task or "")
+    for record in records:
+        if kind and (label := class_label(record, kind)) is not None:
+            labels[label] += 1
+        yield record
+
+
+def _reservoir(items: Iterator[dict], limit: int, seed: int = 0) -> list[dict]:
+    rng, sample = random.Random(seed), []
+    for seen, item in enumerate(items, start=1):
+        if len(sample) < limit:
+            sample.append(item)
+        elif (slot := rng.randrange(seen)) < limit:
+            sample[slot] = item
+    return sample
+
+
+def references(db: Database) -> list[dict]:
+    """What is kept (for admins and tests)."""
+    with db.session() as s:
+        return [{"artifact": r.artifact, "version": r.version, "dataset": r.dataset,
+                 "count": r.reference.get("count")}
+                for r in s.scalars(select(ServingReference))]
