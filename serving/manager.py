@@ -74,12 +74,13 @@ class ReleaseManager:
     def __init__(self, store: ReleaseStore, blobs: BlobStore, *, files: Path, end: End,
                  python: str = sys.executable, ready_timeout: float = 180.0,
                  switch_grace: float = 1.0, drain_timeout: float = 30.0,
+                 logs_per_release: int = 512 * 1024 * 1024,
                  memory_enforcement: str = "auto", cgroup_parent: str = "loophub",
                  backend_of: Callable[[str], str] = lambda node: "local") -> None:
         self.store, self.blobs, self.files = store, blobs, Path(files)
         self.end, self.python = end, python
         self.ready_timeout, self.switch_grace = ready_timeout, switch_grace
-        self.drain_timeout = drain_timeout
+        self.drain_timeout, self.logs_per_release = drain_timeout, logs_per_release
         self.memory_enforcement, self.cgroup_parent = memory_enforcement, cgroup_parent
         self.backend_of = backend_of
         self.running: dict[str, Running] = {}
@@ -149,6 +150,7 @@ class ReleaseManager:
                "--drain-timeout", str(self.drain_timeout),
                "--request-log", str(logs / f"{replica['id']}.requests.jsonl"),
                "--log-sample-rate", str(options.get("log_sample_rate", 1.0)),
+               "--blob-url", self.blobs.url,
                "--max-batch-size", str(options.get("max_batch_size", 32)),
                "--max-wait-ms", str(options.get("max_wait_ms", 5.0))]
         if options.get("batching") is False:
@@ -226,6 +228,29 @@ class ReleaseManager:
         await asyncio.to_thread(self.store.set_replica, rid, "stopped", message="stopped")
         if replica.get("request_id"):
             self.end(replica["request_id"], f"replica {rid} of {replica['release']} drained")
+        await asyncio.to_thread(self.prune_logs, replica["release"])
+
+    def prune_logs(self, release: str) -> list[Path]:
+        """Keep a release's logs (request samples, servers' output) under
+        ``logs_per_release`` bytes: the stopped replicas' oldest files go first; a live
+        replica bounds its own (its request log rotates at 64 MiB)."""
+        folder = self.files / "logs" / release
+        if not folder.is_dir():
+            return []
+        live = {r["id"] for r in self.store.replicas_of(release, ("queued", "starting",
+                                                                  "ready", "draining"))}
+        files = sorted((p for p in folder.iterdir() if p.is_file()),
+                       key=lambda p: p.stat().st_mtime)
+        total, removed = sum(p.stat().st_size for p in files), []
+        for path in files:
+            if total <= self.logs_per_release:
+                break
+            if path.name.split(".", 1)[0] in live:
+                continue
+            total -= path.stat().st_size
+            path.unlink(missing_ok=True)
+            removed.append(path)
+        return removed
 
     async def _stop_process(self, rid: str) -> None:
         running = self.running.pop(rid, None)

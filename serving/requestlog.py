@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from loophub.serving.monitoring import summary_features
+from loophub.store.blobs import BlobStore
 
 MAX_TEXT = 1000
+MAX_PENDING_IMAGES = 1024  # images waiting for the blob store between two flushes
 
 
 def _input_summary(instance: Any) -> dict[str, Any]:
@@ -53,7 +55,8 @@ class RequestLog:
     def __init__(self, path: str | Path, rate: float = 1.0, *,
                  max_bytes: int = 64 * 1024 * 1024, seed: int | None = None,
                  version: str | None = None,
-                 vocabulary: Collection[str] | None = None) -> None:
+                 vocabulary: Collection[str] | None = None,
+                 blobs: BlobStore | None = None) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"log sample rate must be within 0 and 1, got {rate}")
         self.path = Path(path)
@@ -61,6 +64,8 @@ class RequestLog:
         self.max_bytes = max_bytes
         self.version = version
         self.vocabulary = vocabulary
+        self.blobs = blobs
+        self._images: dict[str, bytes] = {}  # sampled images not yet in the blob store
         self._random = random.Random(seed)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
@@ -77,6 +82,8 @@ class RequestLog:
             record["version"] = self.version
         if instances is not None:
             record["inputs"] = [_input_summary(i) for i in instances]
+            if self.blobs is not None:
+                self._keep_images(instances, record["inputs"])
             record["features"] = [summary_features(i, vocabulary=self.vocabulary)
                                   for i in instances]
         if predictions is not None:
@@ -93,8 +100,29 @@ class RequestLog:
         self._file = self.path.open("a", encoding="utf-8")
         self._size = 0
 
+    def _keep_images(self, instances: list, inputs: list[dict]) -> None:
+        """Images go to the blob store (deduplicated by their sha256) at the next flush,
+        off the request's path; past MAX_PENDING_IMAGES waiting, the record says the
+        image was not kept rather than the replica holding unbounded memory."""
+        for instance, summary in zip(instances, inputs, strict=True):
+            if instance.image is None:
+                continue
+            digest = summary["image_sha256"]
+            if digest in self._images or len(self._images) < MAX_PENDING_IMAGES:
+                self._images[digest] = instance.image
+                summary["stored"] = True
+            else:
+                summary["stored"] = False
+
     def flush(self) -> None:
+        """Write out the buffered lines and the images waiting for the blob store (the
+        server calls this once a second on a thread)."""
         self._file.flush()
+        images, self._images = self._images, {}
+        for digest, data in images.items():  # only filled with a blob store
+            if not self.blobs.exists(digest):
+                self.blobs.put_bytes(data)
 
     def close(self) -> None:
+        self.flush()
         self._file.close()

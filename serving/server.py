@@ -49,6 +49,7 @@ from loophub.serving.metrics import CONTENT_TYPE, ServerMetrics
 from loophub.serving.model import ServedModel, load_artifact, run_batch
 from loophub.serving.requestlog import RequestLog
 from loophub.serving.validation import RequestChecker
+from loophub.store.blobs import BlobStore
 
 log = logging.getLogger("loophub.serving")
 
@@ -78,6 +79,7 @@ class ServerConfig:
     threads: int = 1               # torch intra-op threads: the replica's cores
     drain_timeout_s: float = 30.0
     request_log: Path | None = None
+    blob_url: str | None = None    # where the request log keeps sampled images
     log_sample_rate: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -110,8 +112,10 @@ class ModelServer:
         self.checker: RequestChecker | None = None
         self.metrics: ServerMetrics | None = None
         self.engine: Batcher | Direct | None = None
-        self.request_log = RequestLog(config.request_log, config.log_sample_rate,
-                                      version=config.model_ref) if config.request_log else None
+        self.request_log = RequestLog(
+            config.request_log, config.log_sample_rate, version=config.model_ref,
+            blobs=BlobStore(config.blob_url) if config.blob_url else None,
+        ) if config.request_log else None
         # one thread: passes never overlap, and torch's own threads do the parallel work
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.ready = False
@@ -477,7 +481,7 @@ async def serve(config: ServerConfig, *, started: asyncio.Event | None = None) -
 async def _flush_log(server: ModelServer) -> None:
     while server.request_log is not None:
         await asyncio.sleep(1.0)
-        server.request_log.flush()
+        await asyncio.to_thread(server.request_log.flush)  # blob writes: off the loop
 
 
 def alloc_cpu() -> int:
@@ -518,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="JSON-lines file for a sample of requests")
     parser.add_argument("--log-sample-rate", type=float, default=1.0,
                         help="share of requests written to --request-log (0-1)")
+    parser.add_argument("--blob-url",
+                        help="a blob store (the platform's) where sampled images are kept")
     return parser
 
 
@@ -531,6 +537,7 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
             max_wait_ms=args.max_wait_ms, max_body=args.max_body_bytes,
             metrics=not args.no_metrics, threads=alloc_cpu(),
             drain_timeout_s=args.drain_timeout, request_log=args.request_log,
+            blob_url=args.blob_url,
             log_sample_rate=args.log_sample_rate)
     except ValueError as exc:
         build_parser().error(str(exc))

@@ -207,3 +207,25 @@ def test_the_canary_guard_judges_error_rate_and_p99_once_enough_requests_came():
     assert verdict(fast, Stats(10, 10, {}), guard) is None  # too few requests to judge
     assert verdict(fast, fast, guard) is None
     assert (canary - canary).requests == 0
+
+
+def test_a_release_keeps_its_logs_under_its_budget_dropping_stopped_replicas_first(
+        store, tmp_path):
+    import os
+
+    from loophub.serving.manager import ReleaseManager
+    from loophub.store import BlobStore
+
+    live = release(store)[0]["id"]
+    manager = ReleaseManager(store, BlobStore(str(tmp_path / "blobs")), files=tmp_path,
+                             end=lambda *_: None, logs_per_release=2500)
+    folder = tmp_path / "logs" / "digits"
+    folder.mkdir(parents=True)
+    names = ["old1.requests.jsonl", "old1.log", "old2.requests.jsonl",
+             f"{live}.requests.jsonl"]
+    for age, name in enumerate(names):
+        (folder / name).write_bytes(b"x" * 1000)
+        os.utime(folder / name, (1000 + age, 1000 + age))
+    removed = manager.prune_logs("digits")
+    assert [p.name for p in removed] == ["old1.requests.jsonl", "old1.log"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names[2:])

@@ -4,6 +4,9 @@ promoted, rolled back, scaled and stopped; keys and history; the domain rules.""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
 import time
 
 import numpy as np
@@ -156,11 +159,16 @@ def test_monitoring_summarises_requests_and_flags_drift_from_the_training_data(
             assert session.post(f"{url}/predict", json=body, timeout=30).status_code == 200
         assert session.post(f"{url}/predict", json={"instances": [{"pixels": "x"}]},
                             timeout=30).status_code == 400
+        png = (tmp_path / "digits" / sorted(os.listdir(tmp_path / "digits"))[0]).read_bytes()
+        assert session.post(f"{url}/predict", timeout=30, json={"instances": [
+            {"image": base64.b64encode(png).decode()}]}).status_code == 200
     time.sleep(1.5)  # the replica flushes its request log once a second
     report = ann.request("GET", "releases/watched/monitoring", params={"window": 600})
     summary = report["summary"]
-    assert summary["requests"] == 121 and summary["status"] == {"200": 120, "400": 1}
-    assert summary["latency_ms"]["p99"] > 0 and sum(summary["classes"].values()) == 120
+    assert summary["requests"] == 122 and summary["status"] == {"200": 121, "400": 1}
+    assert summary["latency_ms"]["p99"] > 0 and sum(summary["classes"].values()) == 121
+    # the image of an image request is kept in the platform's blob store, once
+    assert api.ctx.blobs.exists(hashlib.sha256(png).hexdigest())
     assert list(summary["versions"]) == ["watched@v1"]
     calm = report["drift"]["watched@v1"]
     assert calm["drifted"] is False, calm
