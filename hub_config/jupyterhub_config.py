@@ -87,7 +87,9 @@ c.JupyterHub.services = [
         # the public URL reaches users' servers through the proxy (to stop a kernel whose
         # allocation ended); options beyond these: HOME/loophub_api_config.py
         "environment": {**settings.env(), "LOOPHUB_PUBLIC_URL": (
-            f"http://{'127.0.0.1' if ip in ('0.0.0.0', '') else ip}:{port}")},
+            f"http://{'127.0.0.1' if ip in ('0.0.0.0', '') else ip}:{port}"),
+            # --keep-servers keeps release replicas too
+            "LOOPHUB_KEEP_SERVERS": env.get("LOOPHUB_KEEP_SERVERS", "")},
         "oauth_no_confirm": True,
         "display": True,
         "info": {"description": "loophub API: data, scheduling, training, serving"},

@@ -381,11 +381,20 @@ class ReleaseManager:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def close(self) -> None:
-        """The API stops: replicas keep serving (they are found again on restart)."""
+    async def close(self, *, keep: bool = False) -> None:
+        """The API stops: its launches end, and so do the replicas' processes (drained:
+        what they hold is answered), unless KEEP (``loophub up --keep-servers``). Their
+        rows and requests stay: the next start finds the requests running and starts the
+        replicas again (``recover``)."""
         for task in list(self._tasks):
             task.cancel()
-
+        if keep:
+            return
+        running, self.running = list(self.running.values()), {}
+        await asyncio.gather(*(_terminate(r, 10) for r in running))
+        for r in running:
+            if r.confinement is not None:
+                r.confinement.release()
 
 async def _terminate(running: Running, grace: float) -> None:
     """SIGTERM (the server drains), then SIGKILL after GRACE seconds."""

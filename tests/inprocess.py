@@ -82,6 +82,8 @@ def serve_api(request, tmp_path, monkeypatch) -> Iterator[InProcessApi]:
         server.stop()
         if "runner" in ctx.__dict__:  # training workers and the Dask scheduler
             loop.run_until_complete(ctx.runner.close())
+        if "release_manager" in ctx.__dict__:  # replicas a failed test left serving
+            loop.run_until_complete(ctx.release_manager.close())
         loop.close()
 
     thread = threading.Thread(target=serve, daemon=True)

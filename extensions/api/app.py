@@ -527,6 +527,10 @@ class LoophubAPI(Application):
         ctx.jobs.shutdown()
         if "runner" in ctx.__dict__:
             ioloop.IOLoop.current().run_sync(ctx.runner.close, timeout=60)
+        if "release_manager" in ctx.__dict__:  # replicas stop with the platform
+            keep = os.environ.get("LOOPHUB_KEEP_SERVERS", "") == "1"
+            ioloop.IOLoop.current().run_sync(
+                lambda: ctx.release_manager.close(keep=keep), timeout=60)
         log.info("loophub API stopped")
 
 

@@ -189,3 +189,27 @@ def test_monitoring_summarises_requests_and_flags_drift_from_the_training_data(
     with pytest.raises(errors.NotFound):
         api.client("eve").request("GET", "releases/zzz/monitoring")
     ann.request("DELETE", "releases/watched")
+
+
+def test_replicas_stop_with_the_api_and_start_again_with_it(api, digit_nets):
+    """Stopping the API stops its replicas (nothing is left running); the next start
+    finds their requests still allocated and starts them again."""
+    _, net = digit_nets
+    ann = api.client("ann")
+    register(ann, "restarted", net)
+    ann.request("POST", "releases", json={"name": "restarted", "model": "restarted@v1",
+                                          "per_replica": {"cpu": 0.5, "mem": "1G"}})
+    [before] = wait_for(ann, "restarted", lambda v: v["status"] == "serving")["replica_list"]
+    manager = api.ctx.release_manager
+    api.run(manager.close())
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{before['url']}/health", timeout=5)
+    running = {v["id"]: v["allocation"] for v in api.ctx.scheduler.service.queue()
+               if v["kind"] == "service" and v["state"] == "running"}
+    assert before["request_id"] in running
+    api.run(manager.recover(running))
+    [after] = wait_for(ann, "restarted", lambda v: v["status"] == "serving" and v[
+        "replica_list"][0]["url"] != before["url"])["replica_list"]
+    assert after["id"] == before["id"]
+    assert requests.get(f"{after['url']}/ready", timeout=5).status_code == 200
+    ann.request("DELETE", "releases/restarted")
