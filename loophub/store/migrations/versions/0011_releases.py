@@ -94,5 +94,6 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("serving_references", "release_keys", "release_history", "release_replicas", "releases"):
+    for table in ("serving_references", "release_keys", "release_history",
+                  "release_replicas", "releases"):
         op.drop_table(table)
