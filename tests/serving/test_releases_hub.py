@@ -17,7 +17,7 @@ import requests
 import torch
 
 from loophub.client import Client
-from tests.serving.test_releases import register
+from tests.serving.test_releases import register, wait_for
 from tests.serving.test_server import digits_images, train_digits_mlp
 
 pytestmark = [pytest.mark.hub, pytest.mark.serving]
@@ -56,16 +56,6 @@ def call(hub, platform, name: str, who: str | None = None, *, key: str | None = 
     body = {"instances": [{"pixels": platform["images"][i].tolist()} for i in range(n)]}
     return requests.post(f"{hub.url}/services/models/{name}/predict", json=body,
                          headers=sent, timeout=60)
-
-
-def wait_status(client: Client, name: str, check, timeout: float = 180.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        view = client.request("GET", f"releases/{name}")
-        if check(view):
-            return view
-        assert time.monotonic() < deadline, (view["status"], view["replica_list"])
-        time.sleep(0.3)
 
 
 class Traffic:
@@ -110,7 +100,7 @@ def test_a_release_behind_the_hub(hub, platform):
         "name": name, "model": f"{model}@v1", "replicas": 2, "access": f"group:{platform['group']}",
         "per_replica": {"cpu": 0.25, "mem": "768M"}})
     assert view["url"] == f"{hub.url}/services/models/{name}/"
-    wait_status(owner, name, lambda v: v["status"] == "serving")
+    wait_for(owner, name, lambda v: v["status"] == "serving")
 
     # predictions equal the model's own, through proxy, gateway and replica
     resp = call(hub, platform, name, "owner", n=16)
@@ -141,7 +131,7 @@ def test_a_release_behind_the_hub(hub, platform):
     # a rollout under continuous traffic: no request fails, v2 serves after
     with Traffic(hub, platform, name) as traffic:
         owner.request("POST", f"releases/{name}/rollout", json={"model": f"{model}@v2"})
-        wait_status(owner, name, lambda v: v["status"] == "serving"
+        wait_for(owner, name, lambda v: v["status"] == "serving"
                     and v["version"] == f"{model}@v2"
                     and all(r["version"] == f"{model}@v2" for r in v["replica_list"]))
         time.sleep(1.5)
@@ -152,7 +142,7 @@ def test_a_release_behind_the_hub(hub, platform):
     # a canary of v1 at 30%: the split within tolerance over 1,000 requests
     owner.request("POST", f"releases/{name}/canary", json={"model": f"{model}@v1",
                                                           "percent": 30})
-    wait_status(owner, name, lambda v: any(r["role"] == "canary" and r["state"] == "ready"
+    wait_for(owner, name, lambda v: any(r["role"] == "canary" and r["state"] == "ready"
                                            for r in v["replica_list"]))
     time.sleep(1)
     seen: Counter = Counter()
@@ -174,7 +164,7 @@ def test_a_release_behind_the_hub(hub, platform):
     victim = view["replica_list"][0]
     with Traffic(hub, platform, name, threads=2) as traffic:
         os.kill(victim["pid"], signal.SIGKILL)
-        wait_status(owner, name, lambda v: any(
+        wait_for(owner, name, lambda v: any(
             r["id"] == victim["id"] and r["restarts"] == 1 and r["state"] == "ready"
             for r in v["replica_list"]), timeout=120)
     assert traffic.failures() == [] and len(traffic.answers) > 20
