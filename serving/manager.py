@@ -121,12 +121,18 @@ class ReleaseManager:
             await self._give_up(replica, f"could not start: {exc}")
             return
         self.running[rid] = running
-        await asyncio.to_thread(self.store.set_replica, rid, "starting",
-                                message="loading the model", url=running.url,
-                                pid=running.pid, node=placements(allocation)[0].node)
+        moved = await asyncio.to_thread(self.store.set_replica, rid, "starting",
+                                        message="loading the model", url=running.url,
+                                        pid=running.pid, node=placements(allocation)[0].node)
+        if moved is None:  # stopped or drained while its process started
+            await self._stop_process(rid)
+            return
         failure = await self._wait_ready(running)
         if failure is None:
-            await asyncio.to_thread(self.store.set_replica, rid, "ready", message="serving")
+            if await asyncio.to_thread(self.store.set_replica, rid, "ready",
+                                       message="serving") is None:
+                await self._stop_process(rid)  # stopped while it loaded
+                return
             log.info("replica %s of %s serves %s at %s", rid, running.release,
                      replica["version"], running.url)
             await self.settle(running.release)
@@ -282,11 +288,15 @@ class ReleaseManager:
             await self._give_up(replica, f"{why}; gave up after {restarts - 1} restarts")
             return
         await asyncio.sleep(min(2 ** restarts, 30))
-        self._spawn(self._launch(replica, running.allocation))
+        again = await asyncio.to_thread(self.store.replica, rid)
+        if again is not None and again["wanted"]:  # not stopped while it waited
+            self._spawn(self._launch(again, running.allocation))
 
     async def _give_up(self, replica: dict, why: str) -> None:
         await asyncio.to_thread(self.store.set_replica, replica["id"], "stopped",
                                 message=why, routes=True)
+        await asyncio.to_thread(self.store.record, replica["release"], PLATFORM,
+                                "replica_stopped", replica=replica["id"], reason=why)
         if replica.get("request_id"):
             self.end(replica["request_id"], why)
 

@@ -20,11 +20,11 @@ from typing import Any
 from sqlalchemy import select
 
 from loophub.identity import Actor
+from loophub.releases.tables import ServingReference
 from loophub.store import BlobStore, Database
 from loophub.training.recipes.labels import class_label
 
 from . import monitoring
-from .tables import ServingReference
 
 REFERENCE_RECORDS = 1000
 READER = Actor("loophub", admin=True, kind="service")  # a reference is aggregate figures

@@ -27,18 +27,18 @@ from loophub import access, audit
 from loophub.errors import Conflict, InvalidInput, NotFound
 from loophub.identity import Actor
 from loophub.pool import PoolConfigError, parse_mem
+from loophub.releases.tables import Release, ReleaseEvent, ReleaseKey, ReleaseReplica
 from loophub.store import Database
 from loophub.store.models import iso, utcnow
 
 from .canary import guard_options
 from .routing import Backend, ReleaseRoute, RouteTable
-from .tables import Release, ReleaseEvent, ReleaseKey, ReleaseReplica
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # a path part of its URL, as typed
 MAX_REPLICAS = 16
 KEY_PREFIX = "lhk_"
 LIVE = ("queued", "starting", "ready", "failed")  # replicas the release still counts on
-ENDED = ("stopped",)
+ENDED_MOVES = {("stopped", s) for s in ("queued", "starting", "ready", "draining", "failed")}
 OPTIONS: dict[str, tuple[type, Any, Any]] = {  # name: (type, lowest, highest)
     "batching": (bool, None, None),
     "max_batch_size": (int, 1, 1024),
@@ -183,6 +183,9 @@ class ReleaseStore:
     def view(self, s, release: Release) -> dict:
         replicas = self._replicas(s, release)
         live = [r for r in replicas if r.state != "stopped"]
+        # the last replicas that stopped by themselves say why a release is failing
+        gave_up = sorted((r for r in replicas if r.state == "stopped"
+                          and r.message not in ("stopped", "")), key=lambda r: r.updated)
         return {
             "name": release.name, "owner": release.owner, "access": access_of(release),
             "model": release.model, "version": release.version,
@@ -193,15 +196,19 @@ class ReleaseStore:
             "state": release.state, "status": self._status(release, live),
             "ready": sum(r.state == "ready" for r in live), "generation": release.generation,
             "replica_list": [replica_view(r) for r in live],
+            "stopped_replicas": [replica_view(r) for r in gave_up[-3:]],
             "created": iso(release.created), "updated": iso(release.updated),
         }
 
     @staticmethod
     def _status(release: Release, live: list[ReleaseReplica]) -> str:
         """One word for people: stopped, waiting (nothing ready yet), serving, updating
-        (a rollout or canary in progress) or degraded (fewer ready than wanted)."""
+        (a rollout in progress), degraded (fewer ready than wanted) or failed (every
+        replica gave up: ``stopped_replicas`` says why)."""
         if release.state == "stopped":
             return "stopped"
+        if not any(r.state in LIVE for r in live):
+            return "failed"  # every replica gave up: see stopped_replicas
         ready = [r for r in live if r.state == "ready"]
         if not ready:
             return "waiting"
@@ -532,8 +539,9 @@ class ReleaseStore:
         """Move a replica (the manager's writes); ROUTES: the gateway must see it."""
         with self.db.transaction() as s:
             r = s.get(ReleaseReplica, replica_id)
-            if r is None:
-                return None
+            if r is None or (r.state, state) in ENDED_MOVES or (
+                    r.state == "draining" and state not in ("draining", "stopped")):
+                return None  # stopped stays stopped; a drained replica never serves again
             was_ready = r.state == "ready"
             r.state, r.message, r.updated = state, message, utcnow()
             for key, value in fields.items():

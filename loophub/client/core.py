@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from loophub.client.labeling import Labeling
     from loophub.client.models import Models
     from loophub.client.scheduler import Scheduler
+    from loophub.client.serving import Serving
     from loophub.client.training import Training
 
 BY_STATUS: dict[int, type[errors.LoophubError]] = {
@@ -196,6 +197,13 @@ class Client:
         from loophub.client.models import Models
 
         return Models(self)
+
+    @cached_property
+    def serving(self) -> Serving:
+        """Releases: models served as REST services; rollouts, canaries, keys, predict."""
+        from loophub.client.serving import Serving
+
+        return Serving(self)
 
     @cached_property
     def jobs(self) -> Jobs:

@@ -24,7 +24,7 @@ TABLE_MODULES: tuple[str, ...] = (
     "loophub.labeling.models",
     "loophub.training.tables",
     "loophub.models.tables",
-    "loophub.serving.tables",
+    "loophub.releases.tables",
 )
 
 

@@ -229,3 +229,17 @@ def test_a_release_keeps_its_logs_under_its_budget_dropping_stopped_replicas_fir
     removed = manager.prune_logs("digits")
     assert [p.name for p in removed] == ["old1.requests.jsonl", "old1.log"]
     assert sorted(p.name for p in folder.iterdir()) == sorted(names[2:])
+
+
+def test_a_stopped_replica_stays_stopped_and_a_release_whose_replicas_gave_up_says_why(store):
+    [replica] = release(store)
+    store.set_replica(replica["id"], "stopped", message="the model server cannot serve "
+                      "digits@v1: bad metadata", routes=True)
+    assert store.set_replica(replica["id"], "starting", message="late launch") is None
+    assert store.set_replica(replica["id"], "ready", message="late ready") is None
+    view = store.get(ANN, "digits")
+    assert view["status"] == "failed" and view["replica_list"] == []
+    assert "cannot serve" in view["stopped_replicas"][0]["message"]
+    [second] = store.scale(ANN, "digits", 2)[:1]
+    store.set_replica(second["id"], "draining", message="draining")
+    assert store.set_replica(second["id"], "ready", message="back") is None
