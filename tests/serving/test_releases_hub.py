@@ -178,3 +178,37 @@ def test_a_release_behind_the_hub(hub, platform):
     queue = owner.request("GET", "scheduler/requests")["requests"]
     assert not [(r["replica"], r["state"]) for r in queue
                 if r.get("release") == name and r["state"] in ("queued", "running")]
+
+
+@pytest.mark.browser
+def test_the_admins_page_lists_releases_and_scales_them(hub, platform):
+    """The fairness page's Releases table: status, replicas and where they run, and
+    buttons that scale through the fair scheduler (signed in with the hub cookie)."""
+    from tests.browser import chromium_page, hub_login, require_chromium, screenshot
+
+    require_chromium()
+    owner, name = platform["owner"], platform["name"] + "-admin"
+    owner.request("POST", "releases", json={
+        "name": name, "model": f"{platform['model']}@v1", "replicas": 1,
+        "per_replica": {"cpu": 0.25, "mem": "768M"}})
+    wait_for(owner, name, lambda v: v["status"] == "serving")
+    try:
+        with chromium_page(viewport=(1400, 900)) as page:
+            hub_login(page, hub.url, "admin", hub.admin_password)
+            page.goto(f"{hub.url}/services/loophub/fairness")
+            page.wait_for_function(f"document.querySelector('#releases tbody').innerText"
+                                   f".includes('{name}')", timeout=30_000)
+            row = page.locator("#releases tbody tr", has_text=name)
+            assert "serving" in row.inner_text() and "1 / 1" in row.inner_text()
+            screenshot(page, "serving/admin-releases.png")
+            row.locator("button[title^='one more replica']").click()
+            wait_for(owner, name, lambda v: v["replicas"] == 2, timeout=30)
+            page.wait_for_function("document.querySelector('#releases tbody').innerText"
+                                   ".includes('/ 2')", timeout=30_000)
+            page.locator("#releases tbody tr", has_text=name).locator(
+                "button[title^='one replica fewer']").click()
+            wait_for(owner, name, lambda v: v["replicas"] == 1 and v["status"] == "serving"
+                     and len(v["replica_list"]) == 1, timeout=60)
+            assert not page.is_visible("#error")
+    finally:
+        owner.request("DELETE", f"releases/{name}")
