@@ -208,6 +208,33 @@ def handle_history(args: argparse.Namespace) -> int:
          for e in es]))
 
 
+def handle_monitor(args: argparse.Namespace) -> int:
+    report = client_from(args).serving.monitoring(args.name, args.window)
+    return _print(args, report, _monitor_lines)
+
+
+def _monitor_lines(report: dict) -> list[str]:
+    summary = report["summary"]
+    lines = [f"{report['release']}: {summary['requests']} requests in the last "
+             f"{report['window_s']:g} s"]
+    rows = []
+    for version, part in sorted((summary.get("versions") or {}).items()):
+        latency = part.get("latency_ms") or {}
+        drift = (report.get("drift") or {}).get(version) or {}
+        flag = {True: "DRIFT", False: "no drift"}.get(drift.get("drifted"),
+                                                      drift.get("insufficient") or "-")
+        rows.append([version, part["requests"], _num(part.get("requests_per_s")),
+                     _num(latency.get("p50")), _num(latency.get("p99")),
+                     _num(part.get("error_rate")), flag])
+    lines += table(["VERSION", "REQUESTS", "REQ/S", "P50 MS", "P99 MS", "ERROR RATE",
+                    "INPUTS"], rows)
+    return lines
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3g}"
+
+
 def handle_log(args: argparse.Namespace) -> int:
     text = client_from(args).serving.log(args.name, args.replica)
     if args.json:
@@ -294,6 +321,10 @@ def register(subparsers) -> None:
     which.add_argument("--revoke", metavar="ID", help="revoke key ID")
     history = action("history", handle_history, "every change to a release, oldest first")
     history.add_argument("name")
+    monitor = action("monitor", handle_monitor, "traffic, latency, errors and input drift "
+                                                "per version over a window")
+    monitor.add_argument("name")
+    monitor.add_argument("--window", type=float, default=3600, help="seconds back (3600)")
     log = action("log", handle_log, "a replica's model-server output (the last 256 KB)")
     log.add_argument("name")
     log.add_argument("replica", help="its id (`loophub serve status NAME`)")

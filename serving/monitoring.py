@@ -141,6 +141,14 @@ def _image_file_features(data: bytes) -> dict[str, float]:
 
 # -- the reference stored with a model version ---------------------------------------------
 
+def vocabulary_of(meta: dict) -> set[str] | None:
+    """A text model's vocabulary (its tokenizer's, in the artifact's metadata), for the
+    oov feature; None for other models."""
+    tokenizer = ((meta or {}).get("preprocess") or {}).get("tokenizer") or {}
+    vocab = tokenizer.get("vocab")
+    return set(vocab) if isinstance(vocab, list) else None
+
+
 def reference_sample(instances: Iterable[Any], *, vocabulary: Collection[str] | None = None,
                      labels: Iterable[Any] | None = None, limit: int = REFERENCE_LIMIT,
                      seed: int = 0) -> dict[str, Any]:

@@ -89,7 +89,8 @@ class Monitor:
         sample = _reservoir(_counting(records, labels, view.get("task")), REFERENCE_RECORDS)
         instances = [self._instance(record) for record in sample]
         out = monitoring.reference_sample([i for i in instances if i is not None],
-                                          limit=REFERENCE_RECORDS)
+                                          limit=REFERENCE_RECORDS,
+                                          vocabulary=monitoring.vocabulary_of(view["meta"]))
         out["labels"] = dict(labels) if labels else None
         out["dataset"] = view["dataset"]
         return out

@@ -47,6 +47,7 @@ from loophub.serving import openapi
 from loophub.serving.batching import Batcher, Direct
 from loophub.serving.metrics import CONTENT_TYPE, ServerMetrics
 from loophub.serving.model import ServedModel, load_artifact, run_batch
+from loophub.serving.monitoring import vocabulary_of
 from loophub.serving.requestlog import RequestLog
 from loophub.serving.validation import RequestChecker
 from loophub.store.blobs import BlobStore
@@ -152,6 +153,8 @@ class ModelServer:
             signature=model.signature, base_path=self.config.base_path,
             max_body=self.config.max_body)).encode()
         self.model = model
+        if self.request_log is not None:  # a text model's out-of-vocabulary share
+            self.request_log.vocabulary = vocabulary_of(model.meta)
         self.ready = True
         log.info("model %s ready (%s, %d labels)", self.ref or self.name, model.task,
                  len(model.labels))

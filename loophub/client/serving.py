@@ -124,6 +124,12 @@ class Serving:
     def revoke_key(self, name: str, key_id: str) -> dict:
         return self.client.request("DELETE", self._path(name, "keys", quote(key_id, safe="")))
 
+    def monitoring(self, name: str, window: float = 3600) -> dict:
+        """Traffic, latency, errors, classes, confidence and drift over the last WINDOW
+        seconds (``GET releases/NAME/monitoring``)."""
+        return self.client.request("GET", self._path(name, "monitoring"),
+                                   params={"window": window})
+
     def log(self, name: str, replica_id: str) -> str:
         return self.client.raw("GET", self._path(name, "replicas",
                                                  quote(replica_id, safe=""), "log")).text
@@ -302,6 +308,11 @@ class Release:
 
     def revoke_key(self, key_id: str) -> dict:
         return self.serving.revoke_key(self.name, key_id)
+
+    def monitoring(self, window: float = 3600) -> dict:
+        """The release's figures over the last WINDOW seconds, per version, and the drift
+        of its inputs against each version's training data."""
+        return self.serving.monitoring(self.name, window)
 
     def log(self, replica_id: str) -> str:
         """A replica's model-server output, the last 256 KB (ids: ``view["replica_list"]``)."""

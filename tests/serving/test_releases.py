@@ -131,7 +131,7 @@ def test_a_slow_canary_is_rolled_back_by_its_guard(api, digit_nets):
 
 
 def test_monitoring_summarises_requests_and_flags_drift_from_the_training_data(
-        api, digit_nets, tmp_path):
+        api, digit_nets, tmp_path, monkeypatch, capsys):
     """The release's figures per version, and its inputs compared with the dataset
     version the model learnt from: digits as trained pass, inverted digits drift."""
     from sklearn.datasets import load_digits
@@ -186,6 +186,17 @@ def test_monitoring_summarises_requests_and_flags_drift_from_the_training_data(
     assert report["summary"]["requests"] == 120
     shifted = report["drift"]["watched@v1"]
     assert shifted["drifted"] is True and shifted["features"]["brightness"]["drifted"], shifted
+    # the SDK and the CLI say the same
+    release = ann.serving.get("watched")
+    assert release.monitoring(window=600)["summary"]["requests"] == 242
+    from loophub.cli import main
+
+    monkeypatch.setenv("LOOPHUB_API_URL", api.url)
+    monkeypatch.setenv("LOOPHUB_TOKEN", "user:ann")
+    capsys.readouterr()
+    assert main(["serve", "monitor", "watched", "--window", "600"]) == 0
+    out = capsys.readouterr().out
+    assert "242 requests" in out and "watched@v1" in out and "DRIFT" in out, out
     with pytest.raises(errors.NotFound):
         api.client("eve").request("GET", "releases/zzz/monitoring")
     ann.request("DELETE", "releases/watched")

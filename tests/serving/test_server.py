@@ -298,6 +298,7 @@ def test_a_sample_of_requests_is_logged(topics_replica):
     lines = [json.loads(line) for line in topics_replica.log_path.read_text().splitlines()]
     last = lines[-1]
     assert last["status"] == 200 and last["inputs"] == [{"text": "The coach praised the team."}]
+    assert 0 <= last["features"][0]["oov"] <= 1  # against the model's own vocabulary
     assert last["outputs"][0]["label"] in topics_replica_labels(topics_replica)
     assert any(line["status"] == 400 for line in lines)
 
