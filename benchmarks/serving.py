@@ -14,7 +14,9 @@ Load: Debian's wrk (one thread, keep-alive connections, a Lua script posting the
 so the load generator is never the bottleneck; each figure is the median of --reps runs
 of --seconds each, the runs of all cases interleaved so background load hits them alike;
 the spread is min-max over the runs. Cases: both servers at concurrency 1, 8 and 32;
-loophub with batching off; with metrics off (their overhead); with base64 PNG inputs.
+loophub with batching off; with metrics off (their overhead); with every request written
+to a request log, images to a blob store, as release replicas do (its overhead); with base64
+PNG inputs.
 
 The release side (--no-release skips it): a real platform (`loophub up`: JupyterHub, its
 proxy, the API, the gateway service), the same TorchScript file and preprocessing
@@ -376,6 +378,7 @@ def cases(quick: bool, release: bool) -> list[Case]:
     out = [Case(name, name, name, c) for name in ("mlflow", "loophub") for c in (1, 8, 32)]
     out += [Case("nobatch", "nobatch", "loophub", c) for c in ((1, 8, 32) if not quick else (32,))]
     out += [Case("nometrics", "nometrics", "loophub", 8),
+            Case("logging", "logging", "loophub", 8),
             Case("loophub_png", "loophub", "loophub_png", 8)]
     if release:  # the same body as the direct loophub server's, through proxy and gateway
         out += [Case("proxy", "proxy", "loophub", c) for c in (1, 8, 32)]
@@ -574,6 +577,9 @@ def report(all_cases: list[Case], seconds: int, reps: int, max_diff: float,
     line["speedup_rps_c8"] = round(line["loophub_rps_c8"] / line["mlflow_rps_c8"], 2)
     line["metrics_overhead_share"] = round(
         max(0.0, 1 - line["loophub_rps_c8"] / line["nometrics_rps_c8"]), 3)
+    # what a release's replica adds: every request sampled into its request log
+    line["request_log_overhead_share"] = round(
+        max(0.0, 1 - line["logging_rps_c8"] / line["loophub_rps_c8"]), 3)
     if release is not None:
         line.update(release_keys(line, release))
     return line
@@ -619,6 +625,7 @@ def table(all_cases: list[Case], line: dict, release: dict | None) -> str:
             f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"]
     labels = {"mlflow": "mlflow models serve", "loophub": "loophub (batching)",
               "nobatch": "loophub (no batching)", "nometrics": "loophub (metrics off)",
+              "logging": "loophub (request log on)",
               "loophub_png": "loophub (base64 PNG)", "proxy": "release (hub proxy, auth)"}
     for case in all_cases:
         low, high = case.spread("rps")
@@ -628,7 +635,8 @@ def table(all_cases: list[Case], line: dict, release: dict | None) -> str:
     if release is not None:
         rows += release_rows(release)
     rows.append(f"loophub / mlflow at concurrency 8: {line['speedup_rps_c8']}x req/s; "
-                f"metrics overhead {line['metrics_overhead_share'] * 100:.1f}%")
+                f"metrics overhead {line['metrics_overhead_share'] * 100:.1f}%; request "
+                f"log overhead {line['request_log_overhead_share'] * 100:.1f}%")
     if release is not None:
         rows.append(f"release through the proxy / mlflow at concurrency 8: "
                     f"{line['proxy_vs_mlflow_c8']}x req/s (aim: >= 1.5x)")
@@ -684,6 +692,9 @@ def main() -> None:
             servers["loophub"] = start_loophub("loophub", folder)
             servers["nobatch"] = start_loophub("nobatch", folder, "--no-batching")
             servers["nometrics"] = start_loophub("nometrics", folder, "--no-metrics")
+            servers["logging"] = start_loophub(  # every request sampled, as releases log
+                "logging", folder, "--request-log", str(folder / "requests.jsonl"),
+                "--blob-url", str(folder / "blobs"))
             max_diff = check_same_answer(servers, bodies)
             endpoints = {name: Endpoint(server.url) for name, server in servers.items()}
             if args.release:
