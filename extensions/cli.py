@@ -105,6 +105,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("\nstopping ...", flush=True)
         return 0
     finally:
+        # a second Ctrl-C (or a supervisor's SIGTERM) must not cut the stop short: `up`
+        # would exit and leave the hub running without its parent
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         _stop(hub, settings.home)
         (settings.home / "run.json").unlink(missing_ok=True)
 

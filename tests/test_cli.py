@@ -139,6 +139,26 @@ def test_up_reuses_its_home_and_stops_everything(tmp_path):
         second.stop()
 
 
+def test_a_second_ctrl_c_does_not_leave_the_hub_running(tmp_path):
+    """Two interrupts in a row (an impatient Ctrl-C, a supervisor's SIGTERM after it):
+    `up` still stops the hub, its proxy and its services before it exits."""
+    import signal
+    import time
+
+    from tests.hubtest import start_hub
+
+    home = tmp_path / "home"
+    hub = start_hub(home)
+    pid = int((home / "jupyterhub.pid").read_text())
+    hub.proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    hub.proc.send_signal(signal.SIGTERM)
+    assert hub.proc.wait(60) == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not (home / "proxy.pid").exists() and not (home / "jupyterhub.pid").exists()
+
+
 def _tree(root):
     return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
 
