@@ -107,9 +107,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         # a second Ctrl-C (or a supervisor's SIGTERM) must not cut the stop short: `up`
         # would exit and leave the hub running without its parent
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        _stop(hub, settings.home)
+        before = {sig: signal.signal(sig, signal.SIG_IGN)
+                  for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            _stop(hub, settings.home)
+        finally:
+            for sig, handler in before.items():  # as they were (`up` run in a process)
+                signal.signal(sig, handler)
         (settings.home / "run.json").unlink(missing_ok=True)
 
 
