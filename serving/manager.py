@@ -167,13 +167,17 @@ class ReleaseManager:
                                         mode=self.memory_enforcement,
                                         cgroup_parent=self.cgroup_parent,
                                         rlimit_fallback=False, logger=log)
-        log_path = logs / f"{replica['id']}.log"
+        log_path = self.log_path(replica["release"], replica["id"])
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, preexec_fn=confinement.preexec())
         return Running(replica["id"], replica["release"], proc.pid, f"http://127.0.0.1:{port}",
                        proc=proc, confinement=confinement, allocation=allocation,
                        log_path=log_path)
+
+    def log_path(self, release: str, replica: str) -> Path:
+        """Where a replica's model server writes its output."""
+        return self.files / "logs" / release / f"{replica}.log"
 
     def _materialize(self, artifact: str, meta: dict) -> Path:
         """The version's files for the server, once per artifact (written, then renamed:
@@ -385,11 +389,6 @@ class ReleaseManager:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("a replica task failed", exc_info=task.exception())
-
-    async def settle_tasks(self) -> None:
-        """Wait for launches and drains in flight (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def close(self, *, keep: bool = False) -> None:
         """The API stops: its launches end, and so do the replicas' processes (drained:

@@ -164,7 +164,7 @@ def reference_sample(instances: Iterable[Any], *, vocabulary: Collection[str] | 
     """
     if limit < 1:
         raise ValueError(f"reference limit must be at least 1, got {limit}")
-    sample, total = _reservoir(instances, limit, random.Random(seed))
+    sample, total = reservoir(instances, limit, random.Random(seed))
     features: dict[str, list[float]] = defaultdict(list)
     for instance in sample:
         for name, value in summary_features(instance, vocabulary=vocabulary).items():
@@ -174,7 +174,7 @@ def reference_sample(instances: Iterable[Any], *, vocabulary: Collection[str] | 
             "labels": counts}
 
 
-def _reservoir(items: Iterable[Any], limit: int, rng: random.Random) -> tuple[list, int]:
+def reservoir(items: Iterable[Any], limit: int, rng: random.Random) -> tuple[list, int]:
     """A uniform sample of LIMIT items of an iterable of unknown length (Vitter's
     algorithm R), and how many there were: a generator over a large data set is never
     held in memory."""

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-
 from loophub.identity import Actor
 from loophub.releases.tables import ServingReference
 from loophub.store import BlobStore, Database
@@ -86,7 +84,8 @@ class Monitor:
         name = view["dataset"].partition("@")[0]
         records = self.datasets.version_records(READER, name, view["dataset_version_id"])
         labels: Counter = Counter()
-        sample = _reservoir(_counting(records, labels, view.get("task")), REFERENCE_RECORDS)
+        sample, _ = monitoring.reservoir(_counting(records, labels, view.get("task")),
+                                         REFERENCE_RECORDS, random.Random(0))
         instances = [self._instance(record) for record in sample]
         out = monitoring.reference_sample([i for i in instances if i is not None],
                                           limit=REFERENCE_RECORDS,
@@ -111,20 +110,3 @@ def _counting(records: Iterator[dict], labels: Counter, task: str | None) -> Ite
             labels[label] += 1
         yield record
 
-
-def _reservoir(items: Iterator[dict], limit: int, seed: int = 0) -> list[dict]:
-    rng, sample = random.Random(seed), []
-    for seen, item in enumerate(items, start=1):
-        if len(sample) < limit:
-            sample.append(item)
-        elif (slot := rng.randrange(seen)) < limit:
-            sample[slot] = item
-    return sample
-
-
-def references(db: Database) -> list[dict]:
-    """What is kept (for admins and tests)."""
-    with db.session() as s:
-        return [{"artifact": r.artifact, "version": r.version, "dataset": r.dataset,
-                 "count": r.reference.get("count")}
-                for r in s.scalars(select(ServingReference))]

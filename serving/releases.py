@@ -21,7 +21,7 @@ import secrets
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from loophub import access, audit
 from loophub.errors import Conflict, InvalidInput, NotFound
@@ -598,12 +598,6 @@ class ReleaseStore:
                 row.revoked = utcnow()
                 self._event(s, release, actor, "revoke_key", key=key_id)
             return key_view(row)
-
-    def forget_requests(self, request_ids: list[str]) -> None:
-        """Replicas whose scheduler request is gone are stopped (a reconciliation)."""
-        with self.db.transaction() as s:
-            s.execute(update(ReleaseReplica).where(ReleaseReplica.request_id.in_(request_ids))
-                      .values(state="stopped", message="its scheduler request ended"))
 
 
 def replica_view(r: ReleaseReplica) -> dict:

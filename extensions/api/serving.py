@@ -334,7 +334,7 @@ class ReplicaLogHandler(ReleasesBase):
     async def get(self, release: str, replica: str) -> None:
         await in_thread(self.store.check, self.actor, release, "manage")
         ids = {r["id"] for r in await in_thread(self.store.replicas_of, release)}
-        path = Path(self.manager.files) / "logs" / release / f"{replica}.log"
+        path = self.manager.log_path(release, replica)
         if replica not in ids or not path.is_file():
             raise NotFound(f"release {release!r} has no replica {replica!r} with a log; GET "
                            "the release for its replicas")
