@@ -9,8 +9,9 @@ gateway then routes to it); ``settle`` drains what a rollout, scale or promotion
 over; a drained replica gets SIGTERM (the server finishes what it holds) and its
 request is ended. ``watch`` restarts a replica whose process died.
 
-Local processes only for now: a replica on a Slurm node is not started (its request is
-ended with a message saying so).
+A replica on a local node is a confined child process listening on 127.0.0.1; on a Slurm
+node it is a batch job (``launchers["slurm"]``, spawner/backends/replicas.py) whose server
+says in a state file where it listens and how it ended.
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 
 from loophub.identity import Actor
 from loophub.ports import free_port
-from loophub.runtime import Confinement, placements
+from loophub.runtime import Confinement, Placement, placements
 from loophub.store import BlobStore
 
 from .canary import Stats, replica_stats, verdict
 from .releases import ReleaseStore
+from .statefile import read_state
 
 log = logging.getLogger("loophub.serving")
 End = Callable[[str, str], None]             # (request id, reason): the holder ends it
@@ -61,6 +64,8 @@ class Running:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
+        if not self.pid:
+            return False
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -69,6 +74,35 @@ class Running:
             return True
         return True
 
+    def exit_code(self) -> int | None:
+        """How it ended, where known (a process found after a restart: not known)."""
+        return self.proc.poll() if self.proc is not None else None
+
+    async def terminate(self, grace: float) -> None:
+        """SIGTERM (the server drains), then SIGKILL after GRACE seconds."""
+        await _terminate(self, grace)
+        if self.confinement is not None:
+            self.confinement.release()
+
+
+@dataclass
+class SlurmRunning(Running):
+    """A replica running as a Slurm job (its pid is on another machine: 0 here)."""
+
+    job: str = ""
+    launcher: Any = None  # SlurmReplicaLauncher
+    state_file: Path | None = None
+
+    def alive(self) -> bool:
+        return self.launcher.alive(self.job)
+
+    def exit_code(self) -> int | None:
+        code = read_state(self.state_file).get("exit_code") if self.state_file else None
+        return None if self.alive() else code
+
+    async def terminate(self, grace: float) -> None:
+        await self.launcher.stop(self.job, grace)
+
 
 class ReleaseManager:
     def __init__(self, store: ReleaseStore, blobs: BlobStore, *, files: Path, end: End,
@@ -76,13 +110,15 @@ class ReleaseManager:
                  switch_grace: float = 1.0, drain_timeout: float = 30.0,
                  logs_per_release: int = 512 * 1024 * 1024,
                  memory_enforcement: str = "auto", cgroup_parent: str = "loophub",
-                 backend_of: Callable[[str], str] = lambda node: "local") -> None:
+                 backend_of: Callable[[str], str] = lambda node: "local",
+                 launchers: dict[str, Any] | None = None) -> None:
         self.store, self.blobs, self.files = store, blobs, Path(files)
         self.end, self.python = end, python
         self.ready_timeout, self.switch_grace = ready_timeout, switch_grace
         self.drain_timeout, self.logs_per_release = drain_timeout, logs_per_release
         self.memory_enforcement, self.cgroup_parent = memory_enforcement, cgroup_parent
         self.backend_of = backend_of
+        self.launchers = dict(launchers or {})  # backend name -> its replica launcher
         self.running: dict[str, Running] = {}
         self._tasks: set[asyncio.Task] = set()
         self._baselines: dict[tuple[str, str], Stats] = {}  # (canary since, replica)
@@ -95,9 +131,10 @@ class ReleaseManager:
         if replica is None or not replica["wanted"]:
             return  # its release stopped or moved on while it waited: the settle ends it
         unit = placements(allocation)[0]
-        if self.backend_of(unit.node) != "local":
-            await self._give_up(replica, f"node {unit.node} is a Slurm node; replicas run "
-                                         "on local nodes only for now")
+        backend = self.backend_of(unit.node)
+        if backend != "local" and backend not in self.launchers:
+            await self._give_up(replica, f"node {unit.node} is a {backend} node and this "
+                                         f"API has no replica launcher for {backend}")
             return
         self._spawn(self._launch(replica, allocation))
 
@@ -114,8 +151,15 @@ class ReleaseManager:
 
     async def _launch(self, replica: dict, allocation: dict) -> None:
         rid = replica["id"]
+        unit = placements(allocation)[0]
+        launcher = self.launchers.get(self.backend_of(unit.node))
         try:
-            running = await asyncio.to_thread(self._start_process, replica, allocation)
+            if launcher is None:
+                running = await asyncio.to_thread(self._start_process, replica, allocation)
+            else:
+                running = await self._start_job(launcher, replica, allocation)
+                if running is None:
+                    return  # stopped while it was submitted
         except Exception as exc:  # a bad artifact, a cgroup refused: the replica says why
             log.exception("replica %s of %s did not start", rid, replica["release"])
             await self._give_up(replica, f"could not start: {exc}")
@@ -123,7 +167,7 @@ class ReleaseManager:
         self.running[rid] = running
         moved = await asyncio.to_thread(self.store.set_replica, rid, "starting",
                                         message="loading the model", url=running.url,
-                                        pid=running.pid, node=placements(allocation)[0].node)
+                                        pid=running.pid, node=unit.node)
         if moved is None:  # stopped or drained while its process started
             await self._stop_process(rid)
             return
@@ -136,44 +180,80 @@ class ReleaseManager:
             log.info("replica %s of %s serves %s at %s", rid, running.release,
                      replica["version"], running.url)
             await self.settle(running.release)
-        elif running.proc is not None and running.proc.poll() == CANNOT_SERVE:
+        elif running.exit_code() == CANNOT_SERVE:
             self.running.pop(rid, None)  # the same files will fail the same way
             await self._give_up(replica, f"the model server cannot serve {replica['version']}"
                                          f": {_tail(running.log_path, 1)}")
         elif rid in self.running:
             await self._failed(rid, failure)
 
-    def _start_process(self, replica: dict, allocation: dict) -> Running:
+    def _server_cmd(self, replica: dict, where: list[str]) -> list[str]:
+        """The model server's command line; WHERE: its address options."""
         folder = self._materialize(replica["artifact"], replica["meta"])
-        unit = placements(allocation)[0]
-        port = free_port()
         logs = self.files / "logs" / replica["release"]
         logs.mkdir(parents=True, exist_ok=True)
         options = replica["options"]
         cmd = [self.python, "-m", "loophub.serving.server", "--artifact",
-               str(folder / "model.pt"), "--meta", str(folder / "model.json"),
-               "--port", str(port), "--model-ref", replica["version"],
+               str(folder / "model.pt"), "--meta", str(folder / "model.json"), *where,
+               "--model-ref", replica["version"],
                "--drain-timeout", str(self.drain_timeout),
                "--request-log", str(logs / f"{replica['id']}.requests.jsonl"),
                "--log-sample-rate", str(options.get("log_sample_rate", 1.0)),
                "--blob-url", self.blobs.url,
                "--max-batch-size", str(options.get("max_batch_size", 32)),
                "--max-wait-ms", str(options.get("max_wait_ms", 5.0))]
-        if options.get("batching") is False:
-            cmd.append("--no-batching")
+        return cmd + (["--no-batching"] if options.get("batching") is False else [])
+
+    def _server_env(self, unit: Placement) -> dict[str, str]:
         env = {k: os.environ[k] for k in KEEP_ENV if k in os.environ}
-        env.update(unit.env(), PYTHONUNBUFFERED="1")
+        return {**env, **unit.env(), "PYTHONUNBUFFERED": "1"}
+
+    def _start_process(self, replica: dict, allocation: dict) -> Running:
+        unit = placements(allocation)[0]
+        port = free_port()
+        cmd = self._server_cmd(replica, ["--port", str(port)])
         confinement = Confinement.build(unit, name=f"replica-{replica['id']}",
                                         mode=self.memory_enforcement,
                                         cgroup_parent=self.cgroup_parent,
                                         rlimit_fallback=False, logger=log)
         log_path = self.log_path(replica["release"], replica["id"])
         with open(log_path, "ab") as out:
-            proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=confinement.preexec())
+            proc = subprocess.Popen(cmd, env=self._server_env(unit), stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=confinement.preexec())
         return Running(replica["id"], replica["release"], proc.pid, f"http://127.0.0.1:{port}",
                        proc=proc, confinement=confinement, allocation=allocation,
                        log_path=log_path)
+
+    async def _start_job(self, launcher: Any, replica: dict,
+                         allocation: dict) -> SlurmRunning | None:
+        """Submit the replica's batch job and wait until its server listens; None if the
+        replica was stopped meanwhile (its job cancelled)."""
+        rid, unit = replica["id"], placements(allocation)[0]
+        state_file = self.log_path(replica["release"], rid).with_suffix(".state.json")
+        cmd = await asyncio.to_thread(self._server_cmd, replica,
+                                      launcher.server_args(state_file))
+        state_file.unlink(missing_ok=True)  # a restart's file says nothing of this job
+        job = await launcher.submit(f"loophub-replica-{replica['release']}-{rid}", cmd, unit,
+                                    self._server_env(unit),
+                                    self.log_path(replica["release"], rid))
+        running = SlurmRunning(rid, replica["release"], 0, "", allocation=allocation,
+                               log_path=self.log_path(replica["release"], rid), job=job,
+                               launcher=launcher, state_file=state_file)
+
+        async def tell(message: str) -> dict | None:
+            return await asyncio.to_thread(self.store.set_replica, rid, "starting",
+                                           message=message, job=job, node=unit.node)
+
+        if await tell(f"submitted to Slurm as job {job}") is None:
+            await running.terminate(0)
+            return None
+        try:
+            running.url = await launcher.wait_listening(job, state_file, tell)
+        except BaseException:
+            await running.terminate(0)
+            raise
+        return running
 
     def log_path(self, release: str, replica: str) -> Path:
         """Where a replica's model server writes its output."""
@@ -203,8 +283,7 @@ class ReleaseManager:
             if self.running.get(running.replica) is not running:
                 return "stopped while it started"
             if not running.alive():
-                code = running.proc.poll() if running.proc else None
-                return f"its process exited while loading (code {code})"
+                return f"its process exited while loading (code {running.exit_code()})"
             try:
                 resp = await AsyncHTTPClient().fetch(f"{running.url}/ready", raise_error=False,
                                               request_timeout=2)
@@ -264,11 +343,8 @@ class ReleaseManager:
 
     async def _stop_process(self, rid: str) -> None:
         running = self.running.pop(rid, None)
-        if running is None:
-            return
-        await _terminate(running, self.drain_timeout + 5)
-        if running.confinement is not None:
-            running.confinement.release()
+        if running is not None:
+            await running.terminate(self.drain_timeout + 5)
 
     # -- failures -------------------------------------------------------------------------------
 
@@ -277,7 +353,7 @@ class ReleaseManager:
         its allocation (up to MAX_RESTARTS in a row)."""
         running = self.running.pop(rid, None)
         if running is not None:
-            await _terminate(running, 2)
+            await running.terminate(2)
         replica = await asyncio.to_thread(self.store.replica, rid)
         if replica is None or not replica["wanted"]:
             return
@@ -309,8 +385,7 @@ class ReleaseManager:
             if not running.alive():
                 replica = await asyncio.to_thread(self.store.replica, rid)
                 if replica and replica["state"] in ("ready", "starting"):
-                    code = running.proc.poll() if running.proc else None
-                    await self._failed(rid, f"its process exited (code {code})")
+                    await self._failed(rid, f"its process exited (code {running.exit_code()})")
 
     async def watch(self, every: float = 1.0, guard_every: float = 2.0) -> None:
         last_guard = 0.0
@@ -361,16 +436,29 @@ class ReleaseManager:
         whose request still runs are started again, the rest are stopped."""
         for replica in await asyncio.to_thread(self.store.live_replicas):
             rid, url = replica["id"], replica["url"]
-            alive = Running(rid, replica["release"], replica["pid"] or 0, url or "")
-            if replica["pid"] and url and alive.alive() and await self._answers(url):
+            alive = self._found(replica)
+            if url and alive.alive() and await self._answers(url):
                 self.running[rid] = alive
-            elif replica["request_id"] in running_requests:
+                continue
+            if alive.alive():  # a job or process that never got to serve: start afresh
+                await alive.terminate(2)
+            if replica["request_id"] in running_requests:
                 full = await asyncio.to_thread(self.store.replica, rid)
                 self._spawn(self._launch(full, running_requests[replica["request_id"]]))
             else:
                 await asyncio.to_thread(self.store.set_replica, rid, "stopped",
                                         message="the API restarted and its request was gone",
                                         routes=True)
+
+    def _found(self, replica: dict) -> Running:
+        """A replica's process or job as the store last knew it (after a restart)."""
+        rid, release, url = replica["id"], replica["release"], replica["url"] or ""
+        launcher = self.launchers.get(self.backend_of(replica["node"] or ""))
+        if replica["job"] and launcher is not None:
+            launcher.poller.watch(replica["job"])
+            return SlurmRunning(rid, release, 0, url, job=replica["job"], launcher=launcher,
+                                log_path=self.log_path(release, rid))
+        return Running(rid, release, replica["pid"] or 0, url)
 
     async def _answers(self, url: str) -> bool:
         try:
@@ -400,10 +488,8 @@ class ReleaseManager:
         if keep:
             return
         running, self.running = list(self.running.values()), {}
-        await asyncio.gather(*(_terminate(r, 10) for r in running))
-        for r in running:
-            if r.confinement is not None:
-                r.confinement.release()
+        await asyncio.gather(*(r.terminate(10) for r in running))
+
 
 async def _terminate(running: Running, grace: float) -> None:
     """SIGTERM (the server drains), then SIGKILL after GRACE seconds."""

@@ -603,7 +603,7 @@ class ReleaseStore:
 def replica_view(r: ReleaseReplica) -> dict:
     return {"id": r.id, "role": r.role, "version": r.version, "state": r.state,
             "request_id": r.request_id, "node": r.node, "url": r.url, "pid": r.pid,
-            "restarts": r.restarts, "message": r.message, "created": iso(r.created),
+            "job": r.job, "restarts": r.restarts, "message": r.message, "created": iso(r.created),
             "updated": iso(r.updated)}
 
 

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,10 +41,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from tornado import httpserver, web
+from tornado import httpserver, netutil, web
 
 from loophub.errors import LoophubError, NotFound, TooLarge
-from loophub.serving import openapi
+from loophub.serving import openapi, statefile
 from loophub.serving.batching import Batcher, Direct
 from loophub.serving.metrics import CONTENT_TYPE, ServerMetrics
 from loophub.serving.model import ServedModel, load_artifact, run_batch
@@ -82,6 +83,8 @@ class ServerConfig:
     request_log: Path | None = None
     blob_url: str | None = None    # where the request log keeps sampled images
     log_sample_rate: float = 1.0
+    state_file: Path | None = None  # where it says its address, then its exit code
+    advertise_host: str | None = None  # the name others reach it by (default: hostname)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -450,17 +453,27 @@ async def serve(config: ServerConfig, *, started: asyncio.Event | None = None) -
     http = httpserver.HTTPServer(make_app(server), max_body_size=config.max_body,
                                  idle_connection_timeout=75)
     try:
-        http.listen(config.port, config.host)
+        sockets = netutil.bind_sockets(config.port, config.host)
     except OSError as exc:
         print(f"loophub model server: cannot listen on {config.host}:{config.port} "
               f"({exc.strerror}); choose another --port", file=sys.stderr)
         return 1
+    http.add_sockets(sockets)
+    config.port = sockets[0].getsockname()[1]  # --port 0: the one the system chose
     server.http = http
+    code = await _serve_until_stopped(server, http, config, started)
+    write_state(config, exit_code=code)
+    return code
+
+
+async def _serve_until_stopped(server: ModelServer, http: httpserver.HTTPServer,
+                               config: ServerConfig, started: asyncio.Event | None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     log.info("listening on http://%s:%d%s", config.host, config.port, config.base_path)
+    write_state(config)
     if started is not None:
         started.set()
     loading = loop.create_task(server.load())
@@ -479,6 +492,16 @@ async def serve(config: ServerConfig, *, started: asyncio.Event | None = None) -
     flusher.cancel()
     log.info("stopped")
     return 0
+
+
+def write_state(config: ServerConfig, **more: Any) -> None:
+    """Where it listens (and, at the end, its exit code) in ``--state-file``, if given."""
+    if config.state_file is None:
+        return
+    host = config.advertise_host or (socket.gethostname() if config.host in ("0.0.0.0", "::")
+                                     else config.host)
+    statefile.write_state(config.state_file,
+                          {"host": host, "port": config.port, "pid": os.getpid(), **more})
 
 
 async def _flush_log(server: ModelServer) -> None:
@@ -503,8 +526,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the version's TorchScript file (model.pt)")
     parser.add_argument("--meta", required=True, type=Path,
                         help="its metadata JSON (task, labels, preprocess)")
-    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--port", required=True, type=int,
+                        help="0: any free port (say which in --state-file)")
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--state-file", type=Path,
+                        help="JSON file with the address it listens on, then its exit code")
+    parser.add_argument("--advertise-host",
+                        help="host name written to --state-file (default: this host's "
+                             "name when --host is 0.0.0.0, else --host)")
     parser.add_argument("--base-path", default=os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/"),
                         help="prefix of every route (default $JUPYTERHUB_SERVICE_PREFIX or /)")
     parser.add_argument("--model-ref", help="NAME@vN: the registry's name for the version")
@@ -541,7 +570,8 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
             metrics=not args.no_metrics, threads=alloc_cpu(),
             drain_timeout_s=args.drain_timeout, request_log=args.request_log,
             blob_url=args.blob_url,
-            log_sample_rate=args.log_sample_rate)
+            log_sample_rate=args.log_sample_rate, state_file=args.state_file,
+            advertise_host=args.advertise_host)
     except ValueError as exc:
         build_parser().error(str(exc))
         raise

@@ -90,6 +90,7 @@ class ServiceContext:
     token_for: Any = None
     # pool backend ("slurm") -> how training workers are started there (local: processes)
     worker_launchers: dict = field(default_factory=dict)
+    replica_launchers: dict = field(default_factory=dict)  # the same, for model replicas
 
     @cached_property
     def db(self) -> Database:
@@ -150,11 +151,17 @@ class ServiceContext:
         from .serving import SERVING
 
         backends = {node.name: node.backend for node in self.pool}
+        launchers = dict(self.replica_launchers)
+        if "slurm" in backends.values() and "slurm" not in launchers:
+            from loophub.spawner.backends.replicas import SlurmReplicaLauncher
+
+            launchers["slurm"] = SlurmReplicaLauncher()
         return ReleaseManager(
             self.releases, self.blobs, files=self.settings.home / "serving",
             end=lambda request_id, reason: self.scheduler.release(
                 request_id, reason=reason, actor=SERVING),
-            backend_of=lambda node: backends.get(node, "local"))
+            backend_of=lambda node: backends.get(node, "local"),
+            launchers=launchers)
 
     @cached_property
     def monitor(self):
@@ -480,6 +487,15 @@ class LoophubAPI(Application):
 
         return {"slurm": SlurmWorkerLauncher(parent=self)}
 
+    def replica_launchers(self, settings: Settings) -> dict:
+        """Launchers of model replicas for the pool's batch backends
+        (c.SlurmReplicaLauncher.partition = ...; c.SlurmUnitLauncher sets both kinds)."""
+        if not any(node.backend == "slurm" for node in load_pool(settings.pool)):
+            return {}
+        from loophub.spawner.backends.replicas import SlurmReplicaLauncher
+
+        return {"slurm": SlurmReplicaLauncher(parent=self)}
+
     def context(self, prefix: str, api_url: str = "") -> ServiceContext:
         hub = None
         if os.environ.get("JUPYTERHUB_API_TOKEN"):
@@ -488,6 +504,7 @@ class LoophubAPI(Application):
         settings = self.platform_settings()
         return ServiceContext(
             settings=settings, prefix=prefix, worker_launchers=self.worker_launchers(settings),
+            replica_launchers=self.replica_launchers(settings),
             trusted_services=frozenset(self.trusted_services),
             scheduler_policy=self.scheduler_policy, scheduler_config=dict(self.scheduler_config),
             max_upload_bytes=self.max_upload_bytes,

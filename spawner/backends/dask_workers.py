@@ -12,54 +12,22 @@ job ends is a lost worker to the runner.
 from __future__ import annotations
 
 import shlex
-from typing import Any
 
 # imported at module level, in the main thread: dask_jobqueue sets a SIGINT handler when
 # it is imported (signal handlers can only be set there); the API sets its own after
 from dask_jobqueue.slurm import SLURMJob
-from traitlets import Enum, List, Unicode
-from traitlets.config import LoggingConfigurable
 
 from loophub.runtime import Placement
 from loophub.training.runner import WorkerHandle
 
-from .slurm import check_name, resource_vars
-from .squeue import SqueuePoller
+from .slurm import resource_vars
+from .units import SlurmUnitLauncher
 
 KEEP_FROM_SLURM = ("CUDA_VISIBLE_DEVICES",)  # Slurm assigns the devices on its node
 
 
-class SlurmWorkerLauncher(LoggingConfigurable):
-    partition = Unicode("", help="--partition for every training worker ('': Slurm's "
-                                 "default).").tag(config=True)
-    account = Unicode("", help="--account for every training worker.").tag(config=True)
-    gres_name = Unicode("gpu", help="GRES name GPUs are requested as (--gres=NAME:N)."
-                        ).tag(config=True)
-    pool_nodes = Enum(["none", "nodelist", "partition"], "partition",
-                      help="What the pool's nodes are in Slurm: 'partition' (--partition=NODE),"
-                           " 'nodelist' (--nodelist=NODE) or 'none'.").tag(config=True)
-    extra_directives = List(Unicode(), help="More #SBATCH lines, e.g. ['--qos=train']."
-                            ).tag(config=True)
-    log_directory = Unicode("", help="Where the workers' Slurm output goes.").tag(config=True)
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.poller = SqueuePoller.instance()
-
-    def directives(self, unit: Placement) -> list[str]:
-        res = resource_vars(unit, self.gres_name, default_runtime=0)
-        out = [f"--cpus-per-task={res['nprocs']}"]
-        if res["gres"]:
-            out.append(f"--gres={res['gres']}")
-        if self.pool_nodes == "partition":
-            out.append(f"--partition={check_name(unit.node, 'node')}")
-        elif self.pool_nodes == "nodelist":
-            out.append(f"--nodelist={check_name(unit.node, 'node')}")
-        elif self.partition:
-            out.append(f"--partition={check_name(self.partition, 'partition')}")
-        if self.account:
-            out.append(f"--account={check_name(self.account, 'account')}")
-        return out + list(self.extra_directives)
+class SlurmWorkerLauncher(SlurmUnitLauncher):
+    """Each rank's Dask worker as one Slurm job (dask-jobqueue's SLURMJob)."""
 
     async def launch(self, name: str, rank: int, placement: Placement, env: dict[str, str],
                      scheduler: str) -> WorkerHandle:

@@ -364,3 +364,50 @@ def test_batchspawners_own_handler_is_not_registered():
     from batchspawner.api import BatchSpawnerAPIHandler
 
     assert all(h[1] is not BatchSpawnerAPIHandler for h in apihandlers.default_handlers)
+
+
+# -- model replicas as batch jobs ---------------------------------------------------------
+
+def test_a_replica_job_script_exports_only_what_it_names_and_execs_the_server(poller):
+    from loophub.spawner.backends.replicas import SlurmReplicaLauncher
+
+    launcher = SlurmReplicaLauncher(pool_nodes="nodelist", gres_name="gpu",
+                                    extra_directives=["--qos=serve"])
+    unit = Placement(node="gpu01", cpu=2, mem=3 * GIB, gpus=(1,), runtime=3600)
+    env = {"PATH": "/usr/bin", "CUDA_VISIBLE_DEVICES": "1", "LOOPHUB_ALLOC_GPUS": "1",
+           "LOOPHUB_ALLOC_CPU": "2", "ODD": "a b;$(rm -rf /)"}
+    cmd = ["/venv/bin/python", "-m", "loophub.serving.server", "--port", "0",
+           "--artifact", "/shared/it's/model.pt"]
+    script = launcher.script("loophub-replica-digits/x", cmd, unit, env, Path("/l/r.log"))
+    lines = script.splitlines()
+    assert lines[0] == "#!/bin/bash"
+    for directive in ("--export=NONE", "--mem=3072M", "--time=0-01:00:00",
+                      "--cpus-per-task=2", "--gres=gpu:1", "--nodelist=gpu01",
+                      "--qos=serve", "--output=/l/r.log", "--open-mode=append",
+                      "--job-name=loophub-replica-digits-x"):
+        assert f"#SBATCH {directive}" in lines, (directive, script)
+    # Slurm picks the devices on its node: the scheduler's indices are not passed on
+    assert "CUDA_VISIBLE_DEVICES" not in script and "LOOPHUB_ALLOC_GPUS" not in script
+    assert "export ODD='a b;$(rm -rf /)'" in lines  # quoted, never run
+    assert lines[-1] == ("exec /venv/bin/python -m loophub.serving.server --port 0 "
+                         "--artifact '/shared/it'\"'\"'s/model.pt'")
+    assert launcher.server_args(Path("/s/x.state.json")) == [
+        "--host", "0.0.0.0", "--port", "0", "--state-file", "/s/x.state.json"]
+
+
+def test_a_replica_whose_job_ends_before_it_listens_says_so(poller, tmp_path):
+    from loophub.spawner.backends.replicas import ReplicaJobError, SlurmReplicaLauncher
+
+    runner = FakeRunner(squeue=[ok("7 FAILED rtest None\n")])
+    poller.runner = runner
+    launcher = SlurmReplicaLauncher(runner=runner)
+    launcher.poller = poller
+    with pytest.raises(ReplicaJobError, match="job 7 ended \\(FAILED\\) before its model"):
+        asyncio.run(launcher.wait_listening("7", tmp_path / "none.json", _ignore))
+    (tmp_path / "s.json").write_text('{"host": "n1", "port": 5, "exit_code": 2}')
+    with pytest.raises(ReplicaJobError, match="exited with code 2"):
+        asyncio.run(launcher.wait_listening("7", tmp_path / "s.json", _ignore))
+
+
+async def _ignore(message: str) -> None:
+    return None
