@@ -37,7 +37,7 @@ class Monitor:
     def report(self, release: dict, window_s: float, *, now: float | None = None) -> dict:
         """RELEASE's (its view) figures over the last WINDOW_S seconds."""
         until = now or time.time()
-        records = monitoring.read_log(self._log_files(release["name"]), until - window_s,
+        records = monitoring.read_log(self.log_files(release["name"]), until - window_s,
                                       until)
         summary = monitoring.summarize(records, window_s=window_s)
         drift = {}
@@ -48,9 +48,12 @@ class Monitor:
                 "since": until - window_s, "until": until, "malformed": records.malformed,
                 "summary": summary, "drift": drift}
 
-    def _log_files(self, name: str) -> list[Path]:
+    def log_files(self, name: str) -> list[Path]:
+        """A release's request logs (every replica's, rotated ones included)."""
         folder = self.logs / name
-        return sorted(folder.glob("*.requests.jsonl")) if folder.is_dir() else []
+        if not folder.is_dir():
+            return []
+        return sorted([*folder.glob("*.requests.jsonl"), *folder.glob("*.requests.jsonl.1")])
 
     def _drift(self, version: str, records: list[dict]) -> dict:
         try:

@@ -27,11 +27,18 @@ from loophub import access, audit
 from loophub.errors import Conflict, InvalidInput, NotFound
 from loophub.identity import Actor
 from loophub.pool import PoolConfigError, parse_mem
-from loophub.releases.tables import Release, ReleaseEvent, ReleaseKey, ReleaseReplica
+from loophub.releases.tables import (
+    Release,
+    ReleaseEvent,
+    ReleaseFeedback,
+    ReleaseKey,
+    ReleaseReplica,
+)
 from loophub.store import Database
 from loophub.store.models import iso, utcnow
 
 from .canary import guard_options
+from .requestlog import REQUEST_ID
 from .routing import Backend, ReleaseRoute, RouteTable
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # a path part of its URL, as typed
@@ -567,6 +574,38 @@ class ReleaseStore:
             if release is not None:
                 self._event(s, release, actor, action, **detail)
 
+    # -- feedback on answers -------------------------------------------------------------------
+
+    def add_feedback(self, actor: Actor, name: str, request_id: Any, *, instance: Any = 0,
+                     label: Any = None, note: Any = "") -> dict:
+        """A caller flags an answer (whoever may call the release may flag): REQUEST_ID
+        as the answer gave it, the INSTANCE's index, the LABEL they say is right (one of
+        the model's labels), a NOTE."""
+        check_feedback(request_id, instance, note)
+        with self.db.transaction() as s:
+            release = self._row(s, actor, name, "read")
+            labels = release.meta.get("labels") or []
+            if label is not None and (not isinstance(label, str) or (labels and label not in
+                                                                     labels)):
+                raise InvalidInput(f"label: {label!r} is not one of the model's labels "
+                                   f"({', '.join(map(str, labels[:20]))})",
+                                   detail={"field": "label"})
+            row = ReleaseFeedback(release_id=release.id, request_id=request_id,
+                                  instance=instance, label=label, note=note, by=actor.name,
+                                  created=utcnow())
+            s.add(row)
+            s.flush()
+            return feedback_view(row)
+
+    def feedback(self, actor: Actor, name: str, *, limit: int = 1000) -> list[dict]:
+        """The flags on a release's answers, newest first (owners and admins: they name
+        who flagged what)."""
+        with self.db.session() as s:
+            release = self._row(s, actor, name, "manage")
+            return [feedback_view(f) for f in s.scalars(
+                select(ReleaseFeedback).where(ReleaseFeedback.release_id == release.id)
+                .order_by(ReleaseFeedback.id.desc()).limit(max(1, min(limit, 10000))))]
+
     # -- API keys ---------------------------------------------------------------------------
 
     def create_key(self, actor: Actor, name: str, note: str = "") -> dict:
@@ -605,6 +644,22 @@ def replica_view(r: ReleaseReplica) -> dict:
             "request_id": r.request_id, "node": r.node, "url": r.url, "pid": r.pid,
             "job": r.job, "restarts": r.restarts, "message": r.message, "created": iso(r.created),
             "updated": iso(r.updated)}
+
+
+def check_feedback(request_id: Any, instance: Any, note: Any) -> None:
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+        raise InvalidInput("request_id: the 'request_id' of the answer you flag (8-64 "
+                           "letters, digits, '-' or '_')", detail={"field": "request_id"})
+    if isinstance(instance, bool) or not isinstance(instance, int) or not 0 <= instance < 256:
+        raise InvalidInput("instance: the index of the flagged instance in its request "
+                           "(0-255)", detail={"field": "instance"})
+    if not isinstance(note, str) or len(note) > 1000:
+        raise InvalidInput("note: up to 1000 characters", detail={"field": "note"})
+
+
+def feedback_view(f: ReleaseFeedback) -> dict:
+    return {"id": f.id, "request_id": f.request_id, "instance": f.instance, "label": f.label,
+            "note": f.note, "by": f.by, "created": iso(f.created)}
 
 
 def key_view(k: ReleaseKey) -> dict:

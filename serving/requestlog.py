@@ -1,7 +1,8 @@
 """A sample of a replica's requests as JSON lines, for monitoring and the feedback loop
 to collect (the release side stores and reads them; this only writes).
 
-One line per sampled predict request: time, status, latency, the served model version
+One line per sampled predict request: its id (the one in the answer), time, status,
+latency, the served model version
 when the logger knows it, and per instance a summary of the input (a text itself, cut at
 MAX_TEXT; an image as its sha256 and size, so the collector can deduplicate it against
 the blob store) with the prediction's label and score, and the input's numeric summary
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -25,6 +27,7 @@ from loophub.serving.monitoring import summary_features
 from loophub.store.blobs import BlobStore
 
 MAX_TEXT = 1000
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")  # what a request's id may be (a caller's)
 MAX_PENDING_IMAGES = 1024  # images waiting for the blob store between two flushes
 
 
@@ -75,9 +78,11 @@ class RequestLog:
         return self.rate >= 1.0 or self._random.random() < self.rate
 
     def write(self, *, status: int, seconds: float, instances: list | None,
-              predictions: list[dict] | None) -> None:
+              predictions: list[dict] | None, request_id: str | None = None) -> None:
         record: dict[str, Any] = {"time": time.time(), "status": status,
                                   "latency_ms": round(seconds * 1000, 3)}
+        if request_id:
+            record["id"] = request_id
         if self.version is not None:
             record["version"] = self.version
         if instances is not None:

@@ -35,6 +35,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -49,7 +50,7 @@ from loophub.serving.batching import Batcher, Direct
 from loophub.serving.metrics import CONTENT_TYPE, ServerMetrics
 from loophub.serving.model import ServedModel, load_artifact, run_batch
 from loophub.serving.monitoring import vocabulary_of
-from loophub.serving.requestlog import RequestLog
+from loophub.serving.requestlog import REQUEST_ID, RequestLog
 from loophub.serving.validation import RequestChecker
 from loophub.store.blobs import BlobStore
 
@@ -187,9 +188,11 @@ class ModelServer:
 
     # -- predicting ---------------------------------------------------------------------
 
-    async def predict(self, raw: bytes) -> tuple[bytes, list | None, list[dict]]:
+    async def predict(self, raw: bytes, request_id: str = ""
+                      ) -> tuple[bytes, list | None, list[dict]]:
         """The response body for the predict body RAW (and what the log samples);
-        LoophubError (4xx) for what the client must fix."""
+        LoophubError (4xx) for what the client must fix. REQUEST_ID goes in the answer:
+        the id a caller flags a wrong answer by (releases/NAME/feedback)."""
         if not self.ready or self.engine is None or self.checker is None:
             raise NotReady("the model is still loading; wait for /ready")
         instances = self.checker.check(raw)
@@ -199,6 +202,8 @@ class ModelServer:
         body: dict[str, Any] = {"predictions": predictions}
         if self.ref:
             body["model"] = self.ref
+        if request_id:
+            body["request_id"] = request_id
         return json.dumps(body).encode(), instances, predictions
 
     # -- draining ------------------------------------------------------------------------
@@ -351,8 +356,10 @@ class PredictHandler(BaseHandler):
         if server.metrics is not None:
             server.metrics.enter()
         instances = predictions = None
+        request_id = request_id_of(self.request.headers.get("X-Request-Id"))
+        self.set_header("X-Request-Id", request_id)
         try:
-            body, instances, predictions = await server.predict(raw)
+            body, instances, predictions = await server.predict(raw, request_id)
             status = 200
         except LoophubError as exc:
             status, body = exc.status, json.dumps(exc.to_dict()).encode()
@@ -367,8 +374,15 @@ class PredictHandler(BaseHandler):
         log_ = server.request_log
         if log_ is not None and log_.sampled():
             log_.write(status=status, seconds=time.perf_counter() - self._start,
-                       instances=instances, predictions=predictions)
+                       instances=instances, predictions=predictions, request_id=request_id)
         await self.send(status, body)
+
+
+def request_id_of(given: str | None) -> str:
+    """The caller's (the gateway's) request id when it is a sane one, else a new one."""
+    if given and REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
 
 
 class HealthHandler(BaseHandler):

@@ -249,6 +249,9 @@ def _body(op: dict, world: World, visibility: str | None) -> dict:
         if isinstance(example, dict) and example.get("dataset") == "matrix@v1" and \
                 op["x-access"].startswith("model:"):  # a real dataset of that visibility
             example = {**example, "dataset": f"{world.datasets[visibility]}@v1"}
+        if isinstance(example, dict) and example.get("dataset") == "matrix" and \
+                op["x-access"].startswith("release:"):  # collect into the owner's dataset
+            example = {**example, "dataset": world.datasets[visibility]}
         if isinstance(example, dict) and "model" in example and \
                 op["x-access"].startswith("release:"):  # a real model of that visibility
             example = {**example, "model": f"{world.models[visibility]}@v1"}

@@ -140,14 +140,15 @@ function render({ model, el }) {
     const show = select("show", [["needs my label", "todo"], ["all items", "all"]], f.unlabeled === false ? "all" : "todo");
     const split = select("split", [["any split", ""], ...Object.keys(p.splits || {}).filter((k) => k !== "unassigned").map((k) => [k, k])], f.split);
     const label = select("label", [["any label", ""], ...classes().map((c) => [c.name, c.name])], f.label);
+    const origin = select("origin", [["any source", ""], ["from production", "production"]], f.origin);
     const annotator = h("input", { class: "lh-filter-annotator", placeholder: "annotator", value: f.annotator || "", size: "10" });
     const apply = () => {
-      send({ type: "filter", unlabeled: show.value === "todo", split: split.value, label: label.value, annotator: annotator.value.trim() });
+      send({ type: "filter", unlabeled: show.value === "todo", split: split.value, label: label.value, annotator: annotator.value.trim(), origin: origin.value });
       root.focus();
     };
-    for (const node of [show, split, label]) node.addEventListener("change", apply);
+    for (const node of [show, split, label, origin]) node.addEventListener("change", apply);
     annotator.addEventListener("keydown", (e) => { e.stopPropagation(); if (e.key === "Enter") apply(); });
-    filterBar.replaceChildren(h("span", { class: "lh-filter-title" }, "show"), show, split, label, annotator);
+    filterBar.replaceChildren(h("span", { class: "lh-filter-title" }, "show"), show, split, label, origin, annotator);
   }
 
   function userAnnotations(item, user = model.get("user")) {

@@ -18,7 +18,7 @@ import traitlets
 
 from loophub import errors
 from loophub.client import Client
-from loophub.datasets.records import annotators_of, labels_of
+from loophub.datasets.records import ORIGINS, annotators_of, labels_of
 from loophub.labeling.agreement import is_done
 from loophub.widgets.session import (
     DEFAULT_KEYS,
@@ -36,8 +36,9 @@ PROGRESS_EVERY_S = 10.0  # progress is a scan of the dataset: not on every key p
 class Labeler(anywidget.AnyWidget):
     """Label a dataset in the notebook; the task comes from the dataset's label schema.
 
-    ``split``, ``label``, ``annotator`` and ``unlabeled=False`` filter the items (any of
-    the last three browses the draft without leases); ``order`` is the order of leased
+    ``split``, ``label``, ``annotator``, ``unlabeled=False`` and ``origin="production"``
+    (inputs the feedback loop collected from a release) filter the items (label,
+    annotator and unlabeled=False browse the draft without leases); ``order`` is the order of leased
     items ("id", or "uncertain": lowest model confidence first; None: the dataset's
     labeling setting); ``hotkeys`` maps labels to keys and ``keys`` overrides the other
     shortcuts (see DEFAULT_KEYS)."""
@@ -63,10 +64,11 @@ class Labeler(anywidget.AnyWidget):
                  split: str | None = None, label: str | None = None,
                  annotator: str | None = None, unlabeled: bool = True, prefetch: int = 5,
                  hotkeys: dict[str, str] | None = None, keys: dict[str, str] | None = None,
-                 auto_advance: bool = True, order: str | None = None, **kwargs: Any) -> None:
+                 auto_advance: bool = True, order: str | None = None,
+                 origin: str | None = None, **kwargs: Any) -> None:
         api = (client or Client()).labeling
         filters = Filters(split=split, label=label, annotator=annotator, unlabeled=unlabeled,
-                          review=self.review_mode, order=order)
+                          review=self.review_mode, order=order, origin=origin)
         session = LabelingSession(api, dataset, filters, prefetch=prefetch)
         if self.tasks and session.task not in self.tasks:
             raise errors.InvalidInput(
@@ -130,13 +132,19 @@ class Labeler(anywidget.AnyWidget):
             value = msg.get(key)
             return value if isinstance(value, str) and value else None
         self.set_filters(split=text("split"), label=text("label"),
-                         annotator=text("annotator"), unlabeled=bool(msg.get("unlabeled", True)))
+                         annotator=text("annotator"), unlabeled=bool(msg.get("unlabeled", True)),
+                         origin=text("origin"))
 
     def set_filters(self, *, split: str | None = None, label: str | None = None,
-                    annotator: str | None = None, unlabeled: bool = True) -> None:
-        """Show other items: by split, label, annotator, or labeled ones too."""
+                    annotator: str | None = None, unlabeled: bool = True,
+                    origin: str | None = None) -> None:
+        """Show other items: by split, label, annotator, origin ("production"), or
+        labeled ones too."""
+        if origin is not None and origin not in ORIGINS:
+            raise errors.InvalidInput(f"origin: {origin!r}; choose one of {', '.join(ORIGINS)}")
         filters = Filters(split=split, label=label, annotator=annotator, unlabeled=unlabeled,
-                          review=self.review_mode, order=self.session.filters.order)
+                          review=self.review_mode, order=self.session.filters.order,
+                          origin=origin)
         self.session.close()
         self.session = LabelingSession(self.api, self.dataset, filters,
                                        prefetch=self.session.prefetch)
@@ -311,7 +319,7 @@ class Labeler(anywidget.AnyWidget):
 
 def _filters_dict(filters: Filters) -> dict:
     return {"split": filters.split, "label": filters.label, "annotator": filters.annotator,
-            "unlabeled": filters.unlabeled}
+            "unlabeled": filters.unlabeled, "origin": filters.origin}
 
 
 def _summary(record: dict, user: str) -> tuple[set[str], int, bool]:

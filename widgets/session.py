@@ -68,6 +68,7 @@ class Filters:
     unlabeled: bool = True
     review: bool = False
     order: str | None = None  # queue mode's lease order; None: the dataset's setting
+    origin: str | None = None  # "production": inputs the feedback loop collected
 
     @property
     def browsing(self) -> bool:
@@ -128,7 +129,7 @@ class LabelingSession:
         # Ask for what we hold plus the wanted new ones: held items come back first.
         held = sum(1 for item in self.items if item.leased and not self.labeled_by_me(item))
         leased = self.api.lease(self.dataset, held + wanted, split=self.filters.split,
-                                order=self.filters.order)
+                                order=self.filters.order, origin=self.filters.origin)
         fresh = [Item(i["record"], i["revision"], leased=True) for i in leased
                  if i["record"]["id"] not in self._seen]
         return fresh[:wanted]
@@ -141,7 +142,7 @@ class LabelingSession:
         if self._browse is None:
             self._browse = iter(self.api.datasets.records(
                 self.dataset, label=self.filters.label, split=self.filters.split,
-                annotator=self.filters.annotator,
+                annotator=self.filters.annotator, origin=self.filters.origin,
                 annotated=False if self.filters.unlabeled and not (
                     self.filters.label or self.filters.annotator) else None,
                 page_size=max(10, wanted)))

@@ -50,6 +50,7 @@ from .hub import Hub
 from .jobs import ROUTES as JOB_ROUTES
 from .jobs import JobRunner
 from .labeling import ROUTES as LABELING_ROUTES
+from .loop import ROUTES as LOOP_ROUTES
 from .models import ROUTES as MODEL_ROUTES
 from .openapi import build_openapi
 from .routes import ROUTES
@@ -60,7 +61,8 @@ from .training import ROUTES as TRAINING_ROUTES
 
 log = logging.getLogger("loophub.api")
 ALL_ROUTES = [*ROUTES, *SCHEDULER_ROUTES, *JOB_ROUTES, *DATASET_ROUTES, *LABELING_ROUTES,
-              *TRAINING_ROUTES, *MODEL_ROUTES, *SERVING_ROUTES]
+              *TRAINING_ROUTES, *MODEL_ROUTES, *SERVING_ROUTES,
+              *LOOP_ROUTES]
 
 
 @dataclass
@@ -162,6 +164,12 @@ class ServiceContext:
                 request_id, reason=reason, actor=SERVING),
             backend_of=lambda node: backends.get(node, "local"),
             launchers=launchers)
+
+    @cached_property
+    def loop(self):
+        from loophub.loop.service import LoopService
+
+        return LoopService(self.db, self.blobs, self.datasets, self.releases, self.monitor)
 
     @cached_property
     def monitor(self):

@@ -266,6 +266,8 @@ class RecordsHandler(DatasetHandler):
             "label": {"type": "string", "maxLength": 255},
             "split": {"type": "string", "maxLength": 255},
             "annotated": {"type": "boolean"}, "annotator": {"type": "string", "maxLength": 255},
+            "origin": {"enum": ["production"],
+                       "description": "production: inputs collected from a release"},
             "after": {"type": "string", "maxLength": 2048},
             "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
             "total": {"type": "boolean", "default": False}},
@@ -285,7 +287,7 @@ class RecordsHandler(DatasetHandler):
         page = await in_thread(
             self.datasets.list_records, self.actor, name, label=q["label"], split=q["split"],
             annotated=q["annotated"], annotator=q["annotator"], after=q["after"],
-            limit=q["limit"], with_total=q["total"])
+            limit=q["limit"], with_total=q["total"], origin=q["origin"])
         # no asdict (it deep-copies every record) and serialized off the loop
         await self.write_json_off_loop({"records": page.records,
                                         "next_cursor": page.next_cursor, "total": page.total})

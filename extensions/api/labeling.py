@@ -73,7 +73,8 @@ class LeasesHandler(LabelingHandler):
                           body={"type": "object", "additionalProperties": False, "properties": {
                               "count": {"type": "integer", "minimum": 1, "maximum": 50},
                               "split": {"type": ["string", "null"], "maxLength": 255},
-                              "order": {"enum": ["id", "uncertain", None]}}},
+                              "order": {"enum": ["id", "uncertain", None]},
+                              "origin": {"enum": ["production", None]}}},
                           body_example={"count": 1})}
 
     def get(self, name: str) -> None:
@@ -82,7 +83,8 @@ class LeasesHandler(LabelingHandler):
     async def post(self, name: str) -> None:
         self.write_json({"items": await in_thread(
             self.labeling.acquire, self.actor, name, self.body.get("count", 1),
-            split=self.body.get("split"), order=self.body.get("order"))})
+            split=self.body.get("split"), order=self.body.get("order"),
+            origin=self.body.get("origin"))})
 
 
 class ReleaseHandler(LabelingHandler):

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from loophub.client.datasets import Datasets
     from loophub.client.jobs import Jobs
     from loophub.client.labeling import Labeling
+    from loophub.client.loop import Loop
     from loophub.client.models import Models
     from loophub.client.scheduler import Scheduler
     from loophub.client.serving import Serving
@@ -204,6 +205,13 @@ class Client:
         from loophub.client.serving import Serving
 
         return Serving(self)
+
+    @cached_property
+    def loop(self) -> Loop:
+        """The feedback loop: a release's production inputs back to labeling."""
+        from loophub.client.loop import Loop
+
+        return Loop(self)
 
     @cached_property
     def jobs(self) -> Jobs:

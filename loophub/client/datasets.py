@@ -98,10 +98,12 @@ class Datasets:
 
     def records(self, name: str, *, label: str | None = None, split: str | None = None,
                 annotated: bool | None = None, annotator: str | None = None,
-                page_size: int = 500) -> Iterator[dict]:
-        """Every matching draft record ({"record", "revision"}), fetched page by page."""
+                origin: str | None = None, page_size: int = 500) -> Iterator[dict]:
+        """Every matching draft record ({"record", "revision"}), fetched page by page
+        (ORIGIN "production": only inputs collected from a release)."""
         params: dict[str, Any] = {"limit": page_size}
-        for key, value in (("label", label), ("split", split), ("annotator", annotator)):
+        for key, value in (("label", label), ("split", split), ("annotator", annotator),
+                           ("origin", origin)):
             if value is not None:
                 params[key] = value
         if annotated is not None:

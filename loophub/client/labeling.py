@@ -45,12 +45,15 @@ class Labeling:
         return self.client.request("PUT", self._path(name, "settings"), json=body)
 
     def lease(self, name: str, count: int = 1, split: str | None = None,
-              order: str | None = None) -> list[dict]:
+              order: str | None = None, origin: str | None = None) -> list[dict]:
         """Lease up to ``count`` items needing your label (the ones you hold come first),
-        new ones in ORDER ("id", "uncertain"; None: the dataset's labeling setting)."""
+        new ones in ORDER ("id", "uncertain"; None: the dataset's labeling setting);
+        ORIGIN "production": only inputs collected from a release."""
         body: dict[str, Any] = {"count": count, "split": split}
         if order is not None:
             body["order"] = order
+        if origin is not None:
+            body["origin"] = origin
         return self.client.request("POST", self._path(name, "leases"), json=body)["items"]
 
     def leases(self, name: str) -> list[dict]:

@@ -136,9 +136,10 @@ class Serving:
 
     # -- calling ---------------------------------------------------------------------------
 
-    def predict(self, url: str, instances: Any) -> list:
+    def predict(self, url: str, instances: Any, *, full: bool = False) -> list | dict:
         """POST {"instances": INSTANCES} to the release at URL (its view's, relative to the
-        API's host when the platform runs without a public URL), as this client's user."""
+        API's host when the platform runs without a public URL), as this client's user.
+        The predictions; FULL: the whole answer (predictions, model, request_id)."""
         from loophub.client.core import retrying
 
         if not url:
@@ -154,7 +155,18 @@ class Serving:
                         self.client.patience)
         if resp.status_code >= 400:
             raise self.client.error(resp)
-        return resp.json()["predictions"]
+        return resp.json() if full else resp.json()["predictions"]
+
+    def flag(self, name: str, request_id: str, *, label: str | None = None,
+             instance: int = 0, note: str = "") -> dict:
+        body = {"request_id": request_id, "instance": instance, "note": note}
+        if label is not None:
+            body["label"] = label
+        return self.client.request("POST", self._path(name, "feedback"), json=body)
+
+    def feedback(self, name: str, limit: int = 1000) -> list[dict]:
+        return self.client.request("GET", self._path(name, "feedback"),
+                                   params={"limit": limit})["feedback"]
 
 
 def jsonable(value: Any) -> Any:
@@ -235,10 +247,23 @@ class Release:
 
     # -- calling ---------------------------------------------------------------------------
 
-    def predict(self, instances: Any) -> list:
+    def predict(self, instances: Any, *, full: bool = False) -> list | dict:
         """The predictions for INSTANCES (e.g. [{"pixels": array}] or [{"text": ...}]),
-        through the hub's gateway as you; numpy arrays become lists on the way."""
-        return self.serving.predict(self.url, instances)
+        through the hub's gateway as you; numpy arrays become lists on the way. FULL:
+        the whole answer, with the ``request_id`` a wrong answer is flagged by."""
+        return self.serving.predict(self.url, instances, full=full)
+
+    def flag(self, request_id: str, *, label: str | None = None, instance: int = 0,
+             note: str = "") -> dict:
+        """Say an answer was wrong (REQUEST_ID from ``predict(..., full=True)``), and
+        which LABEL is right: the feedback loop collects flagged inputs for labeling
+        (``Client().loop.collect(release, into=..., rule="flagged")``)."""
+        return self.serving.flag(self.name, request_id, label=label, instance=instance,
+                                 note=note)
+
+    def feedback(self, limit: int = 1000) -> list[dict]:
+        """The flags on this release's answers, newest first (owner and admins)."""
+        return self.serving.feedback(self.name, limit)
 
     # -- changing --------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from loophub.datasets.manifest import PackWriter
 from loophub.datasets.models import Dataset, DraftRecord
 from loophub.datasets.records import (
+    ORIGINS,
     annotators_of,
     canonical_bytes,
     is_annotated,
@@ -30,7 +31,7 @@ from loophub.datasets.records import (
     prediction_confidence,
     record_hash,
 )
-from loophub.errors import Conflict, NotFound
+from loophub.errors import Conflict, InvalidInput, NotFound
 from loophub.store.models import utcnow
 
 BATCH = 5000
@@ -255,6 +256,8 @@ class RecordFilter:
     split: str | None = None
     annotated: bool | None = None
     annotator: str | None = None
+    origin: str | None = None  # "production": collected by the feedback loop
+
 
 
 def filtered(dataset_id: int, where: RecordFilter):
@@ -269,7 +272,17 @@ def filtered(dataset_id: int, where: RecordFilter):
     if where.annotator is not None:
         conditions.append(DraftRecord.annotators.contains(pack_labels([where.annotator]),
                                                           autoescape=True))
+    if where.origin is not None:  # a prefix of the key: the primary key's index serves it
+        conditions.append(DraftRecord.record_id.startswith(origin_prefix(where.origin),
+                                                           autoescape=True))
     return and_(*conditions)
+
+
+def origin_prefix(origin: str) -> str:
+    if origin not in ORIGINS:
+        raise InvalidInput(f"origin: {origin!r} is not an origin; choose "
+                           f"{', '.join(ORIGINS)}", detail={"field": "origin"})
+    return ORIGINS[origin]
 
 
 def page(session: Session, dataset_id: int, where: RecordFilter, after: str | None,

@@ -81,3 +81,8 @@ def new_record(record_id: str, **fields) -> dict:
     record = {"id": record_id, "annotations": []}
     record.update({k: v for k, v in fields.items() if v is not None})
     return record
+
+
+# Where records came from, told by their id's prefix (an index-friendly filter): origin ->
+# prefix. "production": inputs the feedback loop collected from a release (loophub.loop).
+ORIGINS = {"production": "production-"}

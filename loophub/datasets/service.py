@@ -423,10 +423,11 @@ class DatasetService:
     def list_records(self, actor: Actor, name: str, *, label: str | None = None,
                      split: str | None = None, annotated: bool | None = None,
                      annotator: str | None = None, after: str | None = None, limit: int = 100,
-                     with_total: bool = False) -> RecordPage:
-        """A page of draft records in id order; pass ``next_cursor`` as ``after`` for more."""
+                     with_total: bool = False, origin: str | None = None) -> RecordPage:
+        """A page of draft records in id order; pass ``next_cursor`` as ``after`` for more.
+        ORIGIN "production": only the inputs the feedback loop collected."""
         limit = max(1, min(limit, self.max_page))
-        where = RecordFilter(label, split, annotated, annotator)
+        where = RecordFilter(label, split, annotated, annotator, origin)
         with self.db.session() as session:
             dataset = self._readable(session, actor, name)
             rows = draft.page(session, dataset.id, where, after, limit + 1)

@@ -103,8 +103,10 @@ class LabelingService:
     # -- leases -----------------------------------------------------------------------
 
     def acquire(self, actor: Actor, name: str, count: int = 1, *,
-                split: str | None = None, order: str | None = None) -> list[dict]:
-        """Lease up to ``count`` items that still need the actor's label.
+                split: str | None = None, order: str | None = None,
+                origin: str | None = None) -> list[dict]:
+        """Lease up to ``count`` items that still need the actor's label (of SPLIT, of
+        ORIGIN "production": collected from a release, when given).
 
         Items the actor already holds come first (a restarted labeler resumes where it
         was), then new ones in ``order`` (None: the dataset's labeling setting): "id", or
@@ -121,11 +123,12 @@ class LabelingService:
             expires = now + config.lease_seconds
             session.execute(delete(Lease).where(and_(
                 Lease.dataset_id == dataset.id, Lease.state == "active", Lease.expires_at < now)))
-            held = self._renew_held(session, dataset.id, actor.name, split, expires)
+            where = RecordFilter(split=split, origin=origin)
+            held = self._renew_held(session, dataset.id, actor.name, where, expires)
             leases = self._leases_by_record(session, dataset.id)
             mine = {rid for rid, rows in leases.items() if any(h == actor.name for h, _ in rows)}
             fresh: list[DraftRecord] = []
-            for row in self._candidates(session, dataset.id, actor.name, split,
+            for row in self._candidates(session, dataset.id, actor.name, where,
                                         unlabeled_only=config.overlap == 1, order=order):
                 if len(held) + len(fresh) >= count:
                     break
@@ -139,7 +142,7 @@ class LabelingService:
             return [{"record": draft.to_record(r), "revision": r.revision, "expires_at": expires}
                     for r in rows]
 
-    def _renew_held(self, session, dataset_id: int, holder: str, split: str | None,
+    def _renew_held(self, session, dataset_id: int, holder: str, where: RecordFilter,
                     expires: float) -> list[DraftRecord]:
         """The holder's active leases on items still needing their label, renewed; leases
         on items they have labeled (or that vanished) are released."""
@@ -151,7 +154,9 @@ class LabelingService:
             row = session.get(DraftRecord, (dataset_id, lease.record_id))
             if row is None or row.deleted or holder in unpack_labels(row.annotators):
                 session.delete(lease)
-            elif split is None or row.split == split:
+            elif (where.split is None or row.split == where.split) and (
+                    where.origin is None
+                    or row.record_id.startswith(draft.origin_prefix(where.origin))):
                 lease.expires_at = expires
                 kept.append(row)
         return kept
@@ -166,7 +171,7 @@ class LabelingService:
         return out
 
     @staticmethod
-    def _candidates(session, dataset_id: int, holder: str, split: str | None, *,
+    def _candidates(session, dataset_id: int, holder: str, where: RecordFilter, *,
                     unlabeled_only: bool, order: str = "id") -> Iterable[DraftRecord]:
         """Draft records the holder has not labeled, in ORDER, fetched in batches (with
         overlap 1 only items no person labeled, filtered in SQL: no scan of done ones).
@@ -178,7 +183,7 @@ class LabelingService:
         queue itself), then the unpredicted ones by id: keyset scans, no sort of the whole
         draft."""
         mine = DraftRecord.annotators.contains(pack_labels([holder]), autoescape=True)
-        base = [draft.filtered(dataset_id, RecordFilter(split=split)), not_(mine)]
+        base = [draft.filtered(dataset_id, where), not_(mine)]
         nobody = DraftRecord.annotators == ""
         if order == "uncertain":
             yield from _by_confidence(session, [*base, nobody])

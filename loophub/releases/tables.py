@@ -112,3 +112,23 @@ class ServingReference(Base):
     dataset: Mapped[str | None] = mapped_column(String(512), nullable=True)
     reference: Mapped[dict] = mapped_column(JSON)
     created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ReleaseFeedback(Base):
+    """A caller's word on one answer of a release (migration 0013): the request's id as
+    the answer gave it, which instance, the label the caller says is right, a note. The
+    feedback loop collects flagged inputs for labeling from these."""
+
+    __tablename__ = "release_feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"))
+    request_id: Mapped[str] = mapped_column(String(64))
+    instance: Mapped[int] = mapped_column(Integer, default=0)
+    label: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    note: Mapped[str] = mapped_column(String(1000), default="")
+    by: Mapped[str] = mapped_column(String(255))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (Index("ix_release_feedback_release_request", "release_id",
+                            "request_id"),)

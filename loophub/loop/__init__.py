@@ -1,0 +1,1 @@
+"""The feedback loop: production inputs of a release back into a dataset for labeling."""
