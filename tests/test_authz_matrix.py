@@ -209,6 +209,7 @@ class World:
                   "evaluation_id": self.evaluations.get(visibility or "private"),
                   "alias": "staging",
                   "annotation_id": "a1", "tag": "base", "request_id": self.request_id,
+                  "schedule_id": "0",
                   "job_id": self.training_job if path.startswith("/training/")
                   else self.commit_job, "digest": "0" * 64}
         if name not in values:

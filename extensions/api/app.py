@@ -44,7 +44,7 @@ from loophub.scheduler.model import SchedulerConfig
 from loophub.settings import Settings
 from loophub.store import BlobStore, Database
 
-from .base import ApiHandler, Op
+from .base import ApiHandler, Op, in_thread
 from .datasets import ROUTES as DATASET_ROUTES
 from .hub import Hub
 from .jobs import ROUTES as JOB_ROUTES
@@ -182,6 +182,18 @@ class ServiceContext:
     def public_url(self) -> str:
         """The hub's public URL (releases are served under it); '' without a hub."""
         return self.hub.public_url if self.hub is not None else ""
+
+    def start_collect_schedules(self, every: float = 10.0) -> ioloop.PeriodicCallback:
+        """The feedback loop's schedules, run when due (on a thread, one round at a time)."""
+        async def run_due() -> None:
+            try:
+                await in_thread(self.loop.run_due)
+            except Exception:  # the next round tries again
+                log.exception("collection schedules")
+
+        callback = ioloop.PeriodicCallback(run_due, every * 1000)
+        callback.start()
+        return callback
 
     async def start_serving(self) -> None:
         """Replicas that outlived a restart are adopted (or started again on their
@@ -543,6 +555,7 @@ class LoophubAPI(Application):
         ctx.scheduler.start_background()
         ioloop.IOLoop.current().add_callback(ctx.recover_training)
         ioloop.IOLoop.current().add_callback(ctx.start_serving)
+        ctx.start_collect_schedules()
         keep_the_loop_responsive()
         log.info("loophub API %s listening on %s%s", loophub.__version__, url.geturl(), prefix)
         loop = ioloop.IOLoop.current()

@@ -49,21 +49,23 @@ class FeedbackHandler(ApiHandler):
             limit=self.query["limit"] or 1000)})
 
 
+COLLECT_BODY = {"type": "object", "required": ["dataset", "rule"],
+                "additionalProperties": False, "properties": {
+                    "dataset": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "rule": {"enum": ["low_confidence", "flagged", "drifted", "random"]},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
+                    "threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                    "window_s": {"type": "number", "exclusiveMinimum": 0},
+                    "seed": {"type": "integer"}}}
+
+
 class CollectHandler(ApiHandler):
     openapi = {"post": Op(
         "Copy production inputs of the release, chosen by a rule (low_confidence, flagged, "
         "drifted, random), into a dataset's draft as unlabeled records with their "
         "provenance and the model's answer as a pre-annotation; deduplicated by content "
         "(owner and admins, who may write the dataset)",
-        access="release:manage", response=COLLECTED,
-        body={"type": "object", "required": ["dataset", "rule"],
-              "additionalProperties": False, "properties": {
-                  "dataset": {"type": "string", "minLength": 1, "maxLength": 255},
-                  "rule": {"enum": ["low_confidence", "flagged", "drifted", "random"]},
-                  "limit": {"type": "integer", "minimum": 1, "maximum": 10000},
-                  "threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                  "window_s": {"type": "number", "exclusiveMinimum": 0},
-                  "seed": {"type": "integer"}}},
+        access="release:manage", response=COLLECTED, body=COLLECT_BODY,
         body_example={"dataset": "matrix", "rule": "low_confidence", "limit": 50,
                       "threshold": 0.6})}
 
@@ -74,8 +76,57 @@ class CollectHandler(ApiHandler):
                                         into=body["dataset"], rule=body["rule"], **options))
 
 
+SCHEDULE_VIEW = {"type": "object", "properties": {
+    "id": {"type": "string"}, "dataset": {"type": "string"}, "rule": {"type": "string"},
+    "options": {"type": "object"}, "every_s": {"type": "integer"},
+    "created_by": {"type": "string"}, "next_run": {"type": "string"},
+    "last_run": {"type": ["string", "null"]}, "last_result": {"type": ["object", "null"]}}}
+
+
+class SchedulesHandler(ApiHandler):
+    openapi = {
+        "get": Op("The release's collection schedules, each with its last outcome (owner "
+                  "and admins)", access="release:manage", response={
+                      "type": "object", "properties": {
+                          "schedules": {"type": "array", "items": SCHEDULE_VIEW}}}),
+        "post": Op("Collect every every_s seconds: the platform runs the collection as you "
+                   "(by name: the release and the dataset must stay yours to manage and "
+                   "write without your groups); its outcome is kept on the schedule",
+                   access="release:manage", status=201, response=SCHEDULE_VIEW,
+                   body={**COLLECT_BODY, "required": ["dataset", "rule", "every_s"],
+                         "properties": {**{k: v for k, v in COLLECT_BODY["properties"].items()
+                                           if k != "window_s"}, "every_s": {
+                             "type": "integer", "minimum": 60, "maximum": 30 * 86400}}},
+                   body_example={"dataset": "matrix", "rule": "random", "limit": 20,
+                                 "every_s": 86400}),
+    }
+
+    async def get(self, release: str) -> None:
+        self.write_json({"schedules": await in_thread(self.ctx.loop.schedules, self.actor,
+                                                      release)})
+
+    async def post(self, release: str) -> None:
+        body = dict(self.body)
+        options = {k: body[k] for k in ("limit", "threshold", "seed") if k in body}
+        self.set_status(201)
+        self.write_json(await in_thread(
+            self.ctx.loop.schedule, self.actor, release, into=body["dataset"],
+            rule=body["rule"], every_s=body["every_s"], **options))
+
+
+class ScheduleHandler(ApiHandler):
+    openapi = {"delete": Op("Stop a collection schedule", access="release:manage",
+                            response=SCHEDULE_VIEW)}
+
+    async def delete(self, release: str, schedule_id: str) -> None:
+        self.write_json(await in_thread(self.ctx.loop.unschedule, self.actor, release,
+                                        schedule_id))
+
+
 R = "releases/(?P<release>[^/]+)"
 ROUTES: list[tuple[str, type]] = [
     (R + "/feedback", FeedbackHandler),
     (R + "/collect", CollectHandler),
+    (R + "/collect/schedules", SchedulesHandler),
+    (R + "/collect/schedules/(?P<schedule_id>[^/]+)", ScheduleHandler),
 ]

@@ -30,10 +30,33 @@ class Loop:
         seconds of the request logs (default 7 days). The answer says how many were
         collected, matched, already there, and not kept by the log (pixel arrays).
         Labelers show them with the "from production" filter."""
-        name = release if isinstance(release, str) else release.name
         body: dict[str, Any] = {"dataset": into, "rule": rule, "limit": limit}
         for key, value in (("threshold", threshold), ("window_s", window_s), ("seed", seed)):
             if value is not None:
                 body[key] = value
-        return self.client.request("POST", f"releases/{quote(name, safe='')}/collect",
-                                   json=body)
+        return self.client.request("POST", _path(release, "collect"), json=body)
+
+    def schedule(self, release: Any, *, into: str, rule: str, every_s: int,
+                 limit: int = 100, threshold: float | None = None,
+                 seed: int | None = None) -> dict:
+        """Have the platform ``collect`` every EVERY_S seconds (over the last
+        2 x max(EVERY_S, 1 h) of logs each time), as you by name; each run's outcome is
+        in ``schedules()``."""
+        body: dict[str, Any] = {"dataset": into, "rule": rule, "limit": limit,
+                                "every_s": every_s}
+        for key, value in (("threshold", threshold), ("seed", seed)):
+            if value is not None:
+                body[key] = value
+        return self.client.request("POST", _path(release, "collect", "schedules"), json=body)
+
+    def schedules(self, release: Any) -> list[dict]:
+        return self.client.request("GET", _path(release, "collect", "schedules"))["schedules"]
+
+    def unschedule(self, release: Any, schedule_id: str) -> dict:
+        return self.client.request("DELETE", _path(release, "collect", "schedules",
+                                                   schedule_id))
+
+
+def _path(release: Any, *parts: str) -> str:
+    name = release if isinstance(release, str) else release.name
+    return "/".join(["releases", *(quote(p, safe="") for p in (name, *parts))])

@@ -10,22 +10,30 @@ also write the dataset.
 from __future__ import annotations
 
 import io
+import logging
 import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 
 from loophub.datasets import draft
 from loophub.datasets.models import DraftRecord
 from loophub.datasets.records import ORIGINS
 from loophub.datasets.validation import RecordValidator
-from loophub.errors import InvalidInput
+from loophub.errors import Conflict, InvalidInput, LoophubError, NotFound
 from loophub.identity import Actor
+from loophub.releases.tables import CollectSchedule, Release
 from loophub.serving import monitoring
+from loophub.store.models import iso, utcnow
 
 from .rules import Candidate, candidates, choose
 
+log = logging.getLogger("loophub.loop")
+
+SCHEDULER = "loophub-loop"  # the platform, as it runs a schedule for its creator
+MIN_EVERY_S, MAX_SCHEDULES = 60, 20  # per release
 PREFIX = ORIGINS["production"]  # collected records' ids: PREFIX + the content's sha256
 ANNOTATION_TYPE = {"image_classification": "image_class", "text_classification": "text_class"}
 MAX_WINDOW_S = 90 * 86400
@@ -60,6 +68,82 @@ class LoopService:
                 "candidates": len(found), "matched": len(picked),
                 "already_in_dataset": known,
                 "not_kept_by_the_log": sum(1 for c in found if c.content_sha is None)}
+
+    # -- schedules ---------------------------------------------------------------------------
+
+    def schedule(self, actor: Actor, release: str, *, into: str, rule: str, every_s: int,
+                 **options: Any) -> dict:
+        """Collect every EVERY_S seconds (the platform runs it as ACTOR, by name: the
+        release and the dataset must stay theirs to manage and write without groups).
+        Checked now as a collection is: access, the rule and its options."""
+        if isinstance(every_s, bool) or not isinstance(every_s, int) or not \
+                MIN_EVERY_S <= every_s <= 30 * 86400:
+            raise InvalidInput(f"every_s: seconds between runs, {MIN_EVERY_S} to "
+                               f"{30 * 86400}", detail={"field": "every_s"})
+        self.releases.check(actor, release, "manage")
+        self.datasets.check_access(actor, into, "write")
+        choose([], rule, **{k: v for k, v in options.items() if k in ("limit", "threshold")})
+        with self.db.transaction() as s:
+            row = s.scalars(select(Release).where(Release.name == release)).one()
+            if s.scalar(select(func.count()).select_from(CollectSchedule).where(
+                    CollectSchedule.release_id == row.id)) >= MAX_SCHEDULES:
+                raise Conflict(f"release {release!r} has {MAX_SCHEDULES} collection "
+                               "schedules; delete one first")
+            schedule = CollectSchedule(
+                id=uuid.uuid4().hex[:12], release_id=row.id, dataset=into, rule=rule,
+                options=options, every_s=every_s, created_by=actor.name, created=utcnow(),
+                next_run=time.time() + every_s)
+            s.add(schedule)
+            s.flush()
+            return schedule_view(schedule, release)
+
+    def schedules(self, actor: Actor, release: str) -> list[dict]:
+        self.releases.check(actor, release, "manage")
+        with self.db.session() as s:
+            rows = s.scalars(select(CollectSchedule).join(
+                Release, Release.id == CollectSchedule.release_id).where(
+                Release.name == release).order_by(CollectSchedule.created))
+            return [schedule_view(r, release) for r in rows]
+
+    def unschedule(self, actor: Actor, release: str, schedule_id: str) -> dict:
+        self.releases.check(actor, release, "manage")
+        with self.db.transaction() as s:
+            row = s.scalars(select(CollectSchedule).join(
+                Release, Release.id == CollectSchedule.release_id).where(
+                Release.name == release, CollectSchedule.id == schedule_id)).first()
+            if row is None:
+                raise NotFound(f"no collection schedule {schedule_id!r} on release "
+                               f"{release!r}; GET releases/{release}/collect/schedules")
+            view = schedule_view(row, release)
+            s.delete(row)
+            return view
+
+    def run_due(self, now: float | None = None) -> list[dict]:
+        """Run every schedule whose time has come (NOW: epoch seconds; the API calls
+        this every few seconds, on a thread); each run's outcome, failures included, is
+        kept on it."""
+        now = time.time() if now is None else now
+        with self.db.session() as s:
+            due = s.execute(select(CollectSchedule, Release.name).join(
+                Release, Release.id == CollectSchedule.release_id).where(
+                CollectSchedule.next_run <= now)).all()
+            due = [(schedule_view(row, name), name) for row, name in due]
+        return [self._run(view, name, now) for view, name in due]
+
+    def _run(self, view: dict, release: str, now: float) -> dict:
+        actor = Actor(view["created_by"], via=SCHEDULER)
+        try:
+            result = self.collect(actor, release, into=view["dataset"], rule=view["rule"],
+                                  window_s=max(view["every_s"], 3600) * 2, **view["options"])
+        except LoophubError as exc:  # access lost, dataset archived: said on the schedule
+            result = {"error": exc.message}
+            log.warning("collection schedule %s of %s: %s", view["id"], release, exc.message)
+        with self.db.transaction() as s:
+            row = s.get(CollectSchedule, view["id"])
+            if row is not None:  # not deleted meanwhile
+                row.last_run, row.last_result = utcnow(), result
+                row.next_run = now + row.every_s
+        return {"schedule": view["id"], **result}
 
     def _write(self, actor: Actor, into: str, view: dict, rule: str,
                picked: list[Candidate], limit: int) -> tuple[list[dict], int]:
@@ -137,6 +221,13 @@ def _pre_annotation(c: Candidate, view: dict) -> dict | None:
     if c.score is not None:
         annotation["score"] = c.score
     return annotation
+
+
+def schedule_view(row: CollectSchedule, release: str) -> dict:
+    return {"id": row.id, "release": release, "dataset": row.dataset, "rule": row.rule,
+            "options": row.options, "every_s": row.every_s, "created_by": row.created_by,
+            "created": iso(row.created), "next_run": _iso(row.next_run),
+            "last_run": iso(row.last_run), "last_result": row.last_result}
 
 
 def _iso(seconds: float) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from loophub.store.models import Base, utcnow
@@ -132,3 +132,24 @@ class ReleaseFeedback(Base):
 
     __table_args__ = (Index("ix_release_feedback_release_request", "release_id",
                             "request_id"),)
+
+
+class CollectSchedule(Base):
+    """A collection the platform runs every ``every_s`` seconds (migration 0014): the
+    release's inputs chosen by ``rule`` into ``dataset``, as its creator (by name only:
+    the run needs no group to reach the release or the dataset)."""
+
+    __tablename__ = "collect_schedules"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"),
+                                            index=True)
+    dataset: Mapped[str] = mapped_column(String(255))
+    rule: Mapped[str] = mapped_column(String(32))
+    options: Mapped[dict] = mapped_column(JSON)
+    every_s: Mapped[int] = mapped_column(Integer)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    next_run: Mapped[float] = mapped_column(Float, index=True)  # epoch s: compared in SQL
+    last_run: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_result: Mapped[dict | None] = mapped_column(JSON, nullable=True)

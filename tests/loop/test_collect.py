@@ -105,3 +105,26 @@ def test_production_inputs_go_back_to_labeling(api, digit_nets):  # noqa: F811
     assert "imported-1" in everything
     with pytest.raises(errors.InvalidInput):
         ann.labeling.lease("prod", 5, origin="somewhere")
+
+    # the platform collects on a schedule, as its creator; each outcome is kept on it
+    with pytest.raises(errors.InvalidInput, match="every_s"):
+        ann.loop.schedule("digits", into="prod", rule="random", every_s=5)
+    with pytest.raises(errors.PermissionDenied):
+        ben.loop.schedule("digits", into="prod", rule="random", every_s=3600)
+    schedule = ann.loop.schedule("digits", into="prod", rule="random", every_s=3600,
+                                 limit=2, seed=3)
+    assert api.ctx.loop.run_due() == []  # not due for an hour
+    later = time.time() + 3601
+    [ran] = api.ctx.loop.run_due(now=later)
+    assert ran["schedule"] == schedule["id"] and ran["collected"] == 2, ran
+    [view] = ann.loop.schedules("digits")
+    assert view["last_result"]["records"] == ran["records"] and view["last_run"]
+    assert api.ctx.loop.run_due(now=later + 60) == []  # the next run is an hour on
+    ann.datasets.set_state("prod", "archived")  # the next run cannot write: it says so
+    [failed] = api.ctx.loop.run_due(now=later + 3601)
+    assert "archived" in failed["error"], failed
+    assert ann.loop.schedules("digits")[0]["last_result"] == {"error": failed["error"]}
+    ann.loop.unschedule("digits", schedule["id"])
+    assert ann.loop.schedules("digits") == []
+    with pytest.raises(errors.NotFound):
+        ann.loop.unschedule("digits", schedule["id"])
