@@ -36,6 +36,54 @@ class Loop:
                 body[key] = value
         return self.client.request("POST", _path(release, "collect"), json=body)
 
+    def retrain(self, champion: str, *, dataset: str, params: dict | None = None,
+                held_out: str | None = None, split: str = "test",
+                register_as: str | None = None, progress: bool = True,
+                timeout: float | None = None) -> Comparison:
+        """Train a challenger with CHAMPION's training job spec (a model version, e.g.
+        "digits@champion": same recipe or function, workers and parameters, PARAMS
+        changed) on DATASET (the new version, NAME@vN), register it as a new version of
+        REGISTER_AS (default: the champion's model), and evaluate both on the fixed
+        held-out SPLIT of HELD_OUT (default: the dataset version the champion learnt
+        from) and on the production slice of DATASET's SPLIT (records collected from a
+        release and labeled since, that neither model trained on). Waits for the jobs;
+        the two side by side."""
+        from loophub import errors
+        from loophub.loop.compare import PRODUCTION, scalar_metrics, side_by_side
+
+        models, training = self.client.models, self.client.training
+        champ = models.get(champion)
+        if not champ.get("job"):
+            raise errors.InvalidInput(f"retrain: {champ['ref']} was registered without a "
+                                      "training job, so there is no spec to reuse; train "
+                                      "it with client.training.run and register the job")
+        spec = dict(training.view(champ["job"])["spec"])
+        spec.update(dataset=dataset, params={**(spec.get("params") or {}), **(params or {})})
+        spec.pop("name", None)
+        job = training.submit(spec)
+        job.wait(progress=progress, timeout=timeout)
+        challenger = models.register(register_as or champ["model"], job=job)
+        held_out = held_out or champ["dataset"]
+        if not held_out:
+            raise errors.InvalidInput("retrain: held_out= names the dataset version to "
+                                      f"compare on ({champ['ref']} has no dataset lineage)")
+        fixed, production = {}, {}
+        for side, ref in (("champion", champ["ref"]), ("challenger", challenger["ref"])):
+            fixed[side] = models.evaluate(ref, dataset=held_out, split=split,
+                                          progress=progress, timeout=timeout)
+            production[side] = models.evaluate(ref, dataset=dataset, split=split,
+                                               slices=[PRODUCTION[0]], progress=progress,
+                                               timeout=timeout)
+        on_fixed, on_production = f"{held_out} {split}", f"{dataset} {split} from production"
+        rows = side_by_side(on_fixed, *(scalar_metrics(_result(fixed[s]))
+                                        for s in ("champion", "challenger")))
+        rows += side_by_side(on_production, *(scalar_metrics(_result(production[s]), PRODUCTION)
+                                              for s in ("champion", "challenger")))
+        return Comparison(champion=champ["ref"], challenger=challenger["ref"], job=job.id,
+                          held_out={"dataset": held_out, "split": split, **fixed},
+                          production={"dataset": dataset, "slice": "/".join(PRODUCTION),
+                                      **production}, rows=rows)
+
     def schedule(self, release: Any, *, into: str, rule: str, every_s: int,
                  limit: int = 100, threshold: float | None = None,
                  seed: int | None = None) -> dict:
@@ -57,6 +105,20 @@ class Loop:
                                                    schedule_id))
 
 
+def _result(evaluation: dict) -> dict:
+    return evaluation.get("result") or {}
+
+
 def _path(release: Any, *parts: str) -> str:
     name = release if isinstance(release, str) else release.name
     return "/".join(["releases", *(quote(p, safe="") for p in (name, *parts))])
+
+
+class Comparison(dict):
+    """What ``retrain`` gives back: a dict (champion, challenger, job, held_out,
+    production, rows) that a notebook shows as a side-by-side table."""
+
+    def _repr_html_(self) -> str:
+        from loophub.loop.compare import comparison_html
+
+        return comparison_html(self)

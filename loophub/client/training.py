@@ -61,6 +61,11 @@ class Training:
             spec["function"] = self._ship(what)
         else:
             raise errors.InvalidInput("run(what): a recipe name or a function taking a ctx")
+        return self.submit(spec)
+
+    def submit(self, spec: Mapping[str, Any]) -> Job:
+        """Submit a job spec as the API takes it (a job view's ``spec``: what ``run``
+        builds, or an earlier job's, changed); the queued job."""
         view = self.client.request("POST", "training/jobs",
                                    json={k: v for k, v in spec.items() if v is not None})
         return Job(self, view)

@@ -1,0 +1,75 @@
+"""Retrain and compare (real Dask training and evaluation jobs): a challenger trained with
+the champion's spec on a dataset version that holds labeled production inputs, both
+evaluated on the fixed held-out split and on the production slice, side by side."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loophub import errors
+from tests.training.conftest import digits, pool  # noqa: F401 (fixtures)
+
+pytestmark = pytest.mark.training
+CNN = {"epochs": 3, "image_size": 16, "batch_size": 32}
+
+
+def production_digits(client, count: int = 60) -> list[str]:
+    """COUNT inverted digits, labeled by a person, as the loop would have collected them
+    (ids production-..., metadata.source production): two thirds train, a third test."""
+    from sklearn.datasets import load_digits
+
+    sk = load_digits()
+    ids = []
+    for n in range(count):
+        pixels = 255 - (np.kron(sk.images[1000 + n], np.ones((2, 2))) * 255 / 16)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+        digest = client.datasets.upload(io.BytesIO(buffer.getvalue()))["digest"]
+        record_id = "production-" + hashlib.sha256(buffer.getvalue()).hexdigest()[:24]
+        client.request("POST", "datasets/digits/records", json={"record": {
+            "id": record_id, "media": {"sha256": digest}, "split": "train" if n % 3 else "test",
+            "metadata": {"source": "production", "release": "digits"},
+            "annotations": [{"type": "image_class", "label": str(sk.target[1000 + n])}]}})
+        ids.append(record_id)
+    return ids
+
+
+def test_a_challenger_trained_on_production_labels_is_compared_with_the_champion(digits):  # noqa: F811
+    client = digits
+    job = client.training.run("image-cnn", dataset="digits@v1", params=CNN,
+                              per_worker={"cpu": 1, "mem": "2G"})
+    job.wait(progress=False, timeout=300)
+    champion = client.models.register("digits", job=job)
+    client.models.alias("digits", "champion", champion["version"], force=True,
+                        reason="the first model")
+    production_digits(client)
+    client.datasets.commit("digits", "60 inverted digits from production, labeled")
+
+    comparison = client.loop.retrain("digits@champion", dataset="digits@v2", progress=False,
+                                     timeout=300)
+    assert comparison["champion"] == "digits@v1" and comparison["challenger"] == "digits@v2"
+    challenger = client.models.get("digits@v2")
+    spec = client.training.view(challenger["job"])["spec"]
+    assert spec["recipe"] == "image-cnn" and spec["dataset"] == "digits@v2"
+    assert {k: spec["params"][k] for k in CNN} == CNN  # the champion's own parameters
+    rows = {(r["on"], r["metric"]): r for r in comparison["rows"]}
+    fixed, production = ("digits@v1 test", "accuracy"), ("digits@v2 test from production",
+                                                         "accuracy")
+    assert fixed in rows and production in rows, sorted(rows)
+    for key in (fixed, production):
+        row = rows[key]
+        assert 0 <= row["champion"] <= 1 and 0 <= row["challenger"] <= 1
+        assert row["change"] == pytest.approx(row["challenger"] - row["champion"])
+    result = comparison["production"]["challenger"]["result"]
+    assert "production" in result["slices"]["metadata.source"], result["slices"]
+    assert "digits@v1" in comparison._repr_html_() and "from production" in \
+        comparison._repr_html_()
+    print("retrain:", {k: (round(r["champion"], 4), round(r["challenger"], 4))
+                       for k, r in rows.items() if k[1] == "accuracy"})
+    with pytest.raises(errors.NotFound):
+        client.loop.retrain("nothing@champion", dataset="digits@v2")
