@@ -258,5 +258,10 @@ def test_filter_bar_switches_to_browsing(api, pets):
                    "unlabeled": True})
     assert sync["type"] == "sync" and [i["record"]["id"] for i in sync["items"]] == [pets[0]]
     assert widget.filters == {"split": None, "label": "dog", "annotator": None,
-                              "unlabeled": True}
+                              "unlabeled": True, "origin": None}
     assert api.labeling("ann").leases("pets") == []  # browsing holds no leases
+    # "from production": only what the feedback loop collected (none of these pets)
+    sync = fe.say({"type": "filter", "label": "", "split": "", "annotator": "",
+                   "unlabeled": True, "origin": "production"})
+    assert sync["type"] == "sync" and sync["items"] == []
+    assert widget.filters["origin"] == "production"
