@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -84,6 +85,80 @@ class Loop:
                           production={"dataset": dataset, "slice": "/".join(PRODUCTION),
                                       **production}, rows=rows)
 
+    def promote(self, release: Any, challenger: str, *, percent: float = 10,
+                observe_s: float = 300, min_requests: int = 50, alias: str = "champion",
+                replicas: int = 1, progress: bool = True, timeout: float | None = None
+                ) -> dict:
+        """Promote CHALLENGER (a model version) on RELEASE safely, in three gates:
+
+        1. its tests pass (the champion's tests are given to it when it has none): else
+           no traffic reaches it;
+        2. it serves PERCENT of the release's requests as a canary (the platform's guard
+           rolls it back by itself when its error rate or p99 is worse than the stable
+           version's) until MIN_REQUESTS of them are answered, at most OBSERVE_S
+           seconds: rolled back, or too little traffic to judge, stops here (the
+           canary stays for you to promote or roll back later);
+        3. the release moves to it (no request fails) and ALIAS points at it, which the
+           model's alias history records with the canary's figures.
+
+        Returns ``{"promoted": bool, "stage": "tests" | "canary" | "promoted", "why",
+        "challenger", "canary": {"requests", "error_rate"}, "tests": ...}``."""
+        from loophub import errors
+
+        models = self.client.models
+        version = models.get(challenger)
+        exact, name = version["ref"], version["model"]
+        outcome: dict[str, Any] = {"challenger": exact, "release": _name(release)}
+        if not version["tests"]:
+            champion = _alias_version(models, name, alias)
+            if champion is None or not champion["tests"]:
+                raise errors.Conflict(f"{exact} has no tests and {name}@{alias} none to "
+                                      "lend it; set them with models.set_tests")
+            models.set_tests(exact, champion["tests"], reason=f"the tests of {champion['ref']}")
+        tests = models.test(exact, progress=progress, timeout=timeout)
+        outcome["tests"] = tests
+        if tests["status"] != "passed":
+            failed = [r for r in tests["results"] if not r["passed"]]
+            return {**outcome, "promoted": False, "stage": "tests",
+                    "why": f"{len(failed)} of {len(tests['results'])} tests failed"}
+        served = self.client.serving.get(_name(release))
+        served.canary(exact, percent=percent, replicas=replicas,
+                      timeout=timeout or 300)
+        judged = self._observe(served, exact, observe_s, min_requests)
+        outcome["canary"] = judged
+        if judged.get("rolled_back"):
+            return {**outcome, "promoted": False, "stage": "canary",
+                    "why": f"the guard rolled the canary back: {judged['rolled_back']}"}
+        if judged["requests"] < min_requests:
+            return {**outcome, "promoted": False, "stage": "canary",
+                    "why": f"{judged['requests']} canary requests in {observe_s:g} s, fewer "
+                           f"than {min_requests}: too little to judge (the canary stays)"}
+        served.promote(timeout=timeout or 300)
+        models.alias(name, alias, version["version"], reason=(
+            f"promoted on release {served.name} after a {percent:g}% canary: "
+            f"{judged['requests']} requests, error rate {judged['error_rate']}"))
+        return {**outcome, "promoted": True, "stage": "promoted",
+                "why": f"{name}@{alias} is {exact}; release {served.name} serves it"}
+
+    def _observe(self, served: Any, version: str, observe_s: float,
+                 min_requests: int) -> dict:
+        """The canary's requests and error rate once MIN_REQUESTS were answered or
+        OBSERVE_S passed; with ``rolled_back`` (the reason) if the guard rolled it back."""
+        started = time.monotonic()
+        while True:
+            served.refresh()
+            if not served.canary_view or served.canary_view.get("version") != version:
+                rollbacks = [h for h in served.history() if h["action"] == "rollback"]
+                why = (rollbacks[-1]["detail"] or {}).get("reason", "") if rollbacks else ""
+                return {"requests": 0, "error_rate": None, "rolled_back": why or "stopped"}
+            elapsed = time.monotonic() - started
+            report = served.monitoring(window=elapsed + 5)
+            side = (report["summary"].get("versions") or {}).get(version) or {}
+            seen = {"requests": side.get("requests", 0), "error_rate": side.get("error_rate")}
+            if seen["requests"] >= min_requests or elapsed >= observe_s:
+                return seen
+            time.sleep(1.0)
+
     def schedule(self, release: Any, *, into: str, rule: str, every_s: int,
                  limit: int = 100, threshold: float | None = None,
                  seed: int | None = None) -> dict:
@@ -105,13 +180,25 @@ class Loop:
                                                    schedule_id))
 
 
+def _name(release: Any) -> str:
+    return release if isinstance(release, str) else release.name
+
+
+def _alias_version(models: Any, name: str, alias: str) -> dict | None:
+    from loophub import errors
+
+    try:
+        return models.get(f"{name}@{alias}")
+    except errors.NotFound:
+        return None
+
+
 def _result(evaluation: dict) -> dict:
     return evaluation.get("result") or {}
 
 
 def _path(release: Any, *parts: str) -> str:
-    name = release if isinstance(release, str) else release.name
-    return "/".join(["releases", *(quote(p, safe="") for p in (name, *parts))])
+    return "/".join(["releases", *(quote(p, safe="") for p in (_name(release), *parts))])
 
 
 class Comparison(dict):
