@@ -218,11 +218,12 @@ def test_uncertain_first_stays_fast_on_a_100k_record_draft(api, digits):
     scores = [i["record"]["annotations"][0]["score"] for i in items]
     assert scores == sorted(scores) and len(items) == 20
     # the whole queue, read in batches: 10,000 predicted by confidence, then the rest by id
+    from loophub.datasets.draft import RecordFilter
     from loophub.labeling.service import LabelingService
 
     with db.session() as session:
         queue = [(row.confidence, row.record_id) for row in islice(
-            LabelingService._candidates(session, dataset_id, "zed", None,
+            LabelingService._candidates(session, dataset_id, "zed", RecordFilter(),
                                         unlabeled_only=True, order="uncertain"), 10_500)]
     assert queue[:10_000] == sorted(queue[:10_000]) and None not in dict(queue[:10_000])
     rest = queue[10_000:]
