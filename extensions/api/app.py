@@ -166,6 +166,12 @@ class ServiceContext:
             launchers=launchers)
 
     @cached_property
+    def lineage(self):
+        from loophub.loop.lineage import Lineage
+
+        return Lineage(self.releases, self.models, self.training, self.datasets)
+
+    @cached_property
     def loop(self):
         from loophub.loop.service import LoopService
 

@@ -123,8 +123,36 @@ class ScheduleHandler(ApiHandler):
                                         schedule_id))
 
 
+class ReleaseLineageHandler(ApiHandler):
+    openapi = {"get": Op(
+        "Where the release comes from: the model version it serves (and its canary's) -> "
+        "the training job -> the dataset versions -> their records' sources (imports, "
+        "labelers, production feedback); what you may not read is named, not shown",
+        access="release:read", response={"type": "object", "properties": {
+            "release": {"type": "object"}, "version": {"type": "object"},
+            "canary": {"type": "object"}}})}
+
+    async def get(self, release: str) -> None:
+        self.write_json(await in_thread(self.ctx.lineage.of_release, self.actor, release))
+
+
+class UsedByHandler(ApiHandler):
+    openapi = {"get": Op(
+        "The model versions trained or evaluated on a dataset version, and the releases "
+        "serving them", access="dataset:read",
+        query={"version": {"type": "string", "maxLength": 64, "default": "head"}},
+        response={"type": "object", "properties": {
+            "models": {"type": "array"}, "releases": {"type": "array"}}})}
+
+    async def get(self, name: str) -> None:
+        self.write_json(await in_thread(self.ctx.lineage.used_by, self.actor, name,
+                                        self.query["version"]))
+
+
 R = "releases/(?P<release>[^/]+)"
 ROUTES: list[tuple[str, type]] = [
+    (R + "/lineage", ReleaseLineageHandler),
+    ("datasets/(?P<name>[^/]+)/used-by", UsedByHandler),
     (R + "/feedback", FeedbackHandler),
     (R + "/collect", CollectHandler),
     (R + "/collect/schedules", SchedulesHandler),

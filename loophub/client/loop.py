@@ -159,6 +159,17 @@ class Loop:
                 return seen
             time.sleep(1.0)
 
+    def lineage(self, release: Any) -> dict:
+        """The chain behind RELEASE: model version -> training job -> dataset versions ->
+        where their records and labels came from (imports, labelers, production)."""
+        return self.client.request("GET", _path(release, "lineage"))
+
+    def used_by(self, dataset: str, version: str | int = "head") -> dict:
+        """The model versions trained or evaluated on DATASET@VERSION and the releases
+        serving them."""
+        return self.client.request("GET", f"datasets/{quote(dataset, safe='')}/used-by",
+                                   params={"version": str(version)})
+
     def schedule(self, release: Any, *, into: str, rule: str, every_s: int,
                  limit: int = 100, threshold: float | None = None,
                  seed: int | None = None) -> dict:

@@ -81,3 +81,33 @@ def test_a_challenger_is_promoted_only_through_its_tests_and_a_canary(digits, di
     moved = client.models.history("mlp")[-1]  # the alias history says why it moved
     assert "champion" in str(moved["subject"]) and moved["to"], moved
     assert "promoted on release serve after a 10% canary" in moved["reason"], moved
+
+    # the chain behind the release, and what used the data
+    chain = client.loop.lineage("serve")
+    version = chain["version"]
+    assert chain["release"]["version"] == version["ref"] == strong["ref"]
+    assert "champion" in version["aliases"] and version["test_status"] == "passed"
+    [data] = [d for d in version["datasets"] if d["relation"] == "trained_on"]
+    assert (data["dataset"], data["number"]) == ("digits", 1)
+    assert data["sources"]["records"] == 300 and data["sources"]["labels"]["import"] == 300
+    used = client.loop.used_by("digits", 1)
+    assert {m["model_version"] for m in used["models"] if m["model"] == "mlp"} >= {
+        f"v{v['version']}" for v in (champion, weak, strong)}
+    assert [r["name"] for r in used["releases"]] == ["serve"]
+    from loophub.widgets.lineage import LineageView, lineage_sections
+
+    titles = [title for title, _ in lineage_sections(chain)]
+    assert titles[:2] == ["Release serve", f"Model version {strong['ref']}"]
+    assert "Dataset digits@v1 (trained_on)" in titles
+    view = LineageView("serve", client=client)
+    assert "serve" in str(view.show_used_by("digits", 1)["releases"])
+    assert "serve" in view.used.value
+    # another user may call the release (access hub) but not read ann's private model
+    other = api_client(client, "ben").loop.lineage("serve")
+    assert other["version"]["readable"] is False and "mlp" in other["version"]["why"]
+
+
+def api_client(client, user: str):
+    from loophub.client import Client
+
+    return Client(client.url, f"user:{user}")
