@@ -23,6 +23,7 @@ from typing import Any
 
 from loophub.scheduler.model import SchedulerConfig
 from loophub.scheduler.sim import simulate
+from loophub.scheduler.suite import bottleneck as bottleneck_of
 from loophub.scheduler.workloads import TracesMissing, build
 
 POLICIES = "fifo,drf,balanced-drf,balanced-drf@strict-aging,slurm-fairshare,tetris"
@@ -39,14 +40,7 @@ METRICS = ("jct_mean", "jct_p99", "wait_mean", "wait_p99", "wait_max", "util_gpu
 
 def bottleneck(workload: str, load: float, seed: int, full_trace: bool) -> str:
     """The resource with the highest offered load on the workload's cluster."""
-    built = build(workload, load, seed, full_trace=full_trace)
-    caps = {"cpu": sum(n.capacity.cpu for n in built.nodes),
-            "mem": sum(n.capacity.mem for n in built.nodes),
-            "gpu": sum(n.capacity.gpu for n in built.nodes)}
-    work = {"cpu": sum(j.cpu * j.duration for j in built.jobs),
-            "mem": sum(j.mem * j.duration for j in built.jobs),
-            "gpu": sum(j.gpu * j.duration for j in built.jobs)}
-    return max(caps, key=lambda k: work[k] / caps[k] if caps[k] else 0.0)
+    return bottleneck_of(build(workload, load, seed, full_trace=full_trace))
 
 
 def run_one(task: tuple) -> dict[str, Any]:

@@ -3,6 +3,7 @@
     loophub sim build W1 --out w1.csv --cluster-out c1.csv [--load 1.0] [--seed 0]
     loophub sim --trace w1.csv --cluster c1.csv --policy fifo,drf,balanced-drf [--json]
     loophub sim --trace W2 --policy drf,balanced-drf --load 1.2 --seed 1 --plot out.png
+    loophub sim suite [--quick] [--jobs 2] [--half test] [--json] [--markdown out.md]
 
 ``--trace W1``/``W2`` builds the workload in memory (with --load and --seed) when no file of
 that name exists. ``register(subparsers)`` adds the command to the main ``loophub`` CLI.
@@ -55,7 +56,7 @@ def register(subparsers: Any) -> None:
     _add_policy_options(sim)
     _add_build_options(sim)
     sim.set_defaults(func=run_sim)
-    actions = sim.add_subparsers(dest="sim_action", metavar="{build}")
+    actions = sim.add_subparsers(dest="sim_action", metavar="{build,suite}")
     b = actions.add_parser("build", help="build W1 or W2 as canonical CSV files",
                            description="Build a canonical workload (and its cluster) from "
                                        "$LOOPHUB_SHARED/traces; every assumption is printed.")
@@ -66,6 +67,57 @@ def register(subparsers: Any) -> None:
     b.add_argument("--seed", type=int, default=0)
     _add_build_options(b)
     b.set_defaults(func=run_build)
+    suite = actions.add_parser(
+        "suite", help="every policy on the scenario suite (docs/scheduler.md)",
+        description="Runs every policy on the scenario suite built from $LOOPHUB_SHARED/traces "
+                    "(arrival sources x cluster shapes x tenant mixes x loads 0.8/1.0/1.3); "
+                    "prints per-scenario tables and wins/losses per half (tuning, test), then "
+                    "one JSON line of aggregate figures.")
+    add_suite_options(suite)
+    suite.set_defaults(func=run_suite_cmd)
+
+
+def add_suite_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true",
+                   help="smaller scenarios (about a third of the jobs): a smoke run")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--half", choices=["all", "tuning", "test"], default="all")
+    p.add_argument("--policies", default=DEFAULT_POLICIES)
+    p.add_argument("--only", default="", metavar="TEXT",
+                   help="only the scenarios whose name contains TEXT (e.g. philly/pai)")
+    p.add_argument("--json", action="store_true",
+                   help="also one JSON line per policy per scenario (before the summary)")
+    p.add_argument("--markdown", help="also write the tables and the summary to this file")
+
+
+def run_suite_cmd(args: argparse.Namespace) -> int:
+    from loophub.scheduler.suite import report, run_suite
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if "balanced-drf" not in policies or not {"drf", "fifo", "slurm-fairshare"} <= set(policies):
+        print("loophub sim suite: --policies must include balanced-drf, drf, fifo and "
+              "slurm-fairshare (the figures compare them)", file=sys.stderr)
+        return 2
+
+    def progress(row: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(_jsonable(row)), flush=True)
+        else:
+            print(f"# {row['scenario']} {row['policy']}: jain {row['jain']:.3f}",
+                  file=sys.stderr, flush=True)
+
+    try:
+        rows = run_suite(policies, args.quick, args.jobs, half=args.half, progress=progress,
+                         only=args.only)
+    except TracesMissing as exc:
+        print(f"loophub sim suite: skipped: {exc}", file=sys.stderr)
+        return 0
+    text, summary = report(rows, policies)
+    print(text)
+    print(json.dumps(_jsonable(summary)))
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n\n" + json.dumps(_jsonable(summary)) + "\n")
+    return 0
 
 
 def _add_build_options(p: argparse.ArgumentParser) -> None:
@@ -98,6 +150,12 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aging-victims", choices=["more-served", "any"], default="more-served",
                    help="balanced-drf: aged requests preempt only more-served tenants' work "
                         "(default), or anyone's (holds the bound, costs fairness)")
+    p.add_argument("--aging-scope", choices=["under-share", "all"], default="under-share",
+                   help="balanced-drf: whose aged requests jump DRF order: tenants below their "
+                        "weighted fair share (default) or all (the earlier rule)")
+    p.add_argument("--gpu-fit-weight", type=float,
+                   default=SchedulerConfig.balanced_gpu_fit_weight,
+                   help="balanced-drf: weight of best fit on GPUs in placement (0: off)")
     p.add_argument("--max-reservations", type=int, default=SchedulerConfig.max_reservations,
                    help="balanced-drf: aged requests served (reserved for) per pass")
     p.add_argument("--restart-cost", type=float, default=0.0,
@@ -114,6 +172,8 @@ def _config(args: argparse.Namespace) -> SchedulerConfig:
                            aging_quantum=args.aging_quantum,
                            aging_reserve_at=args.aging_reserve_at,
                            aging_victims=args.aging_victims,
+                           aging_scope=args.aging_scope,
+                           balanced_gpu_fit_weight=args.gpu_fit_weight,
                            max_reservations=args.max_reservations,
                            preemption=args.preemption,
                            preempt_on_aging=not args.no_aging_preemption)

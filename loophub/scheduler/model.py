@@ -188,6 +188,10 @@ class SchedulerConfig:
     # bound first; see docs/scheduler.md)
     aging_victims: str = "more-served"
     aging_attempts: int = 64              # balanced-drf: aged requests tried per pass
+    # balanced-drf: whose aged requests jump DRF order: "under-share" (tenants below their
+    # weighted fair share: the guarantee that holds under overload) or "all" (every aged
+    # request: under sustained overload everything ages and the order becomes age order)
+    aging_scope: str = "under-share"
     # balanced-drf: from this many seconds of waiting a request is served before DRF order and
     # reserved for, but preempts only from aging_bound (None: half of aging_bound)
     aging_reserve_at: float | None = None
@@ -207,6 +211,8 @@ class SchedulerConfig:
     score_sample: int = 128               # feasible nodes scored per unit, in node order
     balanced_stranding_weight: float = 4.0
     balanced_packing_weight: float = 4.0
+    # balanced-drf: weight of best fit on GPUs for GPU units (0: off, the placement before it)
+    balanced_gpu_fit_weight: float = 8.0
 
     def quantum(self) -> float:
         return self.aging_bound if self.aging_quantum is None else self.aging_quantum

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from loophub.scheduler.model import Decision, SchedulerConfig
+from loophub.scheduler.fairshare import dominant_and_fair_shares
+from loophub.scheduler.model import BASE_KEYS, Decision, SchedulerConfig
 from loophub.scheduler.state import (
     EPS,
     FitTracker,
@@ -27,16 +28,71 @@ from loophub.scheduler.state import (
     Scorer,
     first_fit,
     stranded_shares,
+    stranding_thresholds,
 )
 
 if TYPE_CHECKING:
     from loophub.scheduler.state import SchedulerState
 
+GPU = BASE_KEYS.index("gpu")  # resource columns start with BASE_KEYS in every state
+
 
 # ------------------------------------------------------------------ node scorers
 def balanced_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
                    free: np.ndarray) -> int:
-    """Pick the node that stays even across its resources and strands the least.
+    """The node of ``idx`` that ``balanced_scores`` rates lowest. In a full pool most units
+    have one or a few feasible nodes: one needs no score, and a few are scored in plain
+    Python (``_few_node_scores``), where numpy's per-call cost would dominate."""
+    if idx.size == 1:
+        return 0
+    if idx.size <= FEW_NODES and state.stranding_ref is not None:
+        scores = _few_node_scores(state, idx, d, free)
+        return scores.index(min(scores))
+    return int(np.argmin(balanced_scores(state, idx, d, free)))
+
+
+FEW_NODES = 4  # up to this many candidates, Python scalars beat numpy's per-call overhead
+
+
+def _few_node_scores(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
+                     free: np.ndarray) -> list[float]:
+    """``balanced_scores`` (with a queue) for a handful of nodes, one node at a time in
+    plain Python; a test keeps the two equal."""
+    cfg = state.config
+    k = len(d)
+    need = d.tolist()
+    thr = stranding_thresholds(state.stranding_ref).tolist()
+    fit = cfg.balanced_gpu_fit_weight if need[GPU] > 0 else 0.0
+    most = float(state.cap[:, GPU].max(initial=0.0)) if fit else 0.0
+    out = []
+    for before, terms in zip(free[idx].tolist(), state.node_terms[idx].tolist(), strict=True):
+        after = [before[r] - need[r] for r in range(k)]
+        util = [(terms[r] - after[r]) * terms[k + r] for r in range(k)]
+        spread = max(util) - min(util[r] + terms[2 * k + r] for r in range(k))
+        stranding = (_stranded_one(after, terms, thr, k)
+                     - _stranded_one(before, terms, thr, k))
+        score = (spread + cfg.balanced_stranding_weight * stranding
+                 - cfg.balanced_packing_weight * sum(util) * terms[3 * k])
+        if fit:
+            score += fit * (after[GPU] / most if most > 0 else after[GPU])
+        out.append(score)
+    return out
+
+
+def _stranded_one(free: list[float], terms: list[float], thr: list[list[float]], k: int
+                  ) -> float:
+    """``stranded_shares`` for one node (``terms[k:2k]`` is its inverse capacity)."""
+    total = 0.0
+    for r, row in enumerate(thr):
+        if any(free[c] < row[c] for c in range(k)):
+            total += free[r] * terms[k + r]
+    return total
+
+
+def balanced_scores(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
+                    free: np.ndarray) -> np.ndarray:
+    """Per node of ``idx``: how uneven and wasteful placing ``d`` there leaves it (lower is
+    better): the node that stays even across its resources and strands the least.
 
     score = spread + w_s * stranding - w_p * packing, lowest wins:
     spread: max - min of the node's per-resource utilisation after placement;
@@ -45,7 +101,10 @@ def balanced_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
       smallest queued unit that needs r (see FitTracker); without a queue, the idle share of
       resources this unit does not use (e.g. GPUs of a GPU node given to a CPU-only job)
       times the share of the node's other resources it takes;
-    packing: mean utilisation after placement, so whole nodes stay free for large gangs.
+    packing: mean utilisation after placement, so whole nodes stay free for large gangs;
+    for a unit with GPUs, plus w_g * the GPUs left free on the node (best fit on GPUs, see
+    ``gpu_leftover``): packing on the mean alone lets CPU and memory decide where GPU units
+    go, which spreads them and fragments GPU capacity.
     """
     k = len(d)
     terms = state.node_terms[idx]  # one gather: capacity, its inverse, absent, 1/#present
@@ -68,7 +127,17 @@ def balanced_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
     cfg = state.config
     score = (spread + cfg.balanced_stranding_weight * stranding
              - cfg.balanced_packing_weight * mean_util)
-    return int(np.argmin(score))
+    if d[GPU] > 0 and cfg.balanced_gpu_fit_weight:
+        score = score + cfg.balanced_gpu_fit_weight * gpu_leftover(state, after[:, GPU])
+    return score
+
+
+def gpu_leftover(state: SchedulerState, free_gpus_after: np.ndarray) -> np.ndarray:
+    """GPUs a node keeps free after the placement, over the largest node's GPU count: best
+    fit for GPU units, so partly used nodes fill up and whole nodes stay free for large gangs
+    (the "fragmentation" metric counts free GPUs no queued gang can use)."""
+    most = float(state.cap[:, GPU].max(initial=0.0))
+    return free_gpus_after / most if most > 0 else free_gpus_after
 
 
 def alignment_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
@@ -423,6 +492,7 @@ class DrfPolicy(Policy):
 
 # ------------------------------------------------------------------ balanced DRF
 AGING_VICTIMS = ("more-served", "any")
+AGING_SCOPES = ("under-share", "all")
 
 
 def _anyone(run: Running) -> bool:
@@ -435,8 +505,11 @@ class BalancedDrfPolicy(DrfPolicy):
     ``aging_reserve_at`` seconds at a stretch (since submission or its last preemption; half
     the bound by default) is served before DRF order and gets a node reservation if it does
     not fit; from ``aging_bound`` it also preempts preemptible work of more-served tenants
-    (``preempt_on_aging``), and work it starts is protected for ``aging_quantum``. Every aged
-    request is served, in DRF order among the aged (see ``_serve_aged``)."""
+    (``preempt_on_aging``), and work it starts is protected for ``aging_quantum``. Aging
+    applies only to tenants below their weighted fair share (``aging_scope``
+    "under-share", the starvation guarantee of docs/scheduler.md; "all": every tenant, which
+    under sustained overload turns the order into age order). The aged requests are served
+    in DRF order among the aged (see ``_serve_aged``)."""
 
     name = "balanced-drf"
     scorer: Scorer = staticmethod(balanced_score)
@@ -446,7 +519,11 @@ class BalancedDrfPolicy(DrfPolicy):
         if config.aging_victims not in AGING_VICTIMS:
             raise ValueError(f"aging_victims must be one of {AGING_VICTIMS}, "
                              f"not {config.aging_victims!r}")
+        if config.aging_scope not in AGING_SCOPES:
+            raise ValueError(f"aging_scope must be one of {AGING_SCOPES}, "
+                             f"not {config.aging_scope!r}")
         self.swap_guard: dict[str, float] = {}  # request id -> not swapped for own before
+        self._fair_cache: tuple[int, dict[str, float]] = (-1, {})  # (change_count, shares)
 
     def tenant_key(self, st: SchedulerState, tenant: str, extra: np.ndarray | None = None
                    ) -> tuple:
@@ -515,12 +592,29 @@ class BalancedDrfPolicy(DrfPolicy):
             return cfg.aging_bound / 2
         return min(cfg.aging_reserve_at, cfg.aging_bound)
 
+    def fair_shares(self, st: SchedulerState) -> dict[str, float] | None:
+        """Weighted fair share (water-filled dominant share) of each tenant that aging may
+        serve first; None: every tenant (``aging_scope`` "all")."""
+        if self.config.aging_scope == "all":
+            return None
+        key = st.change_count()  # holdings and queued demand are all it depends on
+        if self._fair_cache[0] != key:
+            tenants = sorted(st.active_tenants())
+            fair = dominant_and_fair_shares(st, tenants)[1].tolist() if tenants else []
+            self._fair_cache = (key, dict(zip(tenants, fair, strict=True)))
+        return self._fair_cache[1]
+
     @staticmethod
-    def _aged_by_tenant(st: SchedulerState, cutoff: float
+    def _aged_by_tenant(st: SchedulerState, cutoff: float,
+                        fair: dict[str, float] | None = None
                         ) -> dict[str, list[tuple[float, int, str]]]:
-        """Each waiting tenant's requests waiting since ``cutoff`` or longer, oldest first."""
+        """Each waiting tenant's requests waiting since ``cutoff`` or longer, oldest first;
+        with ``fair``, only tenants below their fair share (the others wait their DRF turn:
+        under overload everyone ages, and serving every aged request first is age order)."""
         aged = {}
         for tenant in st.tenants_waiting():
+            if fair is not None and not _below(st, tenant, fair):
+                continue
             queue = st.tenant_by_age(tenant)
             n = bisect.bisect_right(queue, (cutoff, math.inf, ""))
             if n:
@@ -528,7 +622,9 @@ class BalancedDrfPolicy(DrfPolicy):
         return aged
 
     def _serve_aged(self, st: SchedulerState, now: float) -> list[Decision]:
-        """Every aged request, in DRF order among the aged (the tenant with the smallest
+        """Every aged request of a tenant below its fair share (of every tenant with
+        ``aging_scope`` "all"; a tenant drops out once what it was granted or reserved in
+        this pass lifts it to its share), in DRF order among the aged (the tenant with the smallest
         share, counting what its aged requests served so far in this pass were granted or
         reserved, goes next; within a tenant, longest-waiting first), until
         ``max_reservations`` reservations are made or ``aging_attempts`` requests tried.
@@ -541,7 +637,8 @@ class BalancedDrfPolicy(DrfPolicy):
         if not by_age or by_age[0][0] > cutoff:
             st.set_reservations([])
             return []
-        aged = self._aged_by_tenant(st, cutoff)
+        fair = self.fair_shares(st)
+        aged = self._aged_by_tenant(st, cutoff, fair)
         cap = np.where(st.total_cap > 0, st.total_cap, np.inf)
         pending = {t: np.zeros(len(st.keys)) for t in aged}  # reserved, not yet held
         pos = dict.fromkeys(aged, 0)
@@ -574,7 +671,8 @@ class BalancedDrfPolicy(DrfPolicy):
                     pending[tenant] += item.unit * item.request.count
             while pos[tenant] < len(entries) and entries[pos[tenant]][2] not in st.queued:
                 pos[tenant] += 1
-            if pos[tenant] < len(entries):
+            if pos[tenant] < len(entries) and (fair is None or _below(
+                    st, tenant, fair, pending[tenant])):
                 heapq.heappush(heap, (key(tenant), tenant))
         st.set_reservations(reservations)
         return decisions
@@ -609,9 +707,21 @@ class BalancedDrfPolicy(DrfPolicy):
 
     def queue_order(self, st: SchedulerState, now: float) -> list[str]:
         cutoff = now - self.reserve_at() + EPS
-        aged = [rid for since, _, rid in st.by_age() if since <= cutoff]
+        fair = self.fair_shares(st)
+        aged = [rid for since, _, rid in st.by_age() if since <= cutoff
+                and (fair is None or _below(st, st.queued[rid].tenant, fair))]
         first = set(aged)
         return aged + [rid for rid in super().queue_order(st, now) if rid not in first]
+
+
+def _below(st: SchedulerState, tenant: str, fair: dict[str, float],
+           pending: np.ndarray | None = None) -> bool:
+    """The tenant's dominant share (counting ``pending`` grants) is below its fair share."""
+    held = st.held.get(tenant, np.zeros(len(st.keys)))
+    if pending is not None:
+        held = held + pending
+    share = np.divide(held, st.total_cap, out=np.zeros_like(held), where=st.total_cap > 0)
+    return float(share.max(initial=0.0)) < fair.get(tenant, 0.0) - EPS
 
 
 # ------------------------------------------------------------------ tetris

@@ -20,6 +20,11 @@ from typing import Any
 
 import numpy as np
 
+from loophub.scheduler.fairshare import (  # noqa: F401  (water_fill: part of this API)
+    dominant_and_fair_shares,
+    under_share_tenants,
+    water_fill,
+)
 from loophub.scheduler.model import (
     GIB,
     KINDS,
@@ -34,9 +39,11 @@ from loophub.scheduler.state import SchedulerState
 WORKLOAD_COLUMNS = ("job_id", "tenant", "submit_s", "duration_s", "gpu", "cpu", "mem_gib")
 WORKLOAD_OPTIONAL = ("kind", "preemptible", "gpu_type")
 CLUSTER_COLUMNS = ("node", "gpu", "cpu", "mem_gib")
+STARVATION_BOUND = SchedulerConfig.aging_bound  # 4 h: the guarantee's bound, for every policy
 RESULT_KEYS = ("policy", "jobs", "jct_mean", "jct_p99", "wait_mean", "wait_p99", "wait_max",
                "util_gpu", "util_cpu", "util_mem", "stranded", "jain", "ftf_violations",
-               "makespan", "preemptions", "decisions_per_s")
+               "makespan", "preemptions", "decisions_per_s", "starved_under_share",
+               "fragmentation")
 
 
 class WorkloadError(ValueError):
@@ -194,24 +201,6 @@ def to_request(job: Job, nodes: Sequence[Node], runtime_known: bool = True) -> R
 
 
 # ------------------------------------------------------------------ metrics
-def water_fill(weights: np.ndarray, caps: np.ndarray) -> np.ndarray:
-    """Weight-proportional shares of 1, none above its cap, excess given to the others."""
-    fair = np.zeros_like(weights)
-    open_ = np.ones(len(weights), dtype=bool)
-    left = 1.0
-    while open_.any() and left > 1e-12:
-        level = left / weights[open_].sum()
-        want = weights * level
-        capped = open_ & (caps - fair <= want + 1e-15)
-        if not capped.any():
-            fair[open_] += want[open_]
-            break
-        left -= float((caps[capped] - fair[capped]).sum())
-        fair[capped] = caps[capped]
-        open_ &= ~capped
-    return fair
-
-
 def jain(values: np.ndarray) -> float:
     if len(values) == 0 or not np.any(values):
         return 1.0
@@ -239,6 +228,8 @@ class _Recorder:
     jain_integral: float = 0.0
     next_strand_t: float = -math.inf
     stranded_samples: list[float] = field(default_factory=list)
+    fragmentation_samples: list[float] = field(default_factory=list)
+    starvation: StarvationWatch | None = None
     timeline: list[tuple[float, list[float], dict[str, float]]] = field(default_factory=list)
 
     def advance(self, t: float) -> None:
@@ -259,7 +250,10 @@ class _Recorder:
             self.contended_used += self.last_used * dt
         self.last_t = t
 
-    def observe(self, t: float, st: SchedulerState, queued_shapes: Counter) -> None:
+    def observe(self, t: float, st: SchedulerState, queued_shapes: Counter,
+                queued_gangs: Counter | None = None) -> None:
+        if self.starvation is not None:
+            self.starvation.observe(t, st)
         used = self.total_cap - st.free[st.active].sum(axis=0)
         self.last_used = used
         self.last_busy = bool(st.running or st.queued)
@@ -273,6 +267,9 @@ class _Recorder:
             value = stranded_share(st, queued_shapes)
             if value is not None:
                 self.stranded_samples.append(value)
+            frag = self._fragmentation(st, queued_gangs)
+            if frag is not None:
+                self.fragmentation_samples.append(frag)
         if not self.timeline or t - self.timeline[-1][0] >= self.grid:
             util = np.divide(used, self.total_cap, out=np.zeros_like(used),
                              where=self.total_cap > 0)
@@ -283,16 +280,67 @@ class _Recorder:
         tenants = sorted(st.active_tenants())
         if len(tenants) < 2:
             return 1.0
-        cap = np.where(st.total_cap > 0, st.total_cap, np.inf)
-        zero = np.zeros(len(st.keys))
-        held = np.array([st.held.get(t, zero) for t in tenants])
-        queued = np.array([st.queued_demand.get(t, zero) for t in tenants])
-        dom = (held / cap).max(axis=1)
-        demand = np.minimum(1.0, ((held + queued) / cap).max(axis=1))
-        weights = np.array([st.tenant_weight(t) for t in tenants])
-        fair = water_fill(weights, demand)
+        dom, fair = dominant_and_fair_shares(st, tenants)
         x = np.divide(dom, fair, out=np.ones_like(dom), where=fair > 0)
         return jain(x)
+
+    def _fragmentation(self, st: SchedulerState, queued_gangs: Counter | None) -> float | None:
+        if not queued_gangs or "gpu" not in st.keys:
+            return None
+        g = st.keys.index("gpu")
+        gangs = np.array([k for k, n in queued_gangs.items() if n > 0 and k[0] > 0])
+        return gpu_fragmentation(st.free[st.active, g], gangs, float(st.total_cap[g]))
+
+
+def gpu_fragmentation(free_gpus: np.ndarray, gangs: np.ndarray, total_gpus: float
+                      ) -> float | None:
+    """GPU capacity left unusable because it is spread across nodes, as a share of all GPUs.
+
+    ``free_gpus``: free GPUs per node; ``gangs``: rows (GPUs per unit, units) of the queued
+    GPU requests. Among the gangs whose total the free GPUs could hold, the smallest unit
+    sets what a node needs to be useful: free GPUs on nodes with fewer than that count (and
+    more than none) are fragmented. 0 when no queued gang fits by total (then capacity, not
+    its spread, is short); None when no GPU request is queued. GPU types and the nodes'
+    CPU and memory are left out: capacity stranded by them is ``stranded``'s business."""
+    if gangs.size == 0 or total_gpus <= 0:
+        return None
+    total_free = float(free_gpus.sum())
+    would_fit = gangs[gangs[:, 0] * gangs[:, 1] <= total_free + 1e-9]
+    if would_fit.size == 0:
+        return 0.0
+    smallest_unit = float(would_fit[:, 0].min())
+    spread = (free_gpus > 1e-9) & (free_gpus < smallest_unit - 1e-9)
+    return float(free_gpus[spread].sum()) / total_gpus
+
+
+class StarvationWatch:
+    """Counts requests starved while their tenant is below its weighted fair share.
+
+    The guarantee (docs/scheduler.md): the next request (queue head) of a tenant below its
+    weighted fair share starts within ``bound`` seconds of the moment the tenant went below
+    it with that request at the head. Tenants at or above their share may wait without limit,
+    so the guarantee can be met when demand exceeds capacity (everyone aged is no longer
+    everyone served). Checked at every event; a violation is counted once per request."""
+
+    def __init__(self, bound: float) -> None:
+        self.bound = bound
+        self.owed_since: dict[str, float] = {}
+        self.starved: set[str] = set()
+        self.key = -1
+
+    def observe(self, t: float, st: SchedulerState) -> None:
+        for rid, since in self.owed_since.items():
+            if t - since > self.bound + 1e-6:
+                self.starved.add(rid)
+        if st.change_count() == self.key:
+            return
+        self.key = st.change_count()
+        self.owed_since = {rid: self.owed_since.get(rid, t) for rid in owed_heads(st)}
+
+
+def owed_heads(st: SchedulerState) -> list[str]:
+    """The queue heads of the tenants below their weighted fair share."""
+    return [st.tenant_queue(t)[0][2] for t in under_share_tenants(st)]
 
 
 def stranded_share(st: SchedulerState, queued_shapes: Counter) -> float | None:
@@ -330,8 +378,12 @@ class SimResult:
 
 def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
              config: SchedulerConfig | None = None, runtime_known: bool = True,
-             validate: bool = False, restart_cost: float = 0.0) -> SimResult:
+             validate: bool = False, restart_cost: float = 0.0,
+             starvation_bound: float = STARVATION_BOUND) -> SimResult:
     """Replay ``jobs`` on ``nodes`` under ``policy``; returns the metrics of docs/scheduler.md.
+
+    ``starvation_bound``: the wait the starvation guarantee allows (``starved_under_share``);
+    the same for every policy, whatever its own settings, so policies compare.
 
     ``restart_cost``: seconds of work a preempted job loses (progress since its last
     checkpoint plus restart overhead), added to what it still has to run."""
@@ -340,7 +392,8 @@ def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
     jobs = sorted(jobs, key=lambda j: (j.submit, j.job_id))
     by_id = {j.job_id: j for j in jobs}
     span = max(j.submit for j in jobs) - min(j.submit for j in jobs)
-    rec = _Recorder(list(st.keys), st.total_cap.copy(), grid=max(span, 1.0) / 2000)
+    rec = _Recorder(list(st.keys), st.total_cap.copy(), grid=max(span, 1.0) / 2000,
+                    starvation=StarvationWatch(starvation_bound))
     remaining = {j.job_id: j.duration for j in jobs}
     started_at: dict[str, float] = {}
     waiting_since: dict[str, float] = {}  # start of the current stretch of waiting
@@ -350,6 +403,7 @@ def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
     finish_t: dict[str, float] = {}
     slice_iso: dict[str, float] = {}
     shapes: Counter = Counter()
+    gangs: Counter = Counter()  # queued (GPUs per unit, units), for fragmentation
     heap: list[tuple[float, int, int, str, int]] = []  # (t, order, seq, job, token)
     rejected: list[str] = []
     counters = {"decisions": 0, "preemptions": 0, "seq": 0}
@@ -366,6 +420,7 @@ def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
             item_shape = _shape_of(st, d.request_id)
             if d.action == "start":
                 shapes[item_shape] -= 1
+                gangs[_gang_of(st, d.request_id)] -= 1
                 started_at[d.request_id] = t
                 longest_stretch[0] = max(longest_stretch[0], t - waiting_since.pop(d.request_id))
                 first_start.setdefault(d.request_id, t)
@@ -374,6 +429,7 @@ def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
             elif d.action == "preempt":
                 counters["preemptions"] += 1
                 shapes[item_shape] += 1
+                gangs[_gang_of(st, d.request_id)] += 1
                 remaining[d.request_id] -= t - started_at.pop(d.request_id) - restart_cost
                 waiting_since[d.request_id] = t
                 token[d.request_id] += 1  # its pending finish event is now stale
@@ -402,12 +458,13 @@ def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
             st.submit(request, t)
             waiting_since[job.job_id] = t
             shapes[_shape_of(st, job.job_id)] += 1
+            gangs[_gang_of(st, job.job_id)] += 1
             slice_iso[job.job_id] = _isolated_slowdown(st, job)
         tic = time.perf_counter()
         decisions = st.tick(t)
         sched_time += time.perf_counter() - tic
         apply(decisions, t)
-        rec.observe(t, st, shapes)
+        rec.observe(t, st, shapes, gangs)
         wake = st.next_wakeup()
         if wake is not None and wake > t and (wake_pending is None or wake < wake_pending):
             wake_pending = wake
@@ -424,6 +481,12 @@ def simulate(jobs: Sequence[Job], nodes: Sequence[Node], policy: str,
 def _shape_of(st: SchedulerState, rid: str) -> tuple:
     item = st.queued.get(rid) or st.running[rid].item
     return tuple(item.unit.tolist())
+
+
+def _gang_of(st: SchedulerState, rid: str) -> tuple[float, int]:
+    item = st.queued.get(rid) or st.running[rid].item
+    gpu = st.keys.index("gpu")
+    return float(item.unit[gpu]), int(item.request.count)
 
 
 def _isolated_slowdown(st: SchedulerState, job: Job) -> float:
@@ -473,6 +536,9 @@ def _summarise(policy: str, jobs: Sequence[Job], by_id: dict[str, Job],
         "makespan": (max(finish_t.values()) - t0) if finish_t else 0.0,
         "preemptions": counters["preemptions"],
         "decisions_per_s": counters["decisions"] / sched_time if sched_time > 0 else 0.0,
+        "starved_under_share": len(rec.starvation.starved) if rec.starvation else 0,
+        "fragmentation": (float(np.mean(rec.fragmentation_samples))
+                          if rec.fragmentation_samples else 0.0),
         "rejected": len(rejected),
         "unfinished": len(st.queued) + len(st.running),
         "sched_wall_s": sched_time,
@@ -485,7 +551,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
             ("wait_mean", "{:.0f}"), ("wait_p99", "{:.0f}"), ("wait_max", "{:.0f}"),
             ("util_gpu", "{:.3f}"), ("util_cpu", "{:.3f}"), ("util_mem", "{:.3f}"),
             ("stranded", "{:.3f}"), ("jain", "{:.3f}"), ("ftf_violations", "{:.3f}"),
-            ("makespan", "{:.0f}"), ("preemptions", "{}"), ("decisions_per_s", "{:.0f}")]
+            ("makespan", "{:.0f}"), ("preemptions", "{}"), ("decisions_per_s", "{:.0f}"),
+            ("starved_under_share", "{}"), ("fragmentation", "{:.3f}")]
     cells = [[name for name, _ in cols]]
     for row in rows:
         cells.append([fmt.format(row[name]) for name, fmt in cols])

@@ -1123,20 +1123,30 @@ class FitTracker:
 
 def stranded_shares(free: np.ndarray, inv: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Per node: free capacity (share of the node) no queued unit could use. ``ref`` is
-    the stranding reference (FitTracker._stranding_reference). A loop over the few
-    resources: cheaper than one broadcast over nodes x resources x resources."""
-    out = np.zeros(len(free))
-    for r, row in enumerate(ref.tolist()):
-        if math.isnan(row[0]):
-            continue  # nothing queued needs r
-        blocked = None
-        for c, least in enumerate(row):
-            if c != r and least > 0:
-                short = free[:, c] < least - EPS
-                blocked = short if blocked is None else blocked | short
-        if blocked is not None:
-            out += np.where(blocked, free[:, r] * inv[:, r], 0.0)
-    return out
+    the stranding reference (FitTracker._stranding_reference). One broadcast test over
+    nodes x resources x resources against ``stranding_thresholds(ref)``: the scorer runs it
+    for every unit placed, and a few numpy calls cost less than a loop of them."""
+    blocked = (free[:, None, :] < stranding_thresholds(ref)[None, :, :]).any(axis=2)
+    return (np.where(blocked, free, 0.0) * inv).sum(axis=1)
+
+
+def stranding_thresholds(ref: np.ndarray) -> np.ndarray:
+    """[r, c]: free c below this blocks free r (the smallest need of c among queued units
+    that need r, less EPS); -inf where nothing queued needs r, for c == r, and where the
+    smallest need of c is 0. Cached per reference array (it changes only with the queued
+    shapes)."""
+    key = id(ref)
+    hit = _THRESHOLDS.get(key)
+    if hit is not None and hit[0] is ref:
+        return hit[1]
+    thr = np.where(np.isnan(ref) | (ref <= 0), -np.inf, ref - EPS)
+    np.fill_diagonal(thr, -np.inf)
+    _THRESHOLDS.clear()  # one reference is live at a time
+    _THRESHOLDS[key] = (ref, thr)
+    return thr
+
+
+_THRESHOLDS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
 def _covers(free: np.ndarray, shapes: np.ndarray) -> np.ndarray:

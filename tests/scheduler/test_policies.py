@@ -137,7 +137,8 @@ def test_every_aged_request_of_a_tenant_is_served_in_one_pass():
     """Aged requests are served in DRF order among the aged, not one per tenant per pass: a
     burst of one tenant's requests that age together starts together (here by swapping out
     that tenant's newer preemptible work)."""
-    state = SchedulerState("balanced-drf", SchedulerConfig(aging_bound=100.0),
+    state = SchedulerState("balanced-drf", SchedulerConfig(aging_bound=100.0,
+                                                           aging_scope="all"),
                            [node("n", 4, 8)], validate=True, auto_schedule=False)
     for rid in ("a-old1", "a-old2"):
         state.submit(req(rid, "a", cpu=1, runtime=1000.0), 0)
@@ -169,7 +170,8 @@ def test_work_started_from_a_reservation_is_not_swapped_for_its_own_tenant_at_on
     """A request that started from its early reservation runs one quantum before an aged
     request of its own tenant may swap it out (no churn inside a tenant's share); the guard
     survives export and restore."""
-    cfg = SchedulerConfig(aging_bound=100.0, aging_reserve_at=10.0, aging_quantum=500.0)
+    cfg = SchedulerConfig(aging_bound=100.0, aging_reserve_at=10.0, aging_quantum=500.0,
+                          aging_scope="all")
     state = SchedulerState("balanced-drf", cfg, [node("n", 2, 8)], validate=True,
                            auto_schedule=False)
     state.submit(req("a1", "a", cpu=2, runtime=20.0), 0)
@@ -191,7 +193,7 @@ def test_work_started_from_a_reservation_is_not_swapped_for_its_own_tenant_at_on
 def test_aging_victims_decide_whether_the_most_served_may_preempt(victims):
     """A's aged request may take B's preemptible work only with aging_victims="any":
     A already holds more than B, so the fair default leaves B's work alone."""
-    cfg = SchedulerConfig(aging_bound=30.0, aging_victims=victims)
+    cfg = SchedulerConfig(aging_bound=30.0, aging_victims=victims, aging_scope="all")
     state = SchedulerState("balanced-drf", cfg, [node("n", 8, 8), node("m", 4, 4)],
                            auto_schedule=False)
     state.submit(req("a0", "A", cpu=8, runtime=1000.0), 0.0)
@@ -208,7 +210,7 @@ def test_aging_victims_decide_whether_the_most_served_may_preempt(victims):
 def test_an_aged_request_may_swap_out_its_own_tenants_newer_work():
     """The most-served tenant's aged request takes its own tenant's preemptible work (no
     share changes hands), never a less-served tenant's."""
-    cfg = SchedulerConfig(aging_bound=30.0)
+    cfg = SchedulerConfig(aging_bound=30.0, aging_scope="all")
     state = SchedulerState("balanced-drf", cfg, [node("n", 8, 8), node("m", 2, 2)],
                            auto_schedule=False)
     state.submit(req("a0", "A", cpu=8, preemptible=True, runtime=1000.0), 0.0)
@@ -218,6 +220,30 @@ def test_an_aged_request_may_swap_out_its_own_tenants_newer_work():
     took = [(d.action, d.request_id) for d in state.tick(31.0)]
     assert took == [("preempt", "a0"), ("start", "a1")]
     assert "b0" in state.running
+
+
+def test_aged_requests_of_tenants_at_their_share_keep_drf_order():
+    """aging_scope "under-share" (default): under overload everything ages; only tenants
+    below their weighted fair share jump the queue, so the order stays DRF's, not age's.
+    With "all" (the old rule) an aged request goes first whoever holds what."""
+    def run(scope: str) -> list[str]:
+        cfg = SchedulerConfig(aging_bound=30.0, aging_scope=scope, preempt_on_aging=False)
+        state = SchedulerState("balanced-drf", cfg, [node("n", 4, 8)], auto_schedule=False)
+        state.submit(req("a0", "A", cpu=3, runtime=100.0), 0.0)
+        state.submit(req("b0", "B", cpu=1, runtime=100.0), 0.0)
+        state.tick(0.0)
+        state.submit(req("a1", "A", cpu=1, runtime=10.0), 1.0)  # A is above its half
+        state.submit(req("b1", "B", cpu=1, runtime=10.0), 50.0)  # B is below, not aged
+        state.finish("b0", 60.0)  # one core frees when both have aged
+        return started(state.tick(60.0))
+
+    assert run("under-share") == ["b1"]
+    assert run("all") == ["a1"]
+
+
+def test_unknown_aging_scope_is_refused():
+    with pytest.raises(ValueError, match="aging_scope"):
+        SchedulerState("balanced-drf", SchedulerConfig(aging_scope="old"), [node("n", 1, 1)])
 
 
 def test_unknown_aging_victims_is_refused():
@@ -268,3 +294,74 @@ def test_tetris_picks_the_request_aligned_with_free_capacity():
         st.submit(req("y", "u", cpu=1, gpu=4), 2)
         order[policy] = started(st.tick(2))
     assert order == {"fifo": ["x"], "tetris": ["y"]}
+
+
+def test_stranded_shares_matches_its_definition_resource_by_resource():
+    """The vectorised stranding test equals the per-resource loop it replaced: free r on a
+    node is stranded when another free resource c is below the smallest queued need of c
+    among the units that need r."""
+    import numpy as np
+
+    from loophub.scheduler.state import EPS, stranded_shares
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        free = rng.integers(0, 9, size=(20, 3)).astype(float)
+        inv = 1.0 / rng.integers(1, 9, size=(20, 3))
+        ref = rng.integers(0, 5, size=(3, 3)).astype(float)
+        ref[rng.random(3) < 0.3] = np.nan  # nothing queued needs that resource
+        expected = np.zeros(20)
+        for r in range(3):
+            if np.isnan(ref[r, 0]):
+                continue
+            blocked = np.zeros(20, dtype=bool)
+            for c in range(3):
+                if c != r and ref[r, c] > 0:
+                    blocked |= free[:, c] < ref[r, c] - EPS
+            expected += np.where(blocked, free[:, r] * inv[:, r], 0.0)
+        assert np.allclose(stranded_shares(free, inv, ref), expected)
+
+
+@pytest.mark.parametrize("weight, expected", [(0.0, "b"), (8.0, "a")])
+def test_balanced_placement_best_fits_gpu_units(weight, expected):
+    """With the GPU best-fit term a 2-GPU unit fills the node that has exactly 2 GPUs left
+    (keeping the other node whole for an 8-GPU gang); without it, spreading the node's
+    CPU use evenly sends it to the empty node."""
+    cfg = SchedulerConfig(balanced_gpu_fit_weight=weight)
+    state = SchedulerState("balanced-drf", cfg, [node("a", 32, 256, 8), node("b", 32, 256, 8)],
+                           auto_schedule=False)
+    state.submit(req("x", "t", cpu=16, mem_gib=8, gpu=6), 0)
+    state.tick(0)
+    assert state.allocation("x").units[0].node == "a"
+    state.submit(req("y", "t", cpu=4, mem_gib=8, gpu=2), 1)
+    state.tick(1)
+    assert state.allocation("y").units[0].node == expected
+
+
+def test_few_node_scores_equal_the_vectorised_scores():
+    """The plain-Python scorer used for a handful of candidate nodes rates them exactly as
+    balanced_scores does (random pools, queues and units)."""
+    import numpy as np
+
+    from loophub.scheduler.policies import _few_node_scores, balanced_scores
+    from loophub.scheduler.state import FitTracker
+
+    rng = np.random.default_rng(5)
+    compared = 0
+    for trial in range(30):
+        nodes = [node(f"n{i}", 32, 128, int(rng.choice([0, 2, 8]))) for i in range(5)]
+        state = SchedulerState("balanced-drf", SchedulerConfig(), nodes, auto_schedule=False)
+        for j in range(12):
+            state.submit(req(f"r{trial}-{j}", "t", cpu=float(rng.integers(1, 20)),
+                             mem_gib=float(rng.integers(1, 60)),
+                             gpu=int(rng.choice([0, 0, 1, 2]))), 0)
+        state.tick(0)
+        FitTracker(state)  # sets the stranding reference from the queue
+        if state.stranding_ref is None:
+            continue
+        d = np.array([2.0, 4.0 * 1024**3, float(rng.choice([0, 1]))])
+        idx = np.arange(len(nodes))
+        expected = balanced_scores(state, idx, d, state.free)
+        assert np.allclose(_few_node_scores(state, idx, d, state.free), expected)
+        compared += 1
+    assert compared >= 10
