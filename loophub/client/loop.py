@@ -220,3 +220,11 @@ class Comparison(dict):
         from loophub.loop.compare import comparison_html
 
         return comparison_html(self)
+
+    def __repr__(self) -> str:
+        """The rows as text (the evaluations themselves are in the dict)."""
+        lines = [f"{self['champion']} (champion) against {self['challenger']} (challenger)"]
+        lines += [f"  {r['on']:<40} {r['metric']:<16} {r['champion']:.4f} -> "
+                  f"{r['challenger']:.4f} ({r['change']:+.4f})" for r in self["rows"]
+                  if r["metric"] in ("accuracy", "macro_f1", "f1", "map", "count")]
+        return "\n".join(lines)
