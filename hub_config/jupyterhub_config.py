@@ -37,6 +37,8 @@ c.JupyterHub.pid_file = str(settings.home / "jupyterhub.pid")
 # `loophub up --keep-servers` lets servers outlive a hub restart (found again by pid).
 c.JupyterHub.cleanup_servers = env.get("LOOPHUB_KEEP_SERVERS", "") != "1"
 c.JupyterHub.allow_named_servers = True
+# The hub's own pages, extended (home.html adds the loophub panel), not replaced.
+c.JupyterHub.template_paths = [str(Path(__file__).resolve().parent / "templates")]
 
 proxy = env.get("LOOPHUB_PROXY") or shutil.which(
     "configurable-http-proxy", path=str(REPO / "node_modules" / ".bin")
@@ -55,6 +57,9 @@ c.JupyterHub.authenticator_class = "loophub.extensions.authenticator.LoophubAuth
 # c.LocalBackend.run_as_user = True with PAM to run them as system users).
 c.JupyterHub.spawner_class = "loophub"
 c.FairSpawner.home_dir_template = str(settings.users_dir / "{username}")
+# The tutorials are in every user's home from the first spawn (copied once, never over
+# a user's file), so the README's tour starts from a file the user sees.
+c.FairSpawner.tutorials_dir = str(REPO / "notebooks")
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 spawner_token = secret_token(settings.secrets_dir / "spawner_token")
 c.FairSpawner.scheduler_token = spawner_token

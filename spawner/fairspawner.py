@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 from datetime import UTC, datetime
+from pathlib import Path
 
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Bool, Dict, Float, Instance, List, Unicode, default
@@ -31,6 +32,7 @@ from loophub.scheduler.spec import RequestSpec
 
 from .backends import BACKENDS, Backend
 from .form import render_form
+from .home import seed_home
 from .profiles import Choice, Limits, options_from_form, parse_profiles, resolve_choice
 
 
@@ -80,6 +82,11 @@ class FairSpawner(Spawner):
     home_dir_template = Unicode(
         "", help="Working folder of each server, e.g. '/srv/home/{username}'; empty: "
                  "the user's home (run_as_user) or the hub's folder.",
+    ).tag(config=True)
+    tutorials_dir = Unicode(
+        "", help="A folder of notebooks copied into each server's home (home_dir_template) "
+                 "on its first spawn, each once and never over a file already there; "
+                 "empty: none.",
     ).tag(config=True)
     long_poll = Float(20.0, help="Seconds per long-poll while queued.").tag(config=True)
     api_patience = Float(
@@ -260,6 +267,7 @@ class FairSpawner(Spawner):
             gpus = f", GPUs {list(placement.gpus)}" if placement.gpus else ""
             self.emit_progress(60, f"Resources allocated on {placement.node}{gpus}; "
                                    "starting server ...")
+            await self._seed_home()
             ip, port = await asyncio.wait_for(self._backend.launch(self, placement),
                                               self.launch_timeout)
             self.emit_progress(80, "Server process started; waiting for it to answer ...")
@@ -267,6 +275,20 @@ class FairSpawner(Spawner):
         except BaseException:
             await asyncio.shield(self._release("spawn did not complete"))
             raise
+
+    async def _seed_home(self) -> None:
+        """The tutorials, into a home that has not had them (a failure only logs: the
+        server matters more than its tutorials)."""
+        home = self.server_home()
+        if not (home and self.tutorials_dir):
+            return
+        try:
+            copied = await asyncio.to_thread(seed_home, Path(home), Path(self.tutorials_dir))
+        except (OSError, ValueError) as exc:  # ValueError: a damaged note
+            self.log.warning("could not copy the tutorials into %s: %s", home, exc)
+            return
+        if copied:
+            self.emit_progress(70, f"Copied into your home folder: {', '.join(copied)}")
 
     async def _wait_in_queue(self, view: dict) -> dict:
         """Wait through the process's one queue watcher (N waiting spawns: one long-poll)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from sqlalchemy import text
 from tornado import ioloop, web
@@ -53,6 +53,7 @@ from .labeling import ROUTES as LABELING_ROUTES
 from .loop import ROUTES as LOOP_ROUTES
 from .models import ROUTES as MODEL_ROUTES
 from .openapi import build_openapi
+from .pages import page_routes
 from .routes import ROUTES
 from .scheduler import ROUTES as SCHEDULER_ROUTES
 from .serving import ROUTES as SERVING_ROUTES
@@ -329,34 +330,6 @@ class ServiceContext:
         return checks
 
 
-class IndexHandler(HubOAuthenticated, web.RequestHandler):
-    """A landing page for people who open the service in a browser."""
-
-    @web.authenticated
-    def get(self) -> None:
-        user = self.current_user
-        prefix = self.settings["loophub"].prefix
-        self.finish(
-            "<!doctype html><title>loophub</title><h1>loophub</h1>"
-            f"<p>Signed in as <b>{web.escape.xhtml_escape(user['name'])}</b>.</p><ul>"
-            f"<li><a href='{prefix}api/openapi.json'>API (OpenAPI)</a></li>"
-            f"<li><a href='{prefix}api/me'>who am I</a></li>"
-            f"<li><a href='{prefix}api/pool'>resource pool</a></li></ul>"
-        )
-
-
-class FairnessHandler(HubOAuthenticated, web.RequestHandler):
-    """The admins' fairness view: pool, queue with reasons, dominant shares, usage."""
-
-    @web.authenticated
-    def get(self) -> None:
-        if not self.current_user.get("admin"):
-            raise web.HTTPError(403, "the fairness view is for hub admins")
-        self.finish((Path(__file__).parent / "fairness.html").read_text()
-                    .replace("{{prefix}}", self.settings["loophub"].prefix)
-                    .replace("{{xsrf}}", web.escape.xhtml_escape(self.xsrf_token)))
-
-
 class NotFoundHandler(ApiHandler):
     openapi = {m: Op("no such route", access="public") for m in
                ("get", "post", "put", "patch", "delete")}
@@ -378,8 +351,7 @@ def _cookie_secret(settings: Settings) -> bytes:
 def make_app(ctx: ServiceContext, hub_auth: HubOAuth | None = None) -> web.Application:
     prefix = ctx.prefix
     handlers: list = [
-        (prefix, IndexHandler),
-        (url_path_join(prefix, "fairness"), FairnessHandler),
+        *page_routes(prefix),
         (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
     ]
     handlers += [(url_path_join(prefix, "api", path), h) for path, h in ctx.routes]

@@ -179,7 +179,8 @@ def run_all_cells(page, hub, user: str, name: str) -> None:
         "document.querySelector('.jp-Notebook-ExecutionIndicator[data-status=\"idle\"]')"
         " || [...document.querySelectorAll('#jp-main-statusbar span')]"
         ".some(s => s.textContent.trim().endsWith('Idle'))", timeout=60_000)
-    prompts = f"[...document.querySelectorAll('{NOTEBOOK} .jp-InputArea-prompt')]"
+    # code cells only: a markdown cell's prompt stays empty
+    prompts = f"[...document.querySelectorAll('{NOTEBOOK} .jp-CodeCell .jp-InputArea-prompt')]"
     for attempt in range(3):
         page.locator(f"{NOTEBOOK} .jp-Cell").first.click()
         page.keyboard.press("Escape")  # command mode
