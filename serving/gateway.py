@@ -638,16 +638,31 @@ def _close_after(handler: web.RequestHandler) -> None:
 class ReleaseHandler(GatewayHandler):
     """``{prefix}<release>/<route>``: the replica's route, for whoever may call it."""
 
+    async def _authorised(self, caller: Caller, release: str) -> ReleaseRoute:
+        """The release if CALLER may call it; one fresh look at the route table before a
+        404 (a release created since the last reload)."""
+        try:
+            return self.authorise(caller, release)
+        except NotFound:
+            if not await self.gateway.reload():
+                raise
+            return self.authorise(caller, release)
+
     async def get(self, release: str, route: str) -> None:
         if route not in REPLICA_ROUTES:
             raise NotFound(f"no route {route!r} on a release; a release answers "
                            f"{', '.join(sorted(REPLICA_ROUTES))}")
         caller = await self.identify()
-        target = self.authorise(caller, release)
+        target = await self._authorised(caller, release)
         self.release_label = target.name
         sticky = self.request.headers.get(target.sticky_header) if target.sticky_header \
             else None
         backend = self.gateway.pick(target, sticky)
+        if backend is None and await self.gateway.reload():
+            # a replica ready since the last reload (the API already says "serving" to
+            # whoever waited for it): look again in the fresh table
+            target = self.authorise(caller, release)
+            backend = self.gateway.pick(target, sticky)
         if backend is None:
             raise Unavailable(f"release {target.name!r} has no ready replica (state: "
                               f"{target.state}); try again shortly, or ask its owner to "

@@ -27,6 +27,7 @@ from loophub import access, audit
 from loophub.errors import Conflict, InvalidInput, NotFound
 from loophub.identity import Actor
 from loophub.pool import PoolConfigError, parse_mem
+from loophub.releases.logformat import REQUEST_ID
 from loophub.releases.tables import (
     Release,
     ReleaseEvent,
@@ -38,7 +39,6 @@ from loophub.store import Database
 from loophub.store.models import iso, utcnow
 
 from .canary import guard_options
-from .requestlog import REQUEST_ID
 from .routing import Backend, ReleaseRoute, RouteTable
 
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")  # a path part of its URL, as typed

@@ -17,17 +17,15 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from loophub.releases.logformat import MAX_TEXT
 from loophub.serving.monitoring import summary_features
 from loophub.store.blobs import BlobStore
 
-MAX_TEXT = 1000
-REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")  # what a request's id may be (a caller's)
 MAX_PENDING_IMAGES = 1024  # images waiting for the blob store between two flushes
 
 

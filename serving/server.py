@@ -45,12 +45,13 @@ from typing import Any
 from tornado import httpserver, netutil, web
 
 from loophub.errors import LoophubError, NotFound, TooLarge
+from loophub.releases.logformat import REQUEST_ID
 from loophub.serving import openapi, statefile
 from loophub.serving.batching import Batcher, Direct
 from loophub.serving.metrics import CONTENT_TYPE, ServerMetrics
 from loophub.serving.model import ServedModel, load_artifact, run_batch
 from loophub.serving.monitoring import vocabulary_of
-from loophub.serving.requestlog import REQUEST_ID, RequestLog
+from loophub.serving.requestlog import RequestLog
 from loophub.serving.validation import RequestChecker
 from loophub.store.blobs import BlobStore
 

@@ -30,9 +30,9 @@ VIEWPORT = (1280, 1300)  # tall enough that a screenshot shows the whole page
 
 @pytest.fixture(scope="module")
 def newcomer(hub, admin_token, tmp_path_factory) -> dict:
-    """nina (new, one dataset of her own) and omar (a private dataset nina must not see)."""
+    """nina (new, one dataset of her own) and oskar (a private dataset nina must not see)."""
     people = {}
-    for name in ("nina", "omar"):
+    for name in ("nina", "oskar"):
         resp = requests.post(f"{hub.api}/accounts", json={"name": name}, timeout=30,
                              headers={"Authorization": f"token {admin_token}"})
         assert resp.status_code == 201, resp.text
@@ -40,7 +40,7 @@ def newcomer(hub, admin_token, tmp_path_factory) -> dict:
                         "client": Client(hub.api, hub.token(name))}
     folder = tmp_path_factory.mktemp("frontdoor")
     text_dataset(people["nina"]["client"], "nina-reviews", folder)
-    text_dataset(people["omar"]["client"], "omar-private", folder)
+    text_dataset(people["oskar"]["client"], "oskar-private", folder)
     yield people
     hub.hub_api(admin_token, "DELETE", "users/nina/server")
 
@@ -67,7 +67,7 @@ def test_newcomer_signs_in_and_reaches_the_tour_from_the_front_door(hub, newcome
 
         page.click("#loophub-open")                                    # through HubOAuth
         text = shows_content(page, "tr[data-dataset='nina-reviews']")
-        assert "omar-private" not in text and "0 / 3 done" in text
+        assert "oskar-private" not in text and "0 / 3 done" in text
         screenshot(page, "frontdoor/landing.png")
 
         page.click("#open-tutorial")                                   # starts her server
@@ -113,9 +113,9 @@ def start_server_if_asked(page) -> None:
 
 
 def test_the_admin_sees_the_running_server_and_the_queue(hub, newcomer, admin_token):
-    omar = newcomer["omar"]["client"]
-    cpu = omar.pool()["total"]["cpu"]  # all of it: waits while nina's server runs
-    waiting = omar.request("POST", "scheduler/requests", json={
+    oskar = newcomer["oskar"]["client"]
+    cpu = oskar.pool()["total"]["cpu"]  # all of it: waits while nina's server runs
+    waiting = oskar.request("POST", "scheduler/requests", json={
         "kind": "job", "job": "frontdoor-wait", "demand": {"cpu": cpu, "mem": 2**20}})
     try:
         with chromium_page(viewport=VIEWPORT) as page:
@@ -124,8 +124,8 @@ def test_the_admin_sees_the_running_server_and_the_queue(hub, newcomer, admin_to
             shows_content(page, "#loophub-fairness")
             page.goto(f"{hub.url}/services/loophub/")
             text = shows_content(page, "#pool")
-            assert "omar-private" in text and "nina-reviews" in text   # admins read all
-            assert "omar" in page.inner_text("#waiting")
+            assert "oskar-private" in text and "nina-reviews" in text   # admins read all
+            assert "oskar" in page.inner_text("#waiting")
             screenshot(page, "frontdoor/landing-admin.png")
 
             problems: list[str] = []
@@ -134,12 +134,12 @@ def test_the_admin_sees_the_running_server_and_the_queue(hub, newcomer, admin_to
                 page.click("#nav-fairness")
             try:
                 page.wait_for_function(
-                    "document.querySelector('#queue tbody').innerText.includes('omar')",
+                    "document.querySelector('#queue tbody').innerText.includes('oskar')",
                     timeout=60_000)
             except Exception:
                 screenshot(page, "frontdoor/fairness-failed.png")
                 raise AssertionError(f"no queue: {page.inner_text('#error')!r}, script "
-                                     f"errors {problems}, {omar.request('GET', 'scheduler/queue')}"
+                                     f"errors {problems}, {oskar.request('GET', 'scheduler/queue')}"
                                      ) from None
             assert not page.is_visible("#error")
             queue = page.inner_text("#queue tbody")
@@ -149,8 +149,8 @@ def test_the_admin_sees_the_running_server_and_the_queue(hub, newcomer, admin_to
                 page.wait_for_selector(f"#{chart} .main-svg", timeout=30_000)
             assert page.locator("#shares-chart .bars .point").count() >= 2
             assert page.locator("#utilisation-chart .scatterlayer .trace").count() >= 2
-            assert "omar" in page.inner_text("#queue-chart")
+            assert "oskar" in page.inner_text("#queue-chart")
             shows_content(page, "#shares tbody tr")
             screenshot(page, "frontdoor/fairness.png")
     finally:
-        omar.request("DELETE", f"scheduler/requests/{waiting['id']}")
+        oskar.request("DELETE", f"scheduler/requests/{waiting['id']}")

@@ -174,7 +174,7 @@ class ServiceContext:
 
     @cached_property
     def loop(self):
-        from loophub.loop.service import LoopService
+        from loophub.serving.collect import LoopService
 
         return LoopService(self.db, self.blobs, self.datasets, self.releases, self.monitor)
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from loophub.errors import InvalidInput
-from loophub.serving.requestlog import MAX_TEXT
+from loophub.releases.logformat import MAX_TEXT
 
 RULES = ("low_confidence", "flagged", "drifted", "random")
 REFERENCE_QUANTILES = (0.005, 0.995)  # "unlike the training data": outside these

@@ -541,3 +541,23 @@ def test_draining_answers_the_requests_in_flight(world):
 
 async def _model(token: str) -> dict | None:
     return USERS.get(token)
+
+
+def test_a_replica_ready_since_the_last_reload_answers_at_once(world):
+    """The API says "serving" as soon as a replica is ready; a gateway that has not
+    reloaded yet looks again before it answers 503 (a gateway that reloads once a minute)."""
+    gateway = Gateway(world.source, GatewayConfig(prefix=PREFIX, reload_interval=60))
+    port = free_port()
+
+    async def start() -> None:
+        await gateway.start()
+        gateway.listen(make_app(gateway, world.hub_auth, cookie_secret=SECRET,
+                                authenticate=lambda token: _model(token)), port)
+
+    world.call(start())
+    base = f"http://127.0.0.1:{port}{PREFIX}"
+    world.source.put(ReleaseRoute("late", "ann", "public", state="starting"))
+    assert post(world, "late/predict", "tok-eve", base=base).status_code == 503
+    world.source.put(ReleaseRoute("late", "ann", "public", stable=(world.replicas["a"],)))
+    assert post(world, "late/predict", "tok-eve", base=base).status_code == 200
+    world.call(gateway.drain())

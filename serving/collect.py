@@ -24,11 +24,11 @@ from loophub.datasets.records import ORIGINS
 from loophub.datasets.validation import RecordValidator
 from loophub.errors import Conflict, InvalidInput, LoophubError, NotFound
 from loophub.identity import Actor
+from loophub.loop.rules import Candidate, candidates, choose
 from loophub.releases.tables import CollectSchedule, Release
-from loophub.serving import monitoring
 from loophub.store.models import iso, utcnow
 
-from .rules import Candidate, candidates, choose
+from . import monitoring
 
 log = logging.getLogger("loophub.loop")
 
