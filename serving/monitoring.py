@@ -277,6 +277,59 @@ def summarize(records: list[dict], *, window_s: float, by_version: bool = True
     return out
 
 
+MAX_BUCKETS = 720  # points per line of a dashboard's chart
+
+
+def timeseries(records: list[dict], since: float, until: float, bucket_s: float
+               ) -> dict[str, Any]:
+    """RECORDS (oldest first) in buckets of BUCKET_S seconds from SINCE to UNTIL: per
+    bucket start ``t``, overall and per version, requests per second, p50/p95/p99
+    latency and the error rate (None where a bucket had no request: a gap, not a zero).
+
+    ``{"bucket_s": 60, "t": [1700000000.0, ...], "all": {"requests_per_s": [...],
+    "p50": [...], "p95": [...], "p99": [...], "error_rate": [...]},
+    "versions": {"digits@v3": {...the same...}}}``
+    """
+    if not bucket_s > 0 or not until > since:
+        raise ValueError(f"buckets of {bucket_s} s over [{since}, {until}) make no series")
+    count = math.ceil((until - since) / bucket_s)
+    if count > MAX_BUCKETS:
+        raise ValueError(f"{count} buckets of {bucket_s:g} s: at most {MAX_BUCKETS}; use "
+                         "larger buckets for a longer window")
+    grouped: dict[str, list[list[dict]]] = defaultdict(lambda: [[] for _ in range(count)])
+    for record in records:
+        index = int((record["time"] - since) // bucket_s)
+        if 0 <= index < count:
+            grouped["all"][index].append(record)
+            grouped[str(record.get("version") or UNVERSIONED)][index].append(record)
+    lines = {name: _series(buckets, bucket_s) for name, buckets in grouped.items()}
+    empty = _series([[] for _ in range(count)], bucket_s)
+    return {"bucket_s": bucket_s, "t": [since + i * bucket_s for i in range(count)],
+            "all": lines.pop("all", empty), "versions": dict(sorted(lines.items()))}
+
+
+def _series(buckets: list[list[dict]], bucket_s: float) -> dict[str, list]:
+    out: dict[str, list] = {"requests_per_s": [], "p50": [], "p95": [], "p99": [],
+                            "error_rate": []}
+    for bucket in buckets:
+        latency = _latency([r["latency_ms"] for r in bucket if _number(r.get("latency_ms"))])
+        errors = sum(1 for r in bucket if _number(r.get("status")) and r["status"] >= 400)
+        out["requests_per_s"].append(len(bucket) / bucket_s)
+        for p in ("p50", "p95", "p99"):
+            out[p].append(latency[p])
+        out["error_rate"].append(_share(errors, len(bucket)))
+    return out
+
+
+def recent_errors(records: list[dict], limit: int = 20) -> list[dict]:
+    """The last LIMIT answered-with-an-error requests, newest first: time, status, version,
+    latency (never their inputs: a dashboard shows what failed, not who sent what)."""
+    failed = [r for r in records if _number(r.get("status")) and r["status"] >= 400]
+    return [{"time": r["time"], "status": r["status"], "version": r.get("version"),
+             "latency_ms": r.get("latency_ms"), "id": r.get("id")}
+            for r in reversed(failed[-limit:])]
+
+
 def _traffic(records: list[dict], window_s: float) -> dict[str, Any]:
     statuses = Counter(int(r["status"]) if _number(r.get("status")) else 0 for r in records)
     requests = len(records)

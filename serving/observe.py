@@ -10,6 +10,7 @@ the answer says so instead of a drift flag.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import Counter
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from loophub.errors import InvalidInput
 from loophub.identity import Actor
 from loophub.releases.tables import ServingReference
 from loophub.store import BlobStore, Database
@@ -34,26 +36,36 @@ class Monitor:
         self.db, self.blobs, self.datasets, self.models = db, blobs, datasets, models
         self.logs = Path(logs)
 
-    def report(self, release: dict, window_s: float, *, now: float | None = None) -> dict:
-        """RELEASE's (its view) figures over the last WINDOW_S seconds."""
+    def report(self, release: dict, window_s: float, *, now: float | None = None,
+               bucket_s: float | None = None) -> dict:
+        """RELEASE's (its view) figures over the last WINDOW_S seconds, with the same
+        over time in buckets of BUCKET_S (default: 60 points per window, at least 10 s)
+        and the latest errors."""
         until = now or time.time()
         records = monitoring.read_log(self.log_files(release["name"]), until - window_s,
                                       until)
         summary = monitoring.summarize(records, window_s=window_s)
+        bucket = bucket_s or default_bucket(window_s)
+        buckets = math.ceil(window_s / bucket)
+        if buckets > monitoring.MAX_BUCKETS:
+            raise InvalidInput(f"bucket: {buckets} buckets of {bucket:g} s in the window; at "
+                               f"most {monitoring.MAX_BUCKETS}", detail={"field": "bucket"})
+        since = until - window_s
+        series = monitoring.timeseries(records, until - bucket * buckets, until, bucket)
         drift = {}
         for version in sorted(summary.get("versions") or {}):
             served = [r for r in records if r.get("version") == version]
             drift[version] = self._drift(version, served)
         return {"release": release["name"], "window_s": window_s,
-                "since": until - window_s, "until": until, "malformed": records.malformed,
-                "summary": summary, "drift": drift}
+                "since": since, "until": until, "malformed": records.malformed,
+                "summary": summary, "drift": drift, "series": series,
+                "recent_errors": monitoring.recent_errors(records)}
 
     def log_files(self, name: str) -> list[Path]:
-        """A release's request logs (every replica's, rotated ones included)."""
+        """A release's request logs (every replica's; read_log adds the rotated ones)."""
         folder = self.logs / name
-        if not folder.is_dir():
-            return []
-        return sorted([*folder.glob("*.requests.jsonl"), *folder.glob("*.requests.jsonl.1")])
+        # read_log reads each log's rotated PATH.1 beside it
+        return sorted(folder.glob("*.requests.jsonl")) if folder.is_dir() else []
 
     def _drift(self, version: str, records: list[dict]) -> dict:
         try:
@@ -102,6 +114,11 @@ class Monitor:
         if media.get("sha256"):
             return self.blobs.get_bytes(media["sha256"])
         return record.get("text")
+
+
+def default_bucket(window_s: float) -> float:
+    """About 60 points per window, whole seconds, at least 10 s."""
+    return float(max(10, math.ceil(window_s / 60)))
 
 
 def _counting(records: Iterator[dict], labels: Counter, task: str | None) -> Iterator[dict]:

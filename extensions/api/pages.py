@@ -20,6 +20,7 @@ from jupyterhub.services.auth import HubOAuthenticated
 from tornado import escape, web
 
 from loophub.access import Actor
+from loophub.errors import LoophubError
 from loophub.scheduler.fairshare import dominant_and_fair_shares
 
 from .base import actor_from_model, in_thread
@@ -89,6 +90,35 @@ class FairnessHandler(PageHandler):
         if not self.current_user.get("admin"):
             raise web.HTTPError(403, "the fairness view is for hub admins")
         self.render_page("fairness.html")
+
+
+class ReleasesPageHandler(PageHandler):
+    """/services/loophub/releases: every release the user may read (admins: all) with its
+    health at a glance over the last five minutes, each linked to its dashboard."""
+
+    title = "loophub · releases"
+
+    @web.authenticated
+    async def get(self) -> None:
+        rows = await in_thread(release_health, self.ctx, self.actor)
+        self.render_page("releases.html", releases=rows)
+
+
+class DashboardHandler(PageHandler):
+    """/services/loophub/releases/NAME/dashboard: a release's monitoring dashboard, for
+    its owner and admins (charts drawn from ``api/releases/NAME/monitoring``)."""
+
+    title = "loophub · dashboard"
+
+    @web.authenticated
+    async def get(self, name: str) -> None:
+        try:
+            view = await in_thread(self.ctx.releases.get, self.actor, name)
+            await in_thread(self.ctx.releases.check, self.actor, name, "manage")
+        except LoophubError as exc:  # unseen: 404; seen but not theirs to watch: 403
+            raise web.HTTPError(exc.status, exc.message) from None
+        self.render_page("dashboard.html", release=view,
+                         public_url=f"{self.ctx.public_url}/services/models/{name}/")
 
 
 class SharesHandler(PageHandler):
@@ -165,9 +195,32 @@ def tenant_shares(state) -> list[dict]:
     return sorted(out, key=lambda t: (-t["dominant_share"], t["tenant"]))
 
 
+HEALTH_WINDOW_S = 300
+
+
+def release_health(ctx, actor: Actor) -> list[dict]:
+    """The releases ACTOR may read, each with its traffic, errors, p99 and drift flag over
+    the last HEALTH_WINDOW_S seconds (the monitoring report's figures)."""
+    out = []
+    for release in ctx.releases.list(actor)[:LISTED]:
+        report = ctx.monitor.report(release, HEALTH_WINDOW_S)
+        summary, drift = report["summary"], report["drift"]
+        flags = [d.get("drifted") for d in drift.values()]
+        out.append({**release, "requests_per_s": summary["requests_per_s"],
+                    "error_rate": summary["error_rate"],
+                    "p99_ms": summary["latency_ms"]["p99"],
+                    "drifted": True if any(flags) else (None if all(
+                        f is None for f in flags) else False),
+                    "manage": release["owner"] == actor.name or actor.admin})
+    return out
+
+
 def page_routes(prefix: str) -> list[tuple]:
     return [
         (prefix, LandingHandler),
+        (prefix + "releases", ReleasesPageHandler),
+        (prefix + "releases/([^/]+)/dashboard", DashboardHandler),
+        (prefix + r"static/(pages\.js)", web.StaticFileHandler, {"path": str(PAGES)}),
         (prefix + "fairness", FairnessHandler),
         (prefix + "fairness/shares", SharesHandler),
         (prefix + r"static/(plotly\.min\.js)", web.StaticFileHandler, {"path": str(PLOTLY_JS)}),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import quote
 
 from loophub.errors import NotFound
 from loophub.scheduler.model import Resources
@@ -57,6 +58,7 @@ RELEASE_VIEW = {"type": "object", "required": ["name", "owner", "version", "stat
                     "version": {"type": "string"}, "replicas": {"type": "integer"},
                     "ready": {"type": "integer"}, "state": {"type": "string"},
                     "status": {"type": "string"}, "url": {"type": "string"},
+                    "dashboard": {"type": "string"},
                     "canary": {"type": ["object", "null"]},
                     "replica_list": {"type": "array", "items": REPLICA_VIEW}}}
 KEY_VIEW = {"type": "object", "properties": {
@@ -97,7 +99,10 @@ class ReleasesBase(ApiHandler):
         return self.ctx.release_manager
 
     def with_url(self, view: dict) -> dict:
-        return {**view, "url": f"{self.ctx.public_url}/services/models/{view['name']}/"}
+        """Where to call it, and its monitoring dashboard (a page of this service)."""
+        name = quote(view["name"], safe="")
+        return {**view, "url": f"{self.ctx.public_url}/services/models/{view['name']}/",
+                "dashboard": f"{self.ctx.public_url}{self.ctx.prefix}releases/{name}/dashboard"}
 
     async def resolve(self, ref: str) -> dict:
         """The model version REF names, for the caller (read access to the model)."""
@@ -346,19 +351,26 @@ class ReplicaLogHandler(ReleasesBase):
 class MonitoringHandler(ReleasesBase):
     openapi = {"get": Op(
         "A release's requests over a window: requests/s, p50/p95/p99 latency, errors by "
-        "status, classes predicted, confidence histogram, per version; input drift against "
-        "each version's training data (KS and PSI per summary feature, chi-squared on "
-        "classes) with a flag and its thresholds", access="release:read",
+        "status, classes predicted, confidence histogram, per version, and the same over "
+        "time (series); input drift against each version's training data (KS and PSI per "
+        "summary feature, chi-squared on classes) with a flag and its thresholds; the "
+        "latest errors", access="release:read",
         query={"window": {"type": "number", "minimum": 1, "maximum": 30 * 86400,
-                          "default": 3600, "description": "seconds back from now"}},
+                          "default": 3600, "description": "seconds back from now"},
+               "bucket": {"type": "number", "minimum": 1, "maximum": 86400,
+                          "description": "seconds per point of the series (default: "
+                                         "60 points per window, at least 10 s)"}},
         response={"type": "object", "required": ["summary", "drift"], "properties": {
             "summary": {"type": "object"}, "drift": {"type": "object"},
+            "series": {"type": "object"}, "recent_errors": {"type": "array"},
             "window_s": {"type": "number"}}})}
 
     async def get(self, release: str) -> None:
         view = await in_thread(self.store.get, self.actor, release)
-        self.write_json(await in_thread(self.ctx.monitor.report, view,
-                                        float(self.query["window"])))
+        bucket = self.query["bucket"]
+        self.write_json(await in_thread(
+            self.ctx.monitor.report, view, float(self.query["window"]),
+            bucket_s=float(bucket) if bucket is not None else None))
 
 
 class TargetsHandler(ReleasesBase):

@@ -200,6 +200,11 @@ class Release:
         return self.view.get("url", "")
 
     @property
+    def dashboard_url(self) -> str:
+        """Its monitoring dashboard in a browser (owner and admins)."""
+        return self.view.get("dashboard", "")
+
+    @property
     def status(self) -> str:
         """stopped, waiting (nothing ready), serving, updating (a rollout) or degraded."""
         return self.view["status"]
@@ -236,10 +241,12 @@ class Release:
         cells = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
                         f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
                         for k, v in rows)
-        url = html.escape(self.url)
-        link = f"<a href='{url}' target='_blank'>{url}</a>" if url else "-"
-        return (f"<table>{cells}<tr><th style='text-align:left'>URL</th>"
-                f"<td style='text-align:left'>{link}</td></tr></table>")
+        links = "".join(
+            f"<tr><th style='text-align:left'>{name}</th><td style='text-align:left'>"
+            + (f"<a href='{html.escape(href)}' target='_blank'>{html.escape(href)}</a>"
+               if href else "-") + "</td></tr>"
+            for name, href in (("URL", self.url), ("dashboard", self.dashboard_url)))
+        return f"<table>{cells}{links}</table>"
 
     def refresh(self) -> Release:
         self.view = self.serving.view(self.name)

@@ -330,3 +330,25 @@ def test_psi_on_quantile_bins_of_the_reference():
     uniform = np.arange(100.0)
     p, q = np.full(10, 0.1), np.array([1.0] + [1e-4] * 9)
     assert psi(uniform, np.zeros(50)) == pytest.approx(float(np.sum((q - p) * np.log(q / p))))
+
+
+# -- over time, and the latest errors (the dashboard's) ------------------------------------
+
+def test_the_series_buckets_requests_per_version_with_gaps_left_empty():
+    from loophub.serving.monitoring import recent_errors, timeseries
+
+    records = [{"time": 100.0 + i, "status": 200, "latency_ms": 10.0 + i, "version": "m@v1"}
+               for i in range(10)]
+    records += [{"time": 125.0, "status": 500, "latency_ms": 99.0, "version": "m@v2",
+                 "id": "abcdefgh"}]
+    series = timeseries(records, 100.0, 130.0, 10.0)
+    assert series["t"] == [100.0, 110.0, 120.0]
+    assert series["all"]["requests_per_s"] == [1.0, 0.0, 0.1]
+    assert series["all"]["p50"][0] == pytest.approx(14.5) and series["all"]["p50"][1] is None
+    assert series["all"]["error_rate"] == [0.0, None, 1.0]
+    assert series["versions"]["m@v1"]["requests_per_s"] == [1.0, 0.0, 0.0]
+    assert series["versions"]["m@v2"]["error_rate"] == [None, None, 1.0]
+    assert recent_errors(records) == [{"time": 125.0, "status": 500, "version": "m@v2",
+                                      "latency_ms": 99.0, "id": "abcdefgh"}]
+    with pytest.raises(ValueError, match="at most 720"):
+        timeseries(records, 0.0, 1000.0, 1.0)

@@ -210,5 +210,35 @@ def test_the_admins_page_lists_releases_and_scales_them(hub, platform):
             wait_for(owner, name, lambda v: v["replicas"] == 1 and v["status"] == "serving"
                      and len(v["replica_list"]) == 1, timeout=60)
             assert not page.is_visible("#error")
+            see_the_dashboard(page, hub, platform, name)
     finally:
         owner.request("DELETE", f"releases/{name}")
+
+
+def see_the_dashboard(page, hub, platform, name: str) -> None:
+    """Requests through the gateway (one refused), then the release's dashboard draws them
+    and the releases page shows its health (the admin signed in)."""
+    from tests.browser import screenshot
+
+    headers = {"Authorization": f"token {platform['tokens']['owner']}"}
+    url = f"{hub.url}/services/models/{name}/predict"
+    for _ in range(30):
+        requests.post(url, json={"instances": [{"pixels": platform["images"][0].tolist()}]},
+                      headers=headers, timeout=60).raise_for_status()
+    assert requests.post(url, json={"instances": [{"pixels": "no"}]}, headers=headers,
+                         timeout=60).status_code == 400
+    page.goto(f"{hub.url}/services/loophub/releases/{name}/dashboard")
+    page.wait_for_function("document.querySelector('#recent-errors tbody').innerText"
+                           ".includes('400')", timeout=30_000)  # logs flush once a second
+    for chart in ("traffic", "latency", "errors", "classes", "confidence"):
+        page.wait_for_selector(f"#{chart}-chart .main-svg", timeout=10_000)
+    assert page.locator("#traffic-chart .scatterlayer .trace").count() >= 1
+    totals = page.inner_text("#totals")
+    assert int(totals.split(" requests")[0]) >= 31, totals
+    assert "ready" in page.inner_text("#replicas tbody")
+    assert not page.is_visible("#error")
+    screenshot(page, "serving/dashboard.png")
+    page.goto(f"{hub.url}/services/loophub/releases")
+    row = page.locator("#release-health tbody tr", has_text=name)
+    assert "serving" in row.inner_text() and "dashboard" in row.inner_text()
+    screenshot(page, "serving/releases.png")
