@@ -512,9 +512,10 @@ def test_metrics_count_the_requests(world):
                         timeout=10).status_code == 403
 
 
-def test_draining_answers_the_requests_in_flight(world):
-    """SIGTERM's path: stop accepting, finish what was received (a gateway of its own)."""
-    gateway = Gateway(world.source, GatewayConfig(prefix=PREFIX, reload_interval=0.05))
+def own_gateway(world: World, reload_interval: float) -> tuple[Gateway, str]:
+    """A gateway of the test's own on the world's routes, and its base URL."""
+    gateway = Gateway(world.source, GatewayConfig(prefix=PREFIX,
+                                                  reload_interval=reload_interval))
     port = free_port()
 
     async def start() -> None:
@@ -523,7 +524,12 @@ def test_draining_answers_the_requests_in_flight(world):
                                 authenticate=lambda token: _model(token)), port)
 
     world.call(start())
-    base = f"http://127.0.0.1:{port}{PREFIX}"
+    return gateway, f"http://127.0.0.1:{port}{PREFIX}"
+
+
+def test_draining_answers_the_requests_in_flight(world):
+    """SIGTERM's path: stop accepting, finish what was received (a gateway of its own)."""
+    gateway, base = own_gateway(world, 0.05)
     answers: list[requests.Response] = []
     slow = threading.Thread(target=lambda: answers.append(
         post(world, "open/predict?sleep=0.5", "tok-eve", base=base)))
@@ -546,16 +552,7 @@ async def _model(token: str) -> dict | None:
 def test_a_replica_ready_since_the_last_reload_answers_at_once(world):
     """The API says "serving" as soon as a replica is ready; a gateway that has not
     reloaded yet looks again before it answers 503 (a gateway that reloads once a minute)."""
-    gateway = Gateway(world.source, GatewayConfig(prefix=PREFIX, reload_interval=60))
-    port = free_port()
-
-    async def start() -> None:
-        await gateway.start()
-        gateway.listen(make_app(gateway, world.hub_auth, cookie_secret=SECRET,
-                                authenticate=lambda token: _model(token)), port)
-
-    world.call(start())
-    base = f"http://127.0.0.1:{port}{PREFIX}"
+    gateway, base = own_gateway(world, 60)
     world.source.put(ReleaseRoute("late", "ann", "public", state="starting"))
     assert post(world, "late/predict", "tok-eve", base=base).status_code == 503
     world.source.put(ReleaseRoute("late", "ann", "public", stable=(world.replicas["a"],)))
