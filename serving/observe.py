@@ -37,21 +37,16 @@ class Monitor:
         self.logs = Path(logs)
 
     def report(self, release: dict, window_s: float, *, now: float | None = None,
-               bucket_s: float | None = None) -> dict:
-        """RELEASE's (its view) figures over the last WINDOW_S seconds, with the same
-        over time in buckets of BUCKET_S (default: 60 points per window, at least 10 s)
-        and the latest errors."""
+               bucket_s: float | None = None, with_series: bool = True) -> dict:
+        """RELEASE's (its view) figures over the last WINDOW_S seconds, with the latest
+        errors and (WITH_SERIES) the same over time in buckets of BUCKET_S (default: 60 points
+        per window, at least 10 s)."""
         until = now or time.time()
         records = monitoring.read_log(self.log_files(release["name"]), until - window_s,
                                       until)
         summary = monitoring.summarize(records, window_s=window_s)
-        bucket = bucket_s or default_bucket(window_s)
-        buckets = math.ceil(window_s / bucket)
-        if buckets > monitoring.MAX_BUCKETS:
-            raise InvalidInput(f"bucket: {buckets} buckets of {bucket:g} s in the window; at "
-                               f"most {monitoring.MAX_BUCKETS}", detail={"field": "bucket"})
         since = until - window_s
-        series = monitoring.timeseries(records, until - bucket * buckets, until, bucket)
+        series = self._series(records, until, window_s, bucket_s) if with_series else None
         drift = {}
         for version in sorted(summary.get("versions") or {}):
             served = [r for r in records if r.get("version") == version]
@@ -60,6 +55,16 @@ class Monitor:
                 "since": since, "until": until, "malformed": records.malformed,
                 "summary": summary, "drift": drift, "series": series,
                 "recent_errors": monitoring.recent_errors(records)}
+
+    @staticmethod
+    def _series(records: list[dict], until: float, window_s: float,
+                bucket_s: float | None) -> dict:
+        bucket = bucket_s or default_bucket(window_s)
+        buckets = math.ceil(window_s / bucket)
+        if buckets > monitoring.MAX_BUCKETS:
+            raise InvalidInput(f"bucket: {buckets} buckets of {bucket:g} s in the window; at "
+                               f"most {monitoring.MAX_BUCKETS}", detail={"field": "bucket"})
+        return monitoring.timeseries(records, until - bucket * buckets, until, bucket)
 
     def log_files(self, name: str) -> list[Path]:
         """A release's request logs (every replica's; read_log adds the rotated ones)."""

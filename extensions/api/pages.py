@@ -203,15 +203,14 @@ def release_health(ctx, actor: Actor) -> list[dict]:
     the last HEALTH_WINDOW_S seconds (the monitoring report's figures)."""
     out = []
     for release in ctx.releases.list(actor)[:LISTED]:
-        report = ctx.monitor.report(release, HEALTH_WINDOW_S)
+        report = ctx.monitor.report(release, HEALTH_WINDOW_S, with_series=False)
         summary, drift = report["summary"], report["drift"]
         flags = [d.get("drifted") for d in drift.values()]
         out.append({**release, "requests_per_s": summary["requests_per_s"],
                     "error_rate": summary["error_rate"],
                     "p99_ms": summary["latency_ms"]["p99"],
                     "drifted": True if any(flags) else (None if all(
-                        f is None for f in flags) else False),
-                    "manage": release["owner"] == actor.name or actor.admin})
+                        f is None for f in flags) else False)})
     return out
 
 
