@@ -61,7 +61,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     ports = {"LOOPHUB_PORT": args.port, **{
         name: int(os.environ.get(name) or free_port())
         for name in ("LOOPHUB_HUB_PORT", "LOOPHUB_API_PORT", "LOOPHUB_GATEWAY_PORT",
-                     "LOOPHUB_PROXY_API_PORT")}}
+                     "LOOPHUB_APPS_PORT", "LOOPHUB_PROXY_API_PORT")}}
     env = {**os.environ, **settings.env(), "LOOPHUB_IP": args.ip, "LOOPHUB_PROXY": proxy,
            "LOOPHUB_KEEP_SERVERS": "1" if args.keep_servers else "",
            **{k: str(v) for k, v in ports.items()}}

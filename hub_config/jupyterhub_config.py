@@ -26,6 +26,7 @@ port = int(env.get("LOOPHUB_PORT", "8000"))
 hub_port = int(env.get("LOOPHUB_HUB_PORT", "8081"))
 api_port = int(env.get("LOOPHUB_API_PORT", "10101"))
 gateway_port = int(env.get("LOOPHUB_GATEWAY_PORT", "10102"))
+apps_port = int(env.get("LOOPHUB_APPS_PORT", "10103"))
 proxy_api_port = int(env.get("LOOPHUB_PROXY_API_PORT", "8001"))
 
 # --- the hub -----------------------------------------------------------------
@@ -111,6 +112,22 @@ c.JupyterHub.services = [
         "environment": {**settings.env(), "LOOPHUB_GATEWAY_PORT": str(gateway_port)},
         "oauth_no_confirm": True,
     },
+    # The releases' apps for end users: /services/apps/<release> (loophub.serving.apps,
+    # Voila behind the hub's OAuth). The app calls the release as its visitor, so the
+    # visitor's token for this service may reach the API and the gateway (each of them
+    # authorises the release itself). Options: HOME/loophub_apps_config.py.
+    {
+        "name": "apps",
+        "url": f"http://127.0.0.1:{apps_port}",
+        "command": [sys.executable, "-m", "loophub.serving.apps",
+                    f"--AppsServer.templates_dir={REPO / 'notebooks' / 'apps'}"],
+        "environment": {**settings.env(), "LOOPHUB_API_URL": api_url},
+        "oauth_no_confirm": True,
+        "oauth_client_allowed_scopes": ["access:services!service=loophub",
+                                        "access:services!service=models"],
+        "display": True,
+        "info": {"description": "loophub apps: a web page per release for its end users"},
+    },
 ]
 c.JupyterHub.load_roles = [
     {
@@ -126,10 +143,11 @@ c.JupyterHub.load_roles = [
         "services": ["loophub-spawner"],
     },
     {
-        # Every user may call the loophub API and the release gateway (each authorises
-        # every route or release itself).
+        # Every user may call the loophub API, the release gateway and the apps (each
+        # authorises every route or release itself).
         "name": "user",
-        "scopes": ["self", "access:services!service=loophub", "access:services!service=models"],
+        "scopes": ["self", "access:services!service=loophub", "access:services!service=models",
+                   "access:services!service=apps"],
     },
     {
         # A notebook acts as its user: the SDK's calls from a server carry the user's rights

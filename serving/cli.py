@@ -63,6 +63,7 @@ def summary_lines(view: dict) -> Iterator[str]:
         yield f"  canary: {canary_text(view)} ({view['canary']['replicas']} replicas)"
     if view["status"] != "stopped":
         yield f"  url: {view.get('url') or '-'}"
+        yield f"  app: {view.get('app') or '-'}"
         yield f"  dashboard: {view.get('dashboard') or '-'}"
 
 

@@ -21,6 +21,7 @@ from tornado import escape, web
 
 from loophub.access import Actor
 from loophub.errors import LoophubError
+from loophub.releases.apps import TEMPLATES
 from loophub.scheduler.fairshare import dominant_and_fair_shares
 
 from .base import actor_from_model, in_thread
@@ -62,7 +63,7 @@ class PageHandler(HubOAuthenticated, web.RequestHandler):
         hub_prefix = getattr(self.hub_auth, "hub_prefix", "/hub/") or "/hub/"
         self.finish(templates().get_template(template).render(
             title=self.title, prefix=self.ctx.prefix, hub=hub_prefix,
-            base_url=hub_prefix.removesuffix("hub/"), user=user["name"],
+            base_url=hub_prefix.removesuffix("hub/"), user=user["name"], app_tasks=TEMPLATES,
             admin=bool(user.get("admin")), xsrf=escape.to_unicode(self.xsrf_token), **values))
 
 

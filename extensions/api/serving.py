@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from loophub.errors import NotFound
+from loophub.releases.apps import template_for
 from loophub.scheduler.model import Resources
 from loophub.scheduler.service import Transition, Unschedulable
 from loophub.scheduler.spec import RequestSpec
@@ -59,6 +60,8 @@ RELEASE_VIEW = {"type": "object", "required": ["name", "owner", "version", "stat
                     "ready": {"type": "integer"}, "state": {"type": "string"},
                     "status": {"type": "string"}, "url": {"type": "string"},
                     "dashboard": {"type": "string"},
+                    "app": {"type": "string", "description": "the release's web app for "
+                            "its end users (empty for a task without an app)"},
                     "canary": {"type": ["object", "null"]},
                     "replica_list": {"type": "array", "items": REPLICA_VIEW}}}
 KEY_VIEW = {"type": "object", "properties": {
@@ -102,7 +105,9 @@ class ReleasesBase(ApiHandler):
         """Where to call it, and its monitoring dashboard (a page of this service)."""
         name = quote(view["name"], safe="")
         return {**view, "url": f"{self.ctx.public_url}/services/models/{view['name']}/",
-                "dashboard": f"{self.ctx.public_url}{self.ctx.prefix}releases/{name}/dashboard"}
+                "dashboard": f"{self.ctx.public_url}{self.ctx.prefix}releases/{name}/dashboard",
+                "app": f"{self.ctx.public_url}/services/apps/{name}"
+                if template_for(view.get("task")) else ""}
 
     async def resolve(self, ref: str) -> dict:
         """The model version REF names, for the caller (read access to the model)."""

@@ -205,6 +205,12 @@ class Release:
         return self.view.get("dashboard", "")
 
     @property
+    def app_url(self) -> str:
+        """Its web app for end users (anyone who may call the release; empty for a task
+        without an app)."""
+        return self.view.get("app", "")
+
+    @property
     def status(self) -> str:
         """stopped, waiting (nothing ready), serving, updating (a rollout) or degraded."""
         return self.view["status"]
@@ -245,7 +251,8 @@ class Release:
             f"<tr><th style='text-align:left'>{name}</th><td style='text-align:left'>"
             + (f"<a href='{html.escape(href)}' target='_blank'>{html.escape(href)}</a>"
                if href else "-") + "</td></tr>"
-            for name, href in (("URL", self.url), ("dashboard", self.dashboard_url)))
+            for name, href in (("URL", self.url), ("app", self.app_url),
+                               ("dashboard", self.dashboard_url)))
         return f"<table>{cells}{links}</table>"
 
     def refresh(self) -> Release:
