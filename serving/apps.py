@@ -27,6 +27,7 @@ import html
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,7 @@ from loophub.releases.apps import (
 )
 
 log = logging.getLogger("loophub.apps")
+KERNEL_ID = re.compile(r'"kernelId":\s*"([0-9a-f-]{36})"')  # in the page Voila renders
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "notebooks" / "apps"
 DEFAULT_PREFIX = "/services/apps/"
 # what the kernels keep of the service's environment: where the API is, and the basics
@@ -92,8 +94,9 @@ class AppsIdentityProvider(JupyterHubIdentityProvider):
 
 
 class AppsAuthorizer(Authorizer):
-    """A kernel is its first visitor's: only that user may reach it again (its channels,
-    its model, its shutdown). Nothing else of a Jupyter server is reachable here."""
+    """A kernel is the visitor's whose page started it (bound while the page renders):
+    only that user reaches its channels, its model and its shutdown. Nothing else of a
+    Jupyter server is reachable here."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -104,15 +107,16 @@ class AppsAuthorizer(Authorizer):
         kernel_id = handler.path_kwargs.get("kernel_id") if handler.path_kwargs else None
         return resource == "kernels" and bool(kernel_id) and self.may_use(kernel_id, user)
 
-    def may_use(self, kernel_id: str, user: Any) -> bool:
-        if user is None:
-            return False
+    def bind(self, kernel_id: str, user: Any) -> bool:
+        """KERNEL_ID is USER's from now on (the app page that started it is theirs)."""
         known = set(self.parent.kernel_manager.list_kernel_ids())
         for gone in set(self.owners) - known:  # forget kernels that ended
             del self.owners[gone]
-        if kernel_id not in known:
-            return False
-        return self.owners.setdefault(kernel_id, user.username) == user.username
+        self.owners[kernel_id] = user.username
+        return True
+
+    def may_use(self, kernel_id: str, user: Any) -> bool:
+        return user is not None and self.owners.get(kernel_id) == user.username
 
 
 class LocalRequestInfoHandler(RequestInfoSocketHandler):
@@ -179,7 +183,12 @@ class AppHandler(TornadoVoilaHandler):
         self.request.headers[RELEASE_HEADER] = view["name"]
         self.request.headers[VISITOR_HEADER] = token
         self.apps.preheat(template)  # after this visit's choice: this one starts cold
+        owner = self.settings["authorizer"]
+        bound = False
         async for chunk in self.get_generator(path=template):
+            if not bound and (match := KERNEL_ID.search(chunk)):
+                # the page's kernel is this visitor's before the page reaches them
+                bound = owner.bind(match.group(1), self.current_user)
             self.write(chunk)
             self.flush()
 
@@ -357,6 +366,8 @@ def service_config(server: type[AppsServer] = AppsServer) -> Config:
     config.VoilaConfiguration.http_header_envs = list(HEADERS)
     config.VoilaConfiguration.show_tracebacks = False
     config.VoilaConfiguration.strip_sources = True
+    # the templates' note to admins (a markdown cell tagged so) is not for visitors
+    config.TagRemovePreprocessor.remove_cell_tags = {"lh-admin-note"}
     config.Voila.identity_provider_class = AppsIdentityProvider
     config.Voila.authorizer_class = AppsAuthorizer
     config.Voila.open_browser = False
