@@ -150,9 +150,16 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aging-victims", choices=["more-served", "any"], default="more-served",
                    help="balanced-drf: aged requests preempt only more-served tenants' work "
                         "(default), or anyone's (holds the bound, costs fairness)")
-    p.add_argument("--aging-scope", choices=["under-share", "all"], default="under-share",
+    p.add_argument("--aging-scope", choices=["tiered", "under-share", "all"],
+                   default=SchedulerConfig.aging_scope,
                    help="balanced-drf: whose aged requests jump DRF order: tenants below their "
-                        "weighted fair share (default) or all (the earlier rule)")
+                        "weighted fair share first, then the others' past the bound with "
+                        "reservations only (tiered, default); only those below their share "
+                        "(under-share); all alike (the rule before issue #20)")
+    p.add_argument("--aging-over-share", choices=["swap", "reserve"],
+                   default=SchedulerConfig.aging_over_share,
+                   help="balanced-drf, tiered scope: an over-share tenant's request past the "
+                        "bound may swap out its own tenant's work (default) or only reserve")
     p.add_argument("--gpu-fit-weight", type=float,
                    default=SchedulerConfig.balanced_gpu_fit_weight,
                    help="balanced-drf: weight of best fit on GPUs in placement (0: off)")
@@ -173,6 +180,7 @@ def _config(args: argparse.Namespace) -> SchedulerConfig:
                            aging_reserve_at=args.aging_reserve_at,
                            aging_victims=args.aging_victims,
                            aging_scope=args.aging_scope,
+                           aging_over_share=args.aging_over_share,
                            balanced_gpu_fit_weight=args.gpu_fit_weight,
                            max_reservations=args.max_reservations,
                            preemption=args.preemption,

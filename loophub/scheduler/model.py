@@ -178,7 +178,9 @@ class SchedulerConfig:
     # quota: resource key -> cap (bytes for mem); keys not named are not capped
     quotas: dict[str, dict[str, float]] = field(default_factory=dict)
     group_quotas: dict[str, dict[str, float]] = field(default_factory=dict)
-    aging_bound: float = 4 * 3600.0       # balanced-drf: reserve for requests waiting this long
+    # balanced-drf: requests waiting this long preempt (reserved for from aging_reserve_at);
+    # an hour, well inside the starvation guarantee's 4 h (sim.STARVATION_BOUND)
+    aging_bound: float = 3600.0
     # balanced-drf: work started by an aged request may not be preempted for this long
     # (None: aging_bound; math.inf: never, the rule before aging_quantum existed)
     aging_quantum: float | None = 1800.0
@@ -188,10 +190,16 @@ class SchedulerConfig:
     # bound first; see docs/scheduler.md)
     aging_victims: str = "more-served"
     aging_attempts: int = 64              # balanced-drf: aged requests tried per pass
-    # balanced-drf: whose aged requests jump DRF order: "under-share" (tenants below their
-    # weighted fair share: the guarantee that holds under overload) or "all" (every aged
-    # request: under sustained overload everything ages and the order becomes age order)
-    aging_scope: str = "under-share"
+    # balanced-drf: whose aged requests jump DRF order: "tiered" (tenants below their weighted
+    # fair share first, as "under-share"; then the other tenants' requests past aging_bound,
+    # with reservations but no preemption), "under-share" (only tenants below their share: the
+    # guarantee that holds under overload) or "all" (every aged request: under sustained
+    # overload everything ages and the order becomes age order)
+    aging_scope: str = "tiered"
+    # balanced-drf, aging_scope "tiered": what an over-share tenant's request past aging_bound
+    # may do when it does not fit: "swap" out its own tenant's work (moves no share), else
+    # reserve; or only "reserve"
+    aging_over_share: str = "swap"
     # balanced-drf: from this many seconds of waiting a request is served before DRF order and
     # reserved for, but preempts only from aging_bound (None: half of aging_bound)
     aging_reserve_at: float | None = None

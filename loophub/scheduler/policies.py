@@ -492,7 +492,8 @@ class DrfPolicy(Policy):
 
 # ------------------------------------------------------------------ balanced DRF
 AGING_VICTIMS = ("more-served", "any")
-AGING_SCOPES = ("under-share", "all")
+AGING_SCOPES = ("under-share", "all", "tiered")
+AGING_OVER_SHARE = ("swap", "reserve")
 
 
 def _anyone(run: Running) -> bool:
@@ -522,6 +523,9 @@ class BalancedDrfPolicy(DrfPolicy):
         if config.aging_scope not in AGING_SCOPES:
             raise ValueError(f"aging_scope must be one of {AGING_SCOPES}, "
                              f"not {config.aging_scope!r}")
+        if config.aging_over_share not in AGING_OVER_SHARE:
+            raise ValueError(f"aging_over_share must be one of {AGING_OVER_SHARE}, "
+                             f"not {config.aging_over_share!r}")
         self.swap_guard: dict[str, float] = {}  # request id -> not swapped for own before
         self._fair_cache: tuple[int, dict[str, float]] = (-1, {})  # (change_count, shares)
 
@@ -565,20 +569,29 @@ class BalancedDrfPolicy(DrfPolicy):
 
     def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
         decisions = self._serve_aged(st, now)
-        return decisions + self.drf_pass(st, now)
+        decisions += self.drf_pass(st, now)
+        if self.config.aging_scope == "tiered":
+            decisions += self._serve_aged(st, now, over_share=True)
+        return decisions
 
     def _serve_one_aged(self, st: SchedulerState, item: Item, now: float, taken: np.ndarray,
-                        decisions: list[Decision], preempt: bool) -> Reservation | bool:
-        """Start an aged request (preempting the configured victims if ``preempt``), else
-        reserve nodes for it. True: started; a Reservation; False: neither."""
+                        decisions: list[Decision], preempt: bool, own_only: bool = False
+                        ) -> Reservation | bool:
+        """Start an aged request (preempting the configured victims if ``preempt``; with
+        ``own_only`` only its own tenant's work, a swap that moves no share), else reserve
+        nodes for it. True: started; a Reservation; False: neither."""
         cfg = self.config
         started = st.try_start(item, now, self.scorer, ~taken)
         if started:
             decisions.append(started)
             return True
         if cfg.preempt_on_aging and preempt:
-            tenants, victim_ok = (self._more_served_than(st, item, now)
-                                  if cfg.aging_victims == "more-served" else (None, _anyone))
+            if own_only:
+                tenants, victim_ok = ([item.tenant],
+                                      lambda run: self._swappable(run, now))
+            else:
+                tenants, victim_ok = (self._more_served_than(st, item, now)
+                                      if cfg.aging_victims == "more-served" else (None, _anyone))
             freed = st.preempt_for(item, now, victim_ok, self.scorer, ~taken, tenants)
             decisions.extend(freed)
             if freed and freed[-1].action == "start":
@@ -621,7 +634,8 @@ class BalancedDrfPolicy(DrfPolicy):
                 aged[tenant] = queue[:n]
         return aged
 
-    def _serve_aged(self, st: SchedulerState, now: float) -> list[Decision]:
+    def _serve_aged(self, st: SchedulerState, now: float, over_share: bool = False
+                    ) -> list[Decision]:
         """Every aged request of a tenant below its fair share (of every tenant with
         ``aging_scope`` "all"; a tenant drops out once what it was granted or reserved in
         this pass lifts it to its share), in DRF order among the aged (the tenant with the smallest
@@ -635,24 +649,28 @@ class BalancedDrfPolicy(DrfPolicy):
         cutoff = now - self.reserve_at() + EPS
         by_age = st.by_age()
         if not by_age or by_age[0][0] > cutoff:
-            st.set_reservations([])
+            if not over_share:
+                st.set_reservations([])
             return []
         fair = self.fair_shares(st)
         aged = self._aged_by_tenant(st, cutoff, fair)
+        over: dict[str, list[tuple[float, int, str]]] = {}
+        if over_share:
+            aged = over = self._aged_over_share(st, bound_cut, aged)
         cap = np.where(st.total_cap > 0, st.total_cap, np.inf)
         pending = {t: np.zeros(len(st.keys)) for t in aged}  # reserved, not yet held
         pos = dict.fromkeys(aged, 0)
 
         def key(tenant: str) -> tuple:
             held = st.held.get(tenant, np.zeros(len(st.keys)))
-            tier = 0 if aged[tenant][pos[tenant]][0] <= bound_cut else 1
+            tier = 2 if tenant in over else 0 if aged[tenant][pos[tenant]][0] <= bound_cut else 1
             return (tier, *self.tenant_key(st, tenant, (held + pending[tenant]) / cap))
 
         heap = [(key(t), t) for t in aged]
         heapq.heapify(heap)
-        reservations: list[Reservation] = []
+        reservations: list[Reservation] = list(st.reservations) if over_share else []
         decisions: list[Decision] = []
-        taken = np.zeros(len(st.active), dtype=bool)
+        taken = st.reserved_mask() if over_share else np.zeros(len(st.active), dtype=bool)
         attempts = 0
         while heap and len(reservations) < cfg.max_reservations and (
                 attempts < cfg.aging_attempts):
@@ -663,19 +681,40 @@ class BalancedDrfPolicy(DrfPolicy):
             item = st.queued.get(rid)
             if item is not None and not st._quota_excess(item):
                 attempts += 1
-                outcome = self._serve_one_aged(st, item, now, taken, decisions,
-                                               preempt=since <= bound_cut)
+                preempt = since <= bound_cut and (
+                    tenant not in over or cfg.aging_over_share == "swap")
+                outcome = self._serve_one_aged(st, item, now, taken, decisions, preempt,
+                                               own_only=tenant in over)
                 if isinstance(outcome, Reservation):
                     reservations.append(outcome)
                     taken |= outcome.mask
                     pending[tenant] += item.unit * item.request.count
             while pos[tenant] < len(entries) and entries[pos[tenant]][2] not in st.queued:
                 pos[tenant] += 1
-            if pos[tenant] < len(entries) and (fair is None or _below(
+            if pos[tenant] < len(entries) and (fair is None or tenant in over or _below(
                     st, tenant, fair, pending[tenant])):
                 heapq.heappush(heap, (key(tenant), tenant))
         st.set_reservations(reservations)
         return decisions
+
+    @staticmethod
+    def _aged_over_share(st: SchedulerState, bound_cut: float,
+                         under: dict[str, list[tuple[float, int, str]]]
+                         ) -> dict[str, list[tuple[float, int, str]]]:
+        """``aging_scope`` "tiered": the requests past the bound of the waiting tenants not in
+        ``under`` (at or above their share), oldest first. They come after every aged request
+        of the tenants below their share and get reservations, never preemptions: a bounded
+        wait for everyone (as EASY backfill gives FIFO's head) without letting the
+        more-served take capacity by age."""
+        over = {}
+        for tenant in st.tenants_waiting():
+            if tenant in under:
+                continue
+            queue = st.tenant_by_age(tenant)
+            n = bisect.bisect_right(queue, (bound_cut, math.inf, ""))
+            if n:
+                over[tenant] = queue[:n]
+        return over
 
     def _more_served_than(self, st: SchedulerState, item: Item, now: float
                           ) -> tuple[list[str], Callable[[Running], bool]]:

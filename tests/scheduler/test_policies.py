@@ -223,7 +223,7 @@ def test_an_aged_request_may_swap_out_its_own_tenants_newer_work():
 
 
 def test_aged_requests_of_tenants_at_their_share_keep_drf_order():
-    """aging_scope "under-share" (default): under overload everything ages; only tenants
+    """aging_scope "under-share": under overload everything ages; only tenants
     below their weighted fair share jump the queue, so the order stays DRF's, not age's.
     With "all" (the old rule) an aged request goes first whoever holds what."""
     def run(scope: str) -> list[str]:
@@ -238,7 +238,34 @@ def test_aged_requests_of_tenants_at_their_share_keep_drf_order():
         return started(state.tick(60.0))
 
     assert run("under-share") == ["b1"]
+    assert run("tiered") == ["b1"]  # A's aged request comes after DRF order, not before
     assert run("all") == ["a1"]
+
+
+@pytest.mark.parametrize("over", ["swap", "reserve"])
+def test_tiered_aging_lets_an_over_share_request_swap_only_its_own_tenants_work(over):
+    """aging_scope "tiered" (default): a request of a tenant at its fair share, past the
+    bound, may swap out its own tenant's newer preemptible work (no share moves), never a
+    less-served tenant's; with aging_over_share="reserve" it only reserves."""
+    cfg = SchedulerConfig(aging_bound=30.0, aging_scope="tiered", aging_over_share=over)
+    state = SchedulerState("balanced-drf", cfg, [node("n", 8, 8)], auto_schedule=False,
+                           validate=True)
+    state.submit(req("a0", "A", cpu=6, preemptible=True, runtime=1000.0), 0.0)
+    state.submit(req("b0", "B", cpu=2, preemptible=True, runtime=1000.0), 0.0)
+    assert sorted(started(state.tick(0.0))) == ["a0", "b0"]
+    state.submit(req("a1", "A", cpu=6, runtime=1000.0), 1.0)
+    took = [(d.action, d.request_id) for d in state.tick(32.0)]
+    if over == "swap":
+        assert took == [("preempt", "a0"), ("start", "a1")]
+    else:
+        assert took == [] and [r.request_id for r in state.reservations] == ["a1"]
+    assert "b0" in state.running
+
+
+def test_unknown_aging_over_share_is_refused():
+    with pytest.raises(ValueError, match="aging_over_share"):
+        SchedulerState("balanced-drf", SchedulerConfig(aging_over_share="x"),
+                       [node("n", 1, 1)])
 
 
 def test_unknown_aging_scope_is_refused():
