@@ -167,6 +167,7 @@ print(json.dumps({
     "mem": read(cgroup_file("memory", "memory.limit_in_bytes", "memory.max")),
     "cpu_quota": read(cgroup_file("cpu", "cpu.cfs_quota_us", "cpu.max")),
     "rlimit_as": resource.getrlimit(resource.RLIMIT_AS)[0],
+    "home": os.environ.get("HOME"),
 }))
 """
 
@@ -183,6 +184,8 @@ def test_the_server_sees_its_allocation_enforced(fair_hub):
     wait_ready(hub, "bob")  # 0.25 CPU, 512 MiB, 4 GPUs
     alloc = queue(hub)[("bob", "")]["allocation"]["units"][0]
     seen = probe_limits(hub, "bob")
+    # each server its own HOME (JupyterLab's workspaces and settings are not shared)
+    assert seen["home"] == str(hub.home / "users" / "bob"), seen["home"]
     assert seen["gpus"] == ",".join(map(str, alloc["gpus"])) and len(alloc["gpus"]) == 4
     assert int(seen["mem"] or seen["rlimit_as"]) == alloc["mem"] == 512 * 2**20
     if seen["cpu_quota"] is not None:  # a fractional CPU is a CFS quota, not a core

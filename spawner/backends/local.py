@@ -56,6 +56,8 @@ class LocalBackend(Backend):
         if user:
             env.update(HOME=user.pw_dir, USER=user.pw_name, SHELL=user.pw_shell)
             cwd = cwd or user.pw_dir
+        elif cwd:  # servers run as the hub's user: each its own HOME, or they would share
+            env["HOME"] = cwd  # JupyterLab's workspaces and settings, ~/.local, ...
         Path(cwd).mkdir(parents=True, exist_ok=True)
         confinement = Confinement.build(
             placement, name=f"{spawner.user.name}-{spawner.name or 'default'}",
