@@ -473,6 +473,22 @@ def _fill(choice: w.Dropdown, options: Sequence, preferred: Any = None) -> None:
         choice.index = 0 if values else None
 
 
+def releases_html(releases: Sequence[dict]) -> str:
+    """Where the model is released: each release's version, status and its app and
+    dashboard links (the dashboard only where the API gave one to this user)."""
+    if not releases:
+        return ""
+    items = []
+    for view in releases:
+        links = " · ".join(f"<a href='{escape(view[key])}' target='_blank' "
+                           f"class='lh-release-{key}'>{label}</a>"
+                           for key, label in (("app", "app"), ("dashboard", "dashboard"))
+                           if view.get(key))
+        items.append(f"<b>{escape(view['name'])}</b> ({escape(view.get('version', ''))}, "
+                     f"{escape(view.get('status', ''))}){' · ' + links if links else ''}")
+    return "<div class='lh-releases'>Released as " + "; ".join(items) + "</div>"
+
+
 class ModelBoard(w.VBox):
     """``ModelBoard(name)``: the versions of model NAME side by side, and "try it"
     (also ``client.models.board(name)``). ``refresh()`` re-reads everything."""
@@ -569,6 +585,8 @@ class ModelBoard(w.VBox):
         self.versions = {v["ref"]: v for v in listed if v.get("state") != "deleted"}
         self.latest = latest_evaluations(evaluations)
         self.curves = self._read_curves(self.rows)
+        self.releases = [r.view for r in self.client.serving.list()
+                         if r.view.get("model", "").partition("@")[0] == self.name]
         self.header.value = self._header_html()
         self.table.value = rows_html(self.rows)
         self.moves.value = moves_html(alias_moves(models.history(self.name)))
@@ -598,7 +616,7 @@ class ModelBoard(w.VBox):
                 f"<div>{escape(model['task'] or '')} · {len(self.rows)} versions · owner "
                 f"{escape(model['owner'])} ({escape(model['visibility'])}) {aliases}</div>"
                 + (f"<div class='lh-muted'>{escape(model['description'])}</div>"
-                   if model.get("description") else ""))
+                   if model.get("description") else "") + releases_html(self.releases))
 
     def _set_choices(self) -> None:
         """Fill the dropdowns, keeping each one's choice when it still exists."""

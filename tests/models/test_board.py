@@ -374,3 +374,15 @@ def test_a_text_model_is_tried_on_typed_text(api, tmp_path):
     expected = trained.predictor().predict_texts([board.text.value])[0]
     assert expected["label"] in board.try_result.value and board.status.value == ""
     assert board.try_it().prediction == expected
+
+
+def test_the_board_links_the_releases_apps_and_dashboards():
+    from loophub.widgets.models import releases_html
+
+    assert releases_html([]) == ""
+    out = releases_html([{"name": "shop<1>", "version": "cnn@v2", "status": "serving",
+                          "app": "http://hub/services/apps/shop", "dashboard": "http://d"},
+                         {"name": "quiet", "version": "cnn@v1", "status": "stopped",
+                          "app": "", "dashboard": ""}])
+    assert "shop&lt;1&gt;" in out and "href='http://hub/services/apps/shop'" in out
+    assert "class='lh-release-dashboard'" in out and "quiet</b> (cnn@v1, stopped)</div>" in out
