@@ -52,6 +52,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from loophub import errors
 from loophub.client.core import Client, retrying
+from loophub.pool import readable_bytes
 from loophub.widgets.drawpad import DrawPad, png_of
 
 log = logging.getLogger(__name__)
@@ -625,7 +626,7 @@ class ImageClassificationApp(PredictionApp):
             self.source = "upload"  # the latest input, checked again when sent
             name, data = uploaded_file(change["new"])
             self.source_line.value = message_html(
-                f"Using the uploaded file {name} ({len(data) / 1024:.0f} KB).", "info")
+                f"Using the uploaded file {name} ({readable_bytes(len(data))}).", "info")
         self.guarded(note)
 
     def _on_draw(self, change: dict) -> None:
