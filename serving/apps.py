@@ -34,7 +34,7 @@ from typing import Any
 from urllib.parse import quote, urlparse
 
 from jupyter_server.auth.authorizer import Authorizer
-from jupyter_server.base.handlers import FileFindHandler
+from jupyter_server.base.handlers import FileFindHandler, JupyterHandler
 from jupyter_server.services.kernels.handlers import KernelHandler
 from jupyterhub.services.auth import HubOAuth
 from jupyterhub.singleuser.extension import (
@@ -193,6 +193,21 @@ class AppHandler(TornadoVoilaHandler):
             self.flush()
 
 
+class StatusHandler(JupyterHandler):
+    """``{prefix}status``: kernels in use against the cap and the preheated kernels ready
+    per template, for hub admins (and the benchmark, which waits for full pools)."""
+
+    @web.authenticated
+    def get(self) -> None:
+        if not self.current_user.hub_user.get("admin"):
+            raise web.HTTPError(403, "the apps service's status is for hub admins")
+        apps: AppsServer = self.settings["apps"]
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"kernels_in_use": apps.kernels_in_use(),
+                                "max_kernels": apps.capacity.max_kernels,
+                                "pools": apps.pools_ready()}))
+
+
 class IndexHandler(web.RequestHandler):
     """``{prefix}``: the releases page of the loophub API lists the apps one may open."""
 
@@ -301,9 +316,20 @@ class AppsServer(Voila):
              LocalRequestInfoHandler),
             (url_path_join(prefix, r"/voila/api/shutdown/(.*)"), OwnKernelShutdownHandler),
             (prefix.rstrip("/") + "/?", IndexHandler),
+            (url_path_join(prefix, "status"), StatusHandler),
             (url_path_join(prefix, rf"/({RELEASE_NAME.pattern})/?"), AppHandler,
              {**voila_kwargs, "apps": self}),
         ]
+
+    def pools_ready(self) -> dict[str, int]:
+        """Preheated kernels ready now per template whose pool was asked for: started,
+        and waiting for a visitor (connected to the request-info channel, which the
+        template reaches after its imports)."""
+        waiting = RequestInfoSocketHandler._waiters
+        return {name: sum(task.done() and not task.cancelled() and task.exception() is None
+                          and task.result()["kernel_id"] in waiting for task in pool)
+                for name, pool in getattr(self.kernel_manager, "_pools", {}).items()
+                if name in self.preheated}
 
     def kernels_in_use(self) -> int:
         """Kernels visitors hold: every kernel but the preheated ones still waiting (Voila

@@ -49,7 +49,7 @@ def platform(tmp_path_factory):
     tag = uuid.uuid4().hex[:6]
     names = {who: f"ap-{who}-{tag}" for who in ("owner", "member", "other")}
     tokens = {who: hub.token(name) for who, name in names.items()}
-    admin = hub.token("root", admin=True)
+    admin = tokens["admin"] = hub.token("root", admin=True)
     group = f"ap-team-{tag}"
     resp = hub.hub_api(admin, "POST", f"groups/{group}",
                        json={"users": [names["owner"], names["member"]]})
@@ -223,8 +223,16 @@ def test_past_the_cap_the_busy_page_answers_at_once(platform):
     assert busy.status_code == 503 and "Busy" in busy.text, busy.text[-500:]
     assert int(busy.headers["Retry-After"]) >= 7 and 'http-equiv="refresh"' in busy.text
     assert took < 5, took
+    hub = platform["hub"]
+    status = requests.get(f"{hub.url}/services/apps/status", timeout=30, headers={
+        "Authorization": f"token {platform['tokens']['admin']}"}).json()
+    assert status["kernels_in_use"] == 3 and status["max_kernels"] == 3, status
+    assert set(status["pools"]) == {"image_classification.ipynb"}, status  # (refilling)
+    assert visit(platform, "member", "status").status_code == 403  # for admins
     shutdown_kernels(platform, "member", *(kernel_of(p.text) for p in pages))
-    assert visit(platform, "member").status_code == 200  # room again
+    again = visit(platform, "member")  # room again
+    assert again.status_code == 200
+    shutdown_kernels(platform, "member", kernel_of(again.text))
 
 
 @pytest.mark.browser
@@ -244,8 +252,10 @@ def test_an_end_user_predicts_and_flags_and_the_owner_sees_it(platform):
     with chromium_page(viewport=(390, 844)) as page:  # a phone's screen
         hub_login(page, hub.url, names["member"], password(hub, names["member"]))
         page.goto(platform["view"]["app"])
-        page.wait_for_selector(".lh-app .lh-app-predict", timeout=60_000)
-        screenshot(page, "apps/app-opened-phone.png")
+        try:
+            page.wait_for_selector(".lh-app .lh-app-predict", timeout=60_000)
+        finally:
+            screenshot(page, "apps/app-opened-phone.png")
         assert "lh-admin-note" not in page.inner_text("body")  # the template's own note
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, f"the app is {overflow}px wider than a phone's screen"
