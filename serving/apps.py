@@ -23,12 +23,14 @@ release. What it adds to a plain Voila server:
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -56,6 +58,8 @@ from voila.tornado.kernel_websocket_handler import VoilaKernelWebsocketHandler
 
 from loophub.releases.apps import (
     HEADERS,
+    MAX_PREFETCH,
+    PREFETCH_HEADER,
     RELEASE_HEADER,
     RELEASE_NAME,
     VISITOR_HEADER,
@@ -182,6 +186,8 @@ class AppHandler(TornadoVoilaHandler):
             self.request.headers.pop(header, None)
         self.request.headers[RELEASE_HEADER] = view["name"]
         self.request.headers[VISITOR_HEADER] = token
+        if prefetched := await self.apps.prefetch(token, view):
+            self.request.headers[PREFETCH_HEADER] = prefetched
         self.apps.preheat(template)  # after this visit's choice: this one starts cold
         owner = self.settings["authorizer"]
         bound = False
@@ -270,6 +276,7 @@ class AppsServer(Voila):
         self.hub_auth = resolved(HubOAuth(parent=self, cache_max_age=5))
         self.cookie_secret = service_cookie_secret()
         self.http = AsyncHTTPClient()
+        self.metadata_cache: dict[tuple[str, str], tuple[float, dict]] = {}
         self.preheated: set[str] = set()
         self.configure_kernels()
         clean_environment()  # before any kernel starts: kernels copy this environment
@@ -345,8 +352,7 @@ class AppsServer(Voila):
         """The release's view as the visitor reads it (None: not theirs to open)."""
         url = f"{self.api_url.rstrip('/')}/releases/{quote(release, safe='')}"
         try:
-            resp = await self.http.fetch(url, headers={"Authorization": f"token {token}"},
-                                         request_timeout=10)
+            return await self._get_json(url, token)
         except HTTPClientError as exc:
             if exc.code in (401, 403, 404):
                 return None
@@ -355,6 +361,39 @@ class AppsServer(Voila):
         except OSError as exc:
             raise web.HTTPError(502, f"cannot reach the loophub API ({exc}); try again "
                                 "shortly") from None
+
+    async def prefetch(self, token: str, view: dict) -> str | None:
+        """What the app's kernel would read first, read here as the visitor (JSON), so a
+        preheated kernel builds the app at once: the release's metadata (labels,
+        preprocessing; kept per version for a minute: the view just read says the visitor
+        may call it) and the model card the visitor may read. None when something is
+        missing (the kernel then reads for itself and says what went wrong)."""
+        version, url = view.get("version") or "", view.get("url") or ""
+        if not version or not url:
+            return None
+        key = (view["name"], version)
+        cached = self.metadata_cache.get(key)
+        name, _, selector = version.partition("@")
+        card_url = (f"{self.api_url.rstrip('/')}/models/{quote(name, safe='')}/versions/"
+                    f"{quote(selector or 'latest', safe='')}")
+        try:
+            fetches = [self._get_json(card_url, token)]
+            if cached is None or cached[0] < time.monotonic():
+                fetches.append(self._get_json(url.rstrip("/") + "/metadata", token))
+            found = await asyncio.gather(*fetches, return_exceptions=True)
+        except OSError:
+            return None
+        if len(found) == 2:
+            if isinstance(found[1], BaseException):
+                return None
+            cached = self.metadata_cache[key] = (time.monotonic() + 60, found[1])
+        card = found[0].get("card") if isinstance(found[0], dict) else None
+        body = json.dumps({"view": view, "metadata": cached[1], "card": card})
+        return body if len(body) <= MAX_PREFETCH else None
+
+    async def _get_json(self, url: str, token: str) -> Any:
+        resp = await self.http.fetch(url, headers={"Authorization": f"token {token}"},
+                                     request_timeout=10)
         return json.loads(resp.body)
 
 

@@ -53,6 +53,7 @@ from PIL import Image, ImageDraw, ImageFont
 from loophub import errors
 from loophub.client.core import Client, retrying
 from loophub.pool import readable_bytes
+from loophub.releases.apps import PREFETCH_HEADER, RELEASE_HEADER, VISITOR_HEADER, env_name
 from loophub.widgets.drawpad import DrawPad, png_of
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,9 @@ CSS = (HERE / "apps.css").read_text()
 
 # the names the Voila service sets (the two headers become HTTP_* variables in the kernel)
 ENV_API_URL = "LOOPHUB_API_URL"
-ENV_RELEASE = "HTTP_X_LOOPHUB_RELEASE"
-ENV_VISITOR = "HTTP_X_LOOPHUB_VISITOR"
+ENV_RELEASE = env_name(RELEASE_HEADER)  # set by the apps service, never by the visitor
+ENV_VISITOR = env_name(VISITOR_HEADER)
+ENV_PREFETCH = env_name(PREFETCH_HEADER)
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024  # one uploaded (or drawn) image file
 MAX_SIDE = 4096                     # pixels, either side of an image
@@ -117,15 +119,20 @@ class AppSession:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def info(self) -> dict:
+    def info(self, prefetched: Mapping[str, Any] | None = None) -> dict:
         """The release (name, model, version, task, url, status, view), its gateway's
         metadata (labels, preprocess, metadata) and, when the visitor may read the model
-        version, its card (card, summary)."""
-        view = self.client.serving.view(self.release)
+        version, its card (card, summary). PREFETCHED: what the apps service already read
+        as the visitor ({"view", "metadata", "card"}); read here what it lacks."""
+        given = prefetched if isinstance(prefetched, Mapping) else {}
+        view = given.get("view") if isinstance(given.get("view"), dict) else None
+        if view is None or view.get("name") != self.release:
+            view, given = self.client.serving.view(self.release), {}
         url = view.get("url") or ""
         if not url:
             raise errors.Unavailable(f"release {self.release!r} has no URL yet")
-        meta = self._metadata(url)
+        meta = given["metadata"] if isinstance(given.get("metadata"), dict) \
+            else self._metadata(url)
         version = str(view.get("version") or meta.get("ref") or "")
         model = version.partition("@")[0] or str(view.get("model") or "").partition("@")[0]
         labels = meta.get("labels") or []
@@ -135,7 +142,7 @@ class AppSession:
             "status": view.get("status"),
             "labels": [str(label) for label in labels] if isinstance(labels, list) else [],
             "preprocess": meta.get("preprocess") or {}, "metadata": meta, "view": view}
-        card = self._card(version)
+        card = clean_card(given["card"]) if "card" in given else self._card(version)
         if card:
             info["card"] = card
             info["summary"] = card_summary(card)
@@ -168,10 +175,7 @@ class AppSession:
                        f"{quote(selector or 'latest', safe='')}")
         except (errors.PermissionDenied, errors.NotFound):
             return None
-        card = view.get("card") if isinstance(view, dict) else None
-        if not isinstance(card, dict):
-            return None
-        return {k: v for k, v in card.items() if isinstance(v, str) and v.strip()} or None
+        return clean_card(view.get("card") if isinstance(view, dict) else None)
 
     # -- calling ------------------------------------------------------------------------------
 
@@ -204,6 +208,13 @@ class AppSession:
             raise errors.InvalidInput(f"the note is too long ({len(note)} characters; "
                                       f"at most {MAX_NOTE})")
         return self.client.serving.flag(self.release, request_id, label=label, note=note)
+
+
+def clean_card(card: Any) -> dict | None:
+    """A model card's non-empty texts, or None."""
+    if not isinstance(card, dict):
+        return None
+    return {k: v for k, v in card.items() if isinstance(v, str) and v.strip()} or None
 
 
 def card_summary(card: Mapping[str, Any], limit: int = 300) -> str:
@@ -829,8 +840,12 @@ def app_from_environ(environ: Mapping[str, str] | None = None) -> w.Widget:
         return message_app("You are not signed in: open this app through the hub "
                            "(its app link) to use the model as yourself.")
     try:
+        prefetched = json.loads(env.get(ENV_PREFETCH) or "null")
+    except ValueError:
+        prefetched = None  # read afresh
+    try:
         session = AppSession(api_url, token, release)
-        return build_app(session, session.info())
+        return build_app(session, session.info(prefetched))
     except Exception as exc:
         if not isinstance(exc, errors.LoophubError):
             log.exception("app for release %r: %s", release, type(exc).__name__)
@@ -843,5 +858,6 @@ def serve() -> None:
     the app of the release they asked for, as them."""
     wait_for_request()
     widget = app_from_environ()
-    os.environ.pop(ENV_VISITOR, None)  # the session holds it; nothing else in here needs it
+    for name in (ENV_VISITOR, ENV_PREFETCH):  # the session holds them; nothing else needs them
+        os.environ.pop(name, None)
     display(widget)

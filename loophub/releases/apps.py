@@ -24,7 +24,11 @@ TEMPLATES = {  # task type -> template notebook (in the apps service's template 
 # and Voila hands them to the kernel as HTTP_X_LOOPHUB_RELEASE / HTTP_X_LOOPHUB_VISITOR.
 RELEASE_HEADER = "X-Loophub-Release"
 VISITOR_HEADER = "X-Loophub-Visitor"  # the visitor's hub token: the app calls as them
-HEADERS = (RELEASE_HEADER, VISITOR_HEADER)
+# what the service already read as the visitor (JSON: the release's view, its metadata
+# and the model card the visitor may read), so the kernel starts without a request
+PREFETCH_HEADER = "X-Loophub-App"
+HEADERS = (RELEASE_HEADER, VISITOR_HEADER, PREFETCH_HEADER)
+MAX_PREFETCH = 32 * 1024  # bytes of prefetched JSON passed on; past it the kernel reads
 
 RELEASE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 

@@ -277,6 +277,17 @@ def test_info_has_the_release_its_metadata_and_card(platform: Platform) -> None:
     assert "card" not in info and "summary" not in info and info["labels"] == DIGITS
 
 
+def test_what_the_service_prefetched_is_not_read_again(platform: Platform) -> None:
+    full = session_for(platform).info()
+    platform.calls.clear()
+    given = {"view": full["view"], "metadata": full["metadata"], "card": None}
+    info = session_for(platform).info(given)  # the visitor may not read the model's card
+    assert platform.calls == [] and info["labels"] == DIGITS and "card" not in info
+    given["view"] = {**full["view"], "name": "another"}  # not this app's: read afresh
+    info = session_for(platform).info(given)
+    assert info["summary"] == "Reads handwritten digits." and len(platform.calls) == 3
+
+
 def test_predict_and_flag_as_the_visitor(platform: Platform) -> None:
     session = session_for(platform)
     session.info()

@@ -121,6 +121,10 @@ def test_who_may_open_the_app(platform):
                              allow_redirects=False, timeout=30)
     assert anonymous.status_code == 302 and "/hub/api/oauth2/authorize" in \
         anonymous.headers["Location"]
+    index = requests.get(f"{platform['hub'].url}/services/apps/", allow_redirects=False,
+                         timeout=30)  # the hub's Services menu: the releases page lists apps
+    assert index.status_code == 302
+    assert index.headers["Location"].endswith("/services/loophub/releases")
     # none of a Jupyter server's other routes is mounted
     for path in ("voila/render/image_classification.ipynb", "voila/tree",
                  "voila/api/contents", "api/kernels", "voila/files/image_classification.ipynb"):

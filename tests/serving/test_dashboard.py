@@ -25,6 +25,7 @@ def test_the_dashboard_is_for_the_owner_and_admins(api, digit_nets):  # noqa: F8
                                               "per_replica": SMALL, "access": access})
     view = wait_for(ann, "shop", lambda v: v["status"] == "serving")
     assert view["dashboard"].endswith("/services/loophub/releases/shop/dashboard")
+    assert view["app"].endswith("/services/apps/shop")
     [replica] = view["replica_list"]
     for _ in range(5):
         requests.post(f"{replica['url']}/predict", json={"instances": [
@@ -44,6 +45,7 @@ def test_the_dashboard_is_for_the_owner_and_admins(api, digit_nets):  # noqa: F8
     others = dict(re.findall(r'<tr data-release="([^"]+)"[^>]*>(.*?)</tr>',
                              page(api, "releases", "ben").text, re.S))
     assert set(others) == {"shop"} and "dashboard" not in others["shop"]
+    assert 'href="/services/apps/shop"' in others["shop"]  # its app, for whoever may call it
 
     report = ann.request("GET", "releases/shop/monitoring", params={"window": 600,
                                                                     "bucket": 30})
