@@ -21,6 +21,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from tests.browser import ARTIFACTS, chromium_page, hub_login, require_chromium, screenshot
 from tests.labeling.test_browser_labeling import NOTEBOOK, save_notebook
 from tests.loop.test_closed_loop_notebook import check_the_loop, value
+from tests.serving.test_apps_hub import predict_in_the_app
 
 pytestmark = [pytest.mark.hub, pytest.mark.browser, pytest.mark.training, pytest.mark.serving]
 USER = "looper"
@@ -130,15 +131,7 @@ def use_the_app_as_an_end_user(hub, admin_token: str, owner_token: str, release:
         hub_login(page, hub.url, END_USER, resp.json()["password"])
         page.goto(view["app"])
         page.wait_for_selector(".lh-app .lh-app-predict", timeout=60_000)
-        with page.expect_file_chooser() as chooser:
-            page.click(".lh-app-upload")
-        chooser.value.set_files(str(upload))
-        page.wait_for_function("document.querySelector('.lh-app-source').innerText"
-                               ".includes('app-digit.png')", timeout=20_000)
-        page.click(".lh-app-predict")
-        page.wait_for_function("document.querySelector('.lh-app-result').innerText.trim()"
-                               " !== ''", timeout=30_000)
-        assert page.inner_text(".lh-app-result").split()[0] == expected
+        assert predict_in_the_app(page, upload).split()[0] == expected
         assert view["version"] in page.inner_text(".lh-app-latency")  # the challenger
         screenshot(page, "loop/06-app-end-user.png")
 

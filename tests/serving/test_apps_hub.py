@@ -95,6 +95,20 @@ def visit(platform, who: str, path: str = "") -> requests.Response:
                         timeout=120)
 
 
+def predict_in_the_app(page, upload) -> str:
+    """Upload the file UPLOAD in the app open in PAGE (through its button's own file
+    dialog), press Predict: the result's text (the top class first)."""
+    with page.expect_file_chooser() as chooser:
+        page.click(".lh-app-upload")
+    chooser.value.set_files(str(upload))
+    page.wait_for_function("document.querySelector('.lh-app-source').innerText"
+                           f".includes({upload.name!r})", timeout=20_000)
+    page.click(".lh-app-predict")
+    page.wait_for_function("document.querySelector('.lh-app-result').innerText.trim()"
+                           " !== ''", timeout=30_000)
+    return page.inner_text(".lh-app-result")
+
+
 def kernel_of(page_html: str) -> str:
     match = re.search(r'"kernelId":\s*"([0-9a-f-]{36})"', page_html)
     assert match, "the app's page names no kernel"
@@ -263,15 +277,7 @@ def test_an_end_user_predicts_and_flags_and_the_owner_sees_it(platform):
         assert "lh-admin-note" not in page.inner_text("body")  # the template's own note
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 1, f"the app is {overflow}px wider than a phone's screen"
-        with page.expect_file_chooser() as chooser:  # the upload button's own dialog
-            page.click(".lh-app-upload")
-        chooser.value.set_files(str(upload))
-        page.wait_for_function("document.querySelector('.lh-app-source').innerText"
-                               ".includes('seven.png')", timeout=20_000)
-        page.click(".lh-app-predict")
-        page.wait_for_function("document.querySelector('.lh-app-result').innerText.trim()"
-                               " !== ''", timeout=30_000)
-        result = page.inner_text(".lh-app-result")
+        result = predict_in_the_app(page, upload)
         assert result.split()[0] == "7", result  # the top class first
         assert re.search(r"\d+(\.\d+)? ms", page.inner_text(".lh-app-latency"))
         screenshot(page, "apps/app-answered-phone.png")
