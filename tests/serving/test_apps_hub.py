@@ -143,6 +143,9 @@ def test_who_may_open_the_app(platform):
     for path in ("voila/render/image_classification.ipynb", "voila/tree",
                  "voila/api/contents", "api/kernels", "voila/files/image_classification.ipynb"):
         assert visit(platform, "member", path).status_code == 404, path
+    # the channel that hands a kernel its visitor's token is not reachable from outside
+    query = visit(platform, "member", f"voila/query/{kernel_of(member.text)}")
+    assert query.status_code == 403
     shutdown_kernels(platform, "member", kernel_of(member.text))
 
 
