@@ -42,50 +42,209 @@ def balanced_score(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
                    free: np.ndarray) -> int:
     """The node of ``idx`` that ``balanced_scores`` rates lowest. In a full pool most units
     have one or a few feasible nodes: one needs no score, and a few are scored in plain
-    Python (``_few_node_scores``), where numpy's per-call cost would dominate."""
+    Python (``_few_node_scores``), where numpy's per-call cost would dominate. Scores are
+    cached per demand shape and node (``_ScoreCache``): only nodes whose free capacity
+    changed since they were last scored are rescored."""
     if idx.size == 1:
         return 0
-    if idx.size <= FEW_NODES and state.stranding_ref is not None:
-        scores = _few_node_scores(state, idx, d, free)
+    ref = state.stranding_ref
+    if ref is None:
+        return int(np.argmin(balanced_scores(state, idx, d, free)))
+    cache = _ScoreCache.of(state, ref)
+    if idx.size <= FEW_NODES:
+        scores = cache.few(state, idx, d, free)
         return scores.index(min(scores))
-    return int(np.argmin(balanced_scores(state, idx, d, free)))
+    return int(np.argmin(cache.many(state, idx, d, free)))
 
 
 FEW_NODES = 4  # up to this many candidates, Python scalars beat numpy's per-call overhead
+MAX_SHAPES = 64  # demand shapes whose scores are cached at once (memory bound)
+
+
+class _ScoreCache:
+    """A node's balanced score for a demand shape depends only on the node's free row, its
+    terms (capacity), the stranding reference and the weights: scores are kept per shape
+    and node with the free row they were computed on, and a node is rescored only when its
+    row differs. Each path keeps its own table and its own arithmetic: the few-node path
+    (``_few_node_scores``) and the numpy path (``balanced_scores``, whose changed nodes are
+    rescored by ``_exact_scores``, the same floats), so the values, and the node chosen,
+    are exactly those of scoring from scratch. Dropped when the stranding reference, the
+    pool (``node_terms``) or the weights change."""
+
+    def __init__(self, state: SchedulerState, ref: np.ndarray) -> None:
+        cfg = state.config
+        self.ref = ref
+        self.terms = state.node_terms
+        self.weights = (cfg.balanced_stranding_weight, cfg.balanced_packing_weight,
+                        cfg.balanced_gpu_fit_weight)
+        self.blocks = _blocks(stranding_thresholds(ref))
+        self.stranded: dict[int, tuple[list[float], float]] = {}  # node -> (free, share)
+        self.most = float(state.cap[:, GPU].max(initial=0.0))
+        self.few_tables: dict[bytes, dict[int, tuple[list[float], float]]] = {}
+        self.many_tables: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    @staticmethod
+    def of(state: SchedulerState, ref: np.ndarray) -> _ScoreCache:
+        cache = getattr(state, "_balanced_score_cache", None)
+        cfg = state.config
+        if cache is None or cache.ref is not ref or cache.terms is not state.node_terms or (
+                cache.weights != (cfg.balanced_stranding_weight, cfg.balanced_packing_weight,
+                                  cfg.balanced_gpu_fit_weight)):
+            cache = _ScoreCache(state, ref)
+            state._balanced_score_cache = cache  # type: ignore[attr-defined]
+        return cache
+
+    def few(self, state: SchedulerState, idx: np.ndarray, d: np.ndarray, free: np.ndarray
+            ) -> list[float]:
+        key = d.tobytes()
+        table = self.few_tables.get(key)
+        if table is None:
+            if len(self.few_tables) >= MAX_SHAPES:
+                self.few_tables.clear()
+            table = self.few_tables[key] = {}
+        nodes = idx.tolist()
+        rows = free[idx].tolist()
+        out: list[float] = []
+        stale: list[int] = []
+        for node, row in zip(nodes, rows, strict=True):
+            hit = table.get(node)
+            if hit is not None and hit[0] == row:
+                out.append(hit[1])
+            else:
+                stale.append(len(out))
+                out.append(0.0)
+        if stale:
+            fresh = _few_node_scores(state, idx[stale], d, free, self.blocks, self.most,
+                                     [rows[i] for i in stale], self.stranded)
+            for i, score in zip(stale, fresh, strict=True):
+                out[i] = score
+                table[nodes[i]] = (rows[i], score)
+        return out
+
+    def many(self, state: SchedulerState, idx: np.ndarray, d: np.ndarray, free: np.ndarray
+             ) -> np.ndarray:
+        key = d.tobytes()
+        entry = self.many_tables.get(key)
+        n = len(self.terms)
+        if entry is None:
+            if len(self.many_tables) >= MAX_SHAPES:
+                self.many_tables.clear()
+            entry = (np.full((n, len(d)), np.nan), np.zeros(n))
+            self.many_tables[key] = entry
+        seen, scores = entry
+        before = free[idx]
+        stale = (before != seen[idx]).any(axis=1)
+        if stale.any():
+            sub = idx[stale]
+            rows = before[stale]
+            if len(sub) <= SCALAR_MAX and len(d) < EXACT_KEYS:
+                scores[sub] = _exact_scores(state, sub, d, rows.tolist(), self.blocks,
+                                            self.most, self.stranded)
+            else:
+                scores[sub] = balanced_scores(state, sub, d, free)
+            seen[sub] = rows
+        return scores[idx]
+
+
+SCALAR_MAX = 12  # stale nodes rescored in Python (about 4 us each; numpy: 50 us a call)
+EXACT_KEYS = 8  # below this many resources numpy sums a row left to right, as Python does
+
+
+def _exact_scores(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
+                  rows: list[list[float]], blocks: list[tuple[int, list[tuple[int, float]]]],
+                  most: float, stranded: dict[int, tuple[list[float], float]] | None = None
+                  ) -> list[float]:
+    """``balanced_scores`` (with a queue) for a few nodes in plain Python, bit for bit: the
+    same float operations in the same order as the numpy version (which, with fewer than
+    ``EXACT_KEYS`` resources, sums each row left to right; terms it adds as 0 change no
+    value), so cached numpy scores and these mix without changing any choice. A test
+    checks equality. ``rows``: free[idx]; ``blocks``: ``_blocks`` of the stranding
+    thresholds; ``most``: the largest node's GPU count; ``stranded``: a cache of each
+    node's stranded share before placement."""
+    return _scalar_scores(state, idx, d, rows, blocks, most, True, stranded)
 
 
 def _few_node_scores(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
-                     free: np.ndarray) -> list[float]:
+                     free: np.ndarray, blocks: list[tuple[int, list[tuple[int, float]]]] | None
+                     = None, most: float | None = None, rows: list[list[float]] | None = None,
+                     stranded: dict[int, tuple[list[float], float]] | None = None
+                     ) -> list[float]:
     """``balanced_scores`` (with a queue) for a handful of nodes, one node at a time in
-    plain Python; a test keeps the two equal."""
+    plain Python; a test keeps the two equal. ``blocks``, ``most`` and ``rows`` (free[idx]),
+    when given, are what would be computed here; ``stranded`` as for ``_exact_scores``."""
+    if blocks is None:
+        blocks = _blocks(stranding_thresholds(state.stranding_ref))
+    if most is None:
+        most = float(state.cap[:, GPU].max(initial=0.0))
+    if rows is None:
+        rows = free[idx].tolist()
+    return _scalar_scores(state, idx, d, rows, blocks, most, False, stranded)
+
+
+def _blocks(thr: np.ndarray) -> list[tuple[int, list[tuple[int, float]]]]:
+    """The stranding thresholds as (r, [(c, threshold of c), ...]) with the -inf entries
+    left out (free c is never below -inf), rows with none left out."""
+    out = []
+    for r, row in enumerate(thr.tolist()):
+        pairs = [(c, v) for c, v in enumerate(row) if v != -math.inf]
+        if pairs:
+            out.append((r, pairs))
+    return out
+
+
+def _scalar_scores(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
+                   rows: list[list[float]], blocks: list[tuple[int, list[tuple[int, float]]]],
+                   most: float, exact: bool,
+                   stranded: dict[int, tuple[list[float], float]] | None) -> list[float]:
+    """The scalar scorer behind ``_few_node_scores`` and ``_exact_scores``: they differ
+    only in the order of the packing product, (w_p * sum) * share of a resource for the
+    former (its original order) and w_p * (sum * share), numpy's, for the latter."""
     cfg = state.config
     k = len(d)
     need = d.tolist()
-    thr = stranding_thresholds(state.stranding_ref).tolist()
+    w_s, w_p = cfg.balanced_stranding_weight, cfg.balanced_packing_weight
     fit = cfg.balanced_gpu_fit_weight if need[GPU] > 0 else 0.0
-    most = float(state.cap[:, GPU].max(initial=0.0)) if fit else 0.0
     out = []
-    for before, terms in zip(free[idx].tolist(), state.node_terms[idx].tolist(), strict=True):
+    nodes = idx.tolist()
+    for node, before, terms in zip(nodes, rows, state.node_terms[idx].tolist(), strict=True):
         after = [before[r] - need[r] for r in range(k)]
         util = [(terms[r] - after[r]) * terms[k + r] for r in range(k)]
-        spread = max(util) - min(util[r] + terms[2 * k + r] for r in range(k))
-        stranding = (_stranded_one(after, terms, thr, k)
-                     - _stranded_one(before, terms, thr, k))
-        score = (spread + cfg.balanced_stranding_weight * stranding
-                 - cfg.balanced_packing_weight * sum(util) * terms[3 * k])
+        hi = util[0]
+        lo = util[0] + terms[2 * k]
+        for r in range(1, k):
+            u = util[r]
+            if u > hi:
+                hi = u
+            low = u + terms[2 * k + r]
+            if low < lo:
+                lo = low
+        hit = None if stranded is None else stranded.get(node)
+        if hit is not None and hit[0] == before:
+            was = hit[1]
+        else:
+            was = _stranded_one(before, terms, blocks, k)
+            if stranded is not None:
+                stranded[node] = (before, was)
+        stranding = _stranded_one(after, terms, blocks, k) - was
+        if exact:
+            score = (hi - lo) + w_s * stranding - w_p * (sum(util) * terms[3 * k])
+        else:
+            score = (hi - lo) + w_s * stranding - w_p * sum(util) * terms[3 * k]
         if fit:
             score += fit * (after[GPU] / most if most > 0 else after[GPU])
         out.append(score)
     return out
 
 
-def _stranded_one(free: list[float], terms: list[float], thr: list[list[float]], k: int
-                  ) -> float:
+def _stranded_one(free: list[float], terms: list[float],
+                  blocks: list[tuple[int, list[tuple[int, float]]]], k: int) -> float:
     """``stranded_shares`` for one node (``terms[k:2k]`` is its inverse capacity)."""
     total = 0.0
-    for r, row in enumerate(thr):
-        if any(free[c] < row[c] for c in range(k)):
-            total += free[r] * terms[k + r]
+    for r, pairs in blocks:
+        for c, v in pairs:
+            if free[c] < v:
+                total += free[r] * terms[k + r]
+                break
     return total
 
 
@@ -529,8 +688,8 @@ class BalancedDrfPolicy(DrfPolicy):
         self.swap_guard: dict[str, float] = {}  # request id -> not swapped for own before
         self._fair_cache: tuple[int, dict[str, float]] = (-1, {})  # (change_count, shares)
 
-    def tenant_key(self, st: SchedulerState, tenant: str, extra: np.ndarray | None = None
-                   ) -> tuple:
+    def tenant_key(self, st: SchedulerState, tenant: str,
+                   extra: np.ndarray | list[float] | None = None) -> tuple:
         shares = st.shares(tenant) if extra is None else extra
         w = st.tenant_weight(tenant)
         return (*sorted((float(s) / w for s in shares), reverse=True), tenant)
@@ -661,10 +820,17 @@ class BalancedDrfPolicy(DrfPolicy):
         pending = {t: np.zeros(len(st.keys)) for t in aged}  # reserved, not yet held
         pos = dict.fromkeys(aged, 0)
 
+        caps = cap.tolist()
+        zero = [0.0] * len(caps)
+
         def key(tenant: str) -> tuple:
-            held = st.held.get(tenant, np.zeros(len(st.keys)))
+            # (held + pending) / cap in Python floats: numpy's values, less per-call cost
+            held = st.held.get(tenant)
+            held_list = zero if held is None else held.tolist()
+            shares = [(h + p) / c for h, p, c in zip(held_list, pending[tenant].tolist(), caps,
+                                                     strict=True)]
             tier = 2 if tenant in over else 0 if aged[tenant][pos[tenant]][0] <= bound_cut else 1
-            return (tier, *self.tenant_key(st, tenant, (held + pending[tenant]) / cap))
+            return (tier, *self.tenant_key(st, tenant, shares))
 
         heap = [(key(t), t) for t in aged]
         heapq.heapify(heap)
@@ -755,12 +921,22 @@ class BalancedDrfPolicy(DrfPolicy):
 
 def _below(st: SchedulerState, tenant: str, fair: dict[str, float],
            pending: np.ndarray | None = None) -> bool:
-    """The tenant's dominant share (counting ``pending`` grants) is below its fair share."""
-    held = st.held.get(tenant, np.zeros(len(st.keys)))
-    if pending is not None:
-        held = held + pending
-    share = np.divide(held, st.total_cap, out=np.zeros_like(held), where=st.total_cap > 0)
-    return float(share.max(initial=0.0)) < fair.get(tenant, 0.0) - EPS
+    """The tenant's dominant share (counting ``pending`` grants) is below its fair share.
+    Python floats (the same IEEE operations as numpy's, without its per-call cost)."""
+    held = st.held.get(tenant)
+    if held is None:
+        values = [0.0] * len(st.keys) if pending is None else pending.tolist()
+    elif pending is None:
+        values = held.tolist()
+    else:
+        values = [h + p for h, p in zip(held.tolist(), pending.tolist(), strict=True)]
+    share = 0.0
+    for v, c in zip(values, st.total_cap.tolist(), strict=True):
+        if c > 0:
+            q = v / c
+            if q > share:
+                share = q
+    return share < fair.get(tenant, 0.0) - EPS
 
 
 # ------------------------------------------------------------------ tetris

@@ -436,15 +436,15 @@ class SchedulerState:
         need = d - EPS
         count = item.request.count
         sample = self.config.score_sample
-        cols = [r for r in range(len(need)) if need[r] > 0]  # free is never negative
-        if count == 1:
-            idx = np.flatnonzero(_fits(free, need, cols, mask))[:sample]
+        cols = [r for r, v in enumerate(need.tolist()) if v > 0]  # free is never negative
+        if count == 1:  # nonzero()[0]: flatnonzero without its wrappers (1-D masks)
+            idx = _fits(free, need, cols, mask).nonzero()[0][:sample]
             if idx.size == 0:
                 return None
             return [int(idx[scorer(self, idx, d, free)])]
         chosen: list[int] = []
         for _ in range(count):
-            idx = np.flatnonzero(_fits(free, need, cols, mask))[:sample]
+            idx = _fits(free, need, cols, mask).nonzero()[0][:sample]
             if idx.size == 0:
                 break
             slot = int(idx[scorer(self, idx, d, free)])

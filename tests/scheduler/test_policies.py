@@ -392,3 +392,93 @@ def test_few_node_scores_equal_the_vectorised_scores():
         assert np.allclose(_few_node_scores(state, idx, d, state.free), expected)
         compared += 1
     assert compared >= 10
+
+
+def _random_scored_state(rng, trial: int, n_nodes: int = 12):
+    from loophub.scheduler.state import FitTracker
+
+    nodes = [node(f"n{i}", float(rng.choice([16, 32, 96])), float(rng.choice([64, 128, 384])),
+                  int(rng.choice([0, 2, 4, 8]))) for i in range(n_nodes)]
+    cfg = SchedulerConfig(balanced_gpu_fit_weight=float(rng.choice([0.0, 0.3, 1.0])),
+                          balanced_packing_weight=float(rng.uniform(0.1, 2.0)),
+                          balanced_stranding_weight=float(rng.uniform(0.1, 2.0)))
+    state = SchedulerState("balanced-drf", cfg, nodes, auto_schedule=False)
+    for j in range(3 * n_nodes):
+        request = req(f"r{trial}-{j}", f"t{j % 3}", cpu=float(rng.uniform(0.5, 24)),
+                      mem_gib=float(rng.uniform(0.3, 90)), gpu=int(rng.choice([0, 0, 1, 2, 4])))
+        if not state.fits_ever(request):
+            state.submit(request, 0)
+    state.tick(0)
+    FitTracker(state)  # sets the stranding reference from the queue
+    return state
+
+
+def test_exact_scores_equal_the_vectorised_scores_bit_for_bit():
+    """The plain-Python scorer the score cache uses for a few stale nodes gives exactly the
+    floats balanced_scores gives (so mixing the two never changes a choice), on nodes of
+    all sizes and states, including ones scored on their own."""
+    import numpy as np
+
+    from loophub.scheduler.policies import (
+        _blocks,
+        _exact_scores,
+        balanced_scores,
+        stranding_thresholds,
+    )
+
+    rng = np.random.default_rng(11)
+    compared = 0
+    for trial in range(40):
+        state = _random_scored_state(rng, trial)
+        if state.stranding_ref is None:
+            continue
+        thr = _blocks(stranding_thresholds(state.stranding_ref))
+        most = float(state.cap[:, 2].max(initial=0.0))
+        for _ in range(5):
+            d = np.array([float(rng.uniform(0.1, 8)), float(rng.uniform(0.1, 32)) * 1024**3,
+                          float(rng.choice([0, 1, 2]))])
+            idx = np.arange(len(state.free))
+            expected = balanced_scores(state, idx, d, state.free)
+            got = _exact_scores(state, idx, d, state.free[idx].tolist(), thr, most)
+            assert np.array_equal(np.array(got), expected)
+            for i in idx.tolist():  # one node alone: the same float as among all
+                assert balanced_scores(state, idx[i:i + 1], d, state.free)[0] == expected[i]
+            compared += 1
+    assert compared >= 100
+
+
+def test_score_cache_chooses_as_scoring_from_scratch():
+    """balanced_score with its per-shape node score cache picks the same node as scoring
+    every candidate afresh, while nodes' free capacity changes between calls."""
+    import numpy as np
+
+    from loophub.scheduler import policies
+    from loophub.scheduler.policies import _few_node_scores, balanced_score, balanced_scores
+
+    rng = np.random.default_rng(3)
+    for trial in range(15):
+        state = _random_scored_state(rng, trial, n_nodes=16)
+        if state.stranding_ref is None:
+            continue
+        shapes = [np.array([float(c), float(m) * 1024**3, float(g)])
+                  for c, m, g in ((1, 2, 0), (4, 16, 1), (2, 8, 2), (8, 30, 0))]
+        for _ in range(60):
+            d = shapes[int(rng.integers(len(shapes)))]
+            fits = np.flatnonzero((state.free >= d - policies.EPS).all(axis=1))
+            if fits.size == 0:
+                break
+            idx = fits[: int(rng.integers(1, fits.size + 1))]
+            if idx.size == 1:
+                fresh = 0
+            elif idx.size <= policies.FEW_NODES:
+                scores = _few_node_scores(state, idx, d, state.free)
+                fresh = scores.index(min(scores))
+            else:
+                fresh = int(np.argmin(balanced_scores(state, idx, d, state.free)))
+            assert balanced_score(state, idx, d, state.free) == fresh
+            slot = int(idx[fresh])
+            if rng.random() < 0.7:  # take the unit, or give some capacity back elsewhere
+                state.free[slot] -= d
+            else:
+                other = int(rng.integers(len(state.free)))
+                state.free[other] = np.minimum(state.free[other] + d, state.cap[other])
