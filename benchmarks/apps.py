@@ -45,6 +45,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -78,34 +79,50 @@ class Visits:
         self.stalled = 0
         self.failures: list[str] = []
         self.page_s: list[float] = []  # of each render: the page's GET alone
+        self.cleanup_errors: list[str] = []
 
     async def visit(self, n: int, *, cold: bool, hold: asyncio.Event | None = None,
                     measured: asyncio.Queue | None = None) -> float | None:
         """One visit's render time (None: stalled). HOLD: keep the kernel until it is
-        set, after putting the render time in MEASURED."""
+        set, after putting the render time in MEASURED. The visit then ends as a page
+        does (its kernel shut down); a failure there is a cleanup error, not a stall."""
+        headers = {"Authorization": f"token {self.tokens[n % len(self.tokens)]}"}
         try:
-            return await asyncio.wait_for(self._visit(n, cold, hold, measured),
-                                          self.stall_s + (3600 if hold else 0))
+            took, ws, kernel = await asyncio.wait_for(self._render(headers, cold),
+                                                      self.stall_s)
         except Exception as exc:  # a failed or stalled render is counted, not fatal
             self.stalled += 1
             self.failures.append(f"{type(exc).__name__}: {exc}"[:200])
             if measured is not None:
                 measured.put_nowait(None)
             return None
+        if measured is not None:
+            measured.put_nowait(took)
+        if hold is not None:
+            await hold.wait()
+        ws.close()
+        try:
+            await self.http.fetch(f"{self.url}/services/apps/api/kernels/{kernel}",
+                                  method="DELETE", headers=headers, request_timeout=30)
+        except Exception as exc:
+            self.cleanup_errors.append(f"{type(exc).__name__}: {exc}"[:200])
+        return took
 
-    async def _visit(self, n: int, cold: bool, hold: asyncio.Event | None,
-                     measured: asyncio.Queue | None) -> float:
+    async def _render(self, headers: dict, cold: bool) -> tuple[float, Any, str]:
+        """The page read to its end, then the kernel's handshake: (seconds, the open
+        websocket, the kernel's id)."""
         from tornado.httpclient import HTTPRequest
         from tornado.websocket import websocket_connect
 
-        token = self.tokens[n % len(self.tokens)]
-        headers = {"Authorization": f"token {token}"}
         started = time.monotonic()
         page = await self.http.fetch(f"{self.url}/services/apps/{self.release}"
                                      + ("?theme=dark" if cold else ""), headers=headers,
                                      request_timeout=self.stall_s)
         self.page_s.append(time.monotonic() - started)
-        kernel = KERNEL_ID.search(page.body.decode()).group(1)
+        match = KERNEL_ID.search(page.body.decode())
+        if match is None:
+            raise ValueError(f"the page names no kernel: {page.body.decode()[-300:]}")
+        kernel = match.group(1)
         ws_url = self.url.replace("http", "ws", 1) \
             + f"/services/apps/api/kernels/{kernel}/channels"
         ws = await websocket_connect(HTTPRequest(ws_url, headers=headers,
@@ -117,19 +134,14 @@ class Visits:
             "parent_header": {}, "metadata": {}, "content": {}, "channel": "shell",
             "buffers": []}))
         while True:
-            message = json.loads(await ws.read_message())
+            raw = await ws.read_message()
+            if raw is None:
+                raise ConnectionError("the kernel's websocket closed before it answered")
+            message = json.loads(raw)
             if message.get("msg_type") == "comm_info_reply":
-                assert message["content"]["comms"], "the app made no widgets"
-                break
-        took = time.monotonic() - started
-        if measured is not None:
-            measured.put_nowait(took)
-        if hold is not None:
-            await hold.wait()
-        ws.close()
-        await self.http.fetch(f"{self.url}/services/apps/api/kernels/{kernel}",
-                              method="DELETE", headers=headers, request_timeout=30)
-        return took
+                if not message["content"]["comms"]:
+                    raise ValueError("the app made no widgets")
+                return time.monotonic() - started, ws, kernel
 
 
 async def wait_for_pool(url: str, admin: str, want: int, timeout: float = 180) -> float:
@@ -195,6 +207,7 @@ async def run(args: argparse.Namespace, url: str, release: str, tokens: list[str
                                        for i in range(BURST)))
     return {"single": single, "preheated": preheated, "cold": cold, "memory": memory,
             "refill": refill, "stalled": visits.stalled, "failures": visits.failures,
+            "cleanup_errors": visits.cleanup_errors,
             "page_s": visits.page_s}
 
 
@@ -262,6 +275,9 @@ def main() -> int:
         "pool_refill_s_p50": round(statistics.median(result["refill"]), 2)
         if result["refill"] else None,
         "stalled_renders": result["stalled"], "visits": visits,
+        "stall_reasons": result["failures"][:5],
+        "cleanup_errors": len(result["cleanup_errors"]),
+        "cleanup_error_examples": result["cleanup_errors"][:3],
         "spread": {"preheated_s": [round(min(pre), 3), round(max(pre), 3)] if pre else None,
                    "cold_s": [round(min(cold), 3), round(max(cold), 3)] if cold else None,
                    "single_s": [round(min(single), 3), round(max(single), 3)]
