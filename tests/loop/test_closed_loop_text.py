@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import REPO
-from tests.loop.test_closed_loop_notebook import FOLDER, outputs, value
+from tests.loop.test_closed_loop_notebook import FOLDER, ran_cleanly, the_loop_closed, value
 
 pytestmark = [pytest.mark.hub, pytest.mark.training, pytest.mark.serving]
 NOTEBOOK = REPO / "notebooks" / "closed_loop_text.ipynb"
@@ -22,12 +22,7 @@ NOTEBOOK = REPO / "notebooks" / "closed_loop_text.ipynb"
 def check_the_text_loop(notebook, total_s: float) -> dict:
     """Every code cell ran without an error, and the loop did its job; returns the summary
     written to test-artifacts/loop/summary_text.json."""
-    out = outputs(notebook)
-    errors = [(cid, o) for cid, outs in out.items() for o in outs if o["output_type"] == "error"]
-    assert not errors, errors
-    unrun = [cell["id"] for cell in notebook.cells
-             if cell["cell_type"] == "code" and cell.get("execution_count") is None]
-    assert not unrun, f"cells that never ran: {unrun}"
+    ran_cleanly(notebook)
     assert value(notebook, "text-03")["tests"] == "passed"
     served = value(notebook, "text-05")
     # the shift hurts, and shows as doubt
@@ -35,23 +30,10 @@ def check_the_text_loop(notebook, total_s: float) -> dict:
     assert served["confidence, NimbusPad"] < served["confidence, usual"], served
     drift = value(notebook, "text-06")
     assert drift["drifted"] is True and "oov" in drift["features"], drift
-    collected = value(notebook, "text-07")
-    assert collected["unsure"] > 0 and collected["flagged"] == 1, collected
-    labeled = value(notebook, "text-09")
-    assert labeled["labeled"] == collected["unsure"] + collected["flagged"], labeled
-    compared = value(notebook, "text-10b")
-    # the challenger learnt the shorthand and kept the old customers: within 5 points on
-    # the 100 held-out messages of v1
-    assert compared["challenger_acc_shifted"] > compared["champion_acc_shifted"] + 0.2, compared
-    assert compared["challenger_acc_test"] >= compared["champion_acc_test"] - 0.05, compared
-    promoted = value(notebook, "text-11")
-    assert promoted["promoted"] is True, promoted
+    # the challenger learnt the shorthand and kept the old customers
+    collected, compared = the_loop_closed(notebook, "text", shifted_margin=0.2)
     after = value(notebook, "text-12")
     assert after["NimbusPad, after"] > after["NimbusPad, before"] + 0.2, after
-    sources = value(notebook, "text-14")
-    assert any(data.endswith("@v2") and relation == "trained_on"
-               and from_production == labeled["labeled"]
-               for data, relation, from_production in sources), sources
     summary = {"total_s": round(total_s, 1), **served, "drifted_features": drift["features"],
                **collected, **compared, **after}
     FOLDER.mkdir(parents=True, exist_ok=True)
