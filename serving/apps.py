@@ -376,13 +376,10 @@ class AppsServer(Voila):
         name, _, selector = version.partition("@")
         card_url = (f"{self.api_url.rstrip('/')}/models/{quote(name, safe='')}/versions/"
                     f"{quote(selector or 'latest', safe='')}")
-        try:
-            fetches = [self._get_json(card_url, token)]
-            if cached is None or cached[0] < time.monotonic():
-                fetches.append(self._get_json(url.rstrip("/") + "/metadata", token))
-            found = await asyncio.gather(*fetches, return_exceptions=True)
-        except OSError:
-            return None
+        fetches = [self._get_json(card_url, token)]
+        if cached is None or cached[0] < time.monotonic():
+            fetches.append(self._get_json(url.rstrip("/") + "/metadata", token))
+        found = await asyncio.gather(*fetches, return_exceptions=True)  # failures: values
         if len(found) == 2:
             if isinstance(found[1], BaseException):
                 return None

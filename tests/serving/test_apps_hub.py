@@ -127,6 +127,9 @@ def test_who_may_open_the_app(platform):
     assert member.status_code == 200, member.text[-2000:]
     assert "application/vnd.jupyter.widget-view+json" in member.text
     assert "Traceback" not in member.text
+    admin = visit(platform, "admin")  # admins open every release's app
+    assert admin.status_code == 200 and "kernelId" in admin.text
+    shutdown_kernels(platform, "admin", kernel_of(admin.text))
     other = visit(platform, "other")  # the release is not shared with them
     assert other.status_code == 404 and "No such app" in other.text
     assert "kernelId" not in other.text
