@@ -107,6 +107,7 @@ class TrainingJobsHandler(TrainingHandler):
     async def post(self) -> None:
         spec = TrainingSpec.from_json(self.body)
         accepted = await in_thread(self.service.check, self.actor, spec)
+        accepted = await in_thread(self.service.pin_start, self.actor, accepted, self.ctx.models)
         self.write_json(self.queue_info(await submit(self, accepted)))
 
     def get(self) -> None:

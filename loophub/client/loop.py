@@ -38,12 +38,14 @@ class Loop:
         return self.client.request("POST", _path(release, "collect"), json=body)
 
     def retrain(self, champion: str, *, dataset: str, params: dict | None = None,
-                held_out: str | None = None, split: str = "test",
+                warm_start: bool = False, held_out: str | None = None, split: str = "test",
                 register_as: str | None = None, progress: bool = True,
                 timeout: float | None = None) -> Comparison:
         """Train a challenger with CHAMPION's training job spec (a model version, e.g.
         "digits@champion": same recipe or function, workers and parameters, PARAMS
-        changed) on DATASET (the new version, NAME@vN), register it as a new version of
+        changed) on DATASET (the new version, NAME@vN), from the champion's own weights
+        when WARM_START (fine-tuning: the recipe's ``init_from``; it keeps what the champion
+        knew, so the challenger rarely loses on the old data), register it as a new version of
         REGISTER_AS (default: the champion's model), and evaluate both on the fixed
         held-out SPLIT of HELD_OUT (default: the dataset version the champion learnt
         from) and on the production slice of DATASET's SPLIT (records collected from a
@@ -59,7 +61,12 @@ class Loop:
                                       "training job, so there is no spec to reuse; train "
                                       "it with client.training.run and register the job")
         spec = dict(training.view(champ["job"])["spec"])
-        spec.update(dataset=dataset, params={**(spec.get("params") or {}), **(params or {})})
+        kept = dict(spec.get("params") or {})
+        # a fine-tuned champion's own start is not a parameter to reuse
+        start = {"init_from": champ["ref"]} if warm_start else (
+            {"init_from": ""} if "init_from" in kept else {})
+        spec.update(dataset=dataset,
+                    params={**kept, **start, **(params or {})})
         spec.pop("name", None)
         job = training.submit(spec)
         job.wait(progress=progress, timeout=timeout)

@@ -178,6 +178,10 @@ class ApiChannel:
     def put_artifact(self, data: bytes, meta: dict) -> str:
         return self.training.put_artifact(self.job_id, data, meta)
 
+    def model_artifact(self, ref: str) -> tuple[bytes, dict]:
+        models = self.training.client.models  # read as the job's owner
+        return models.artifact(ref), models.get(ref)["meta"]
+
     def stop_requested(self) -> str | None:
         if time.monotonic() - self._checked >= self.poll:
             self._checked = time.monotonic()

@@ -60,6 +60,8 @@ class Channel(Protocol):
 
     def put_artifact(self, data: bytes, meta: dict) -> str: ...
 
+    def model_artifact(self, ref: str) -> tuple[bytes, dict]: ...
+
     def stop_requested(self) -> str | None: ...
 
 
@@ -92,6 +94,15 @@ class FolderChannel:
         (self.folder / "model.pt").write_bytes(data)
         (self.folder / "model.json").write_text(json.dumps(meta))
         return "model"
+
+    def model_artifact(self, ref: str) -> tuple[bytes, dict]:
+        """REF is the folder of an earlier plain run (its model.pt and model.json)."""
+        folder = Path(ref)
+        if not (folder / "model.pt").is_file():
+            raise FileNotFoundError(f"init_from: {folder} holds no model.pt; a plain run "
+                                    "starts from the folder of an earlier plain run")
+        return ((folder / "model.pt").read_bytes(),
+                json.loads((folder / "model.json").read_text()))
 
     def stop_requested(self) -> str | None:
         return self.stop
@@ -228,6 +239,17 @@ class TrainContext:
         import torch
 
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+    def initial_model(self, ref: str) -> tuple[Any, dict]:
+        """The model version REF (pinned to NAME@vN when the job was accepted) to start
+        from instead of random weights: its TorchScript module (torch.jit.load, no pickle)
+        and its meta (labels, preprocess, recipe). Every rank reads it, so all start alike."""
+        import torch
+
+        data, meta = self.channel.model_artifact(ref)
+        module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+        self.log(f"starting from the weights of {ref}")
+        return module, meta
 
     def barrier(self) -> None:
         if self.world_size > 1:

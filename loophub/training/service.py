@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -89,6 +89,31 @@ class TrainingService:
             raise InvalidInput(f"dataset {spec.dataset} has no records to train on",
                                detail={"field": "dataset"})
         return Accepted(spec, version, params)
+
+    def pin_start(self, actor: Actor, accepted: Accepted, models) -> Accepted:
+        """A job that starts from a model version (the ``init_from`` parameter) names it
+        exactly (NAME@vN: an alias may move before a retry), after checking that ACTOR
+        may read it and that its recipe and labels are the job's. MODELS: the registry."""
+        ref = accepted.params.get("init_from")
+        if not ref:
+            return accepted
+        try:
+            version = models.resolve(actor, ref)
+        except (NotFound, InvalidInput) as exc:
+            raise InvalidInput(f"training.params.init_from: {exc}",
+                               detail={"field": "params.init_from"}) from None
+        recipe_of = (version.get("meta") or {}).get("recipe") or "an analyst's function"
+        labels = [c["name"] for c in accepted.version["label_schema"].get("classes", [])]
+        why = (f"it was trained by {recipe_of}, this job runs {accepted.spec.recipe}"
+               if recipe_of != accepted.spec.recipe else
+               f"its labels {version.get('labels')} are not the dataset's {labels}"
+               if list(version.get("labels") or []) != labels else None)
+        if why:
+            raise InvalidInput(f"training.params.init_from: {version['ref']} cannot start "
+                               f"this job: {why}; start from a version of the same recipe "
+                               "and labels, or leave init_from empty",
+                               detail={"field": "params.init_from"})
+        return replace(accepted, params={**accepted.params, "init_from": version["ref"]})
 
     def create(self, actor: Actor, accepted: Accepted, *, cause: str = "") -> dict:
         spec, version = accepted.spec, accepted.version

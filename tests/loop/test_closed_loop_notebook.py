@@ -45,13 +45,13 @@ def ran_cleanly(notebook) -> None:
     assert not unrun, f"cells that never ran: {unrun}"
 
 
-def the_loop_closed(notebook, prefix: str, shifted_margin: float) -> tuple[dict, dict]:
+def the_loop_closed(notebook, prefix: str, shifted_margin: float, test_loss_max: float
+                    ) -> tuple[dict, dict]:
     """What both tutorials show from collection to lineage (cells PREFIX-07 to -14): the
     weak inputs went back to labeling and were labeled; the challenger answers the shifted
-    slice better by SHIFTED_MARGIN and loses at most 5 points on the held-out test split
-    (one digit is a point there; DDP training is not bit-reproducible, and runs moved 0 to
-    3 points either way); it was promoted; the new version's lineage holds every labeled
-    production record. Returns (collected, compared)."""
+    slice better by SHIFTED_MARGIN and loses at most TEST_LOSS_MAX on the held-out test
+    split; it was promoted; the new version's lineage holds every labeled production
+    record. Returns (collected, compared)."""
     collected = value(notebook, f"{prefix}-07")
     assert collected["unsure"] > 0 and collected["flagged"] == 1, collected
     labeled = value(notebook, f"{prefix}-09")
@@ -59,7 +59,8 @@ def the_loop_closed(notebook, prefix: str, shifted_margin: float) -> tuple[dict,
     compared = value(notebook, f"{prefix}-10b")
     assert compared["challenger_acc_shifted"] > \
         compared["champion_acc_shifted"] + shifted_margin, compared
-    assert compared["challenger_acc_test"] >= compared["champion_acc_test"] - 0.05, compared
+    assert compared["challenger_acc_test"] >= compared["champion_acc_test"] - test_loss_max, \
+        compared
     promoted = value(notebook, f"{prefix}-11")
     assert promoted["promoted"] is True, promoted
     sources = value(notebook, f"{prefix}-14")
@@ -75,7 +76,10 @@ def check_the_loop(notebook, total_s: float, **extra) -> dict:
     ran_cleanly(notebook)
     served = value(notebook, "loop-05")
     assert served["new scanner"] < served["old scanner"], served  # the shift hurts
-    collected, compared = the_loop_closed(notebook, "loop", shifted_margin=0.1)
+    # the issue's figure: no loss over half a point on the ~300 held-out digits (one digit
+    # is 0.33 points); the challenger is fine-tuned from the champion (warm_start)
+    collected, compared = the_loop_closed(notebook, "loop", shifted_margin=0.1,
+                                          test_loss_max=0.005)
     after = value(notebook, "loop-12")
     assert after["new scanner, after"] > after["new scanner, before"], after
     summary = {"total_s": round(total_s, 1), **compared, **after,

@@ -31,7 +31,10 @@ def check_the_text_loop(notebook, total_s: float) -> dict:
     drift = value(notebook, "text-06")
     assert drift["drifted"] is True and "oov" in drift["features"], drift
     # the challenger learnt the shorthand and kept the old customers
-    collected, compared = the_loop_closed(notebook, "text", shifted_margin=0.2)
+    # trained from scratch (the text recipes build their vocabulary from the data, so
+    # they cannot start from the champion): one message of the 100 held out may go
+    collected, compared = the_loop_closed(notebook, "text", shifted_margin=0.2,
+                                          test_loss_max=0.01)
     after = value(notebook, "text-12")
     assert after["NimbusPad, after"] > after["NimbusPad, before"] + 0.2, after
     summary = {"total_s": round(total_s, 1), **served, "drifted_features": drift["features"],

@@ -73,3 +73,49 @@ def test_a_challenger_trained_on_production_labels_is_compared_with_the_champion
                        for k, r in rows.items() if k[1] == "accuracy"})
     with pytest.raises(errors.NotFound):
         client.loop.retrain("nothing@champion", dataset="digits@v2")
+
+
+def test_a_warm_start_begins_from_the_champion_pinned_and_read_as_its_owner(digits, api, tmp_path):  # noqa: F811
+    from tests.training.conftest import digits_folder
+
+    client = digits
+    job = client.training.run("image-cnn", dataset="digits@v1", params=CNN,
+                              per_worker={"cpu": 1, "mem": "2G"})
+    job.wait(progress=False, timeout=300)
+    champion = client.models.register("digits", job=job)
+    client.models.alias("digits", "champion", champion["version"], force=True,
+                        reason="the first model")
+    production_digits(client, count=30)
+    client.datasets.commit("digits", "30 inverted digits from production, labeled")
+
+    comparison = client.loop.retrain("digits@champion", dataset="digits@v2", warm_start=True,
+                                     params={"epochs": 2}, progress=False, timeout=300)
+    challenger = client.models.get(comparison["challenger"])
+    spec = client.training.view(challenger["job"])["spec"]
+    assert spec["params"]["init_from"] == "digits@v1"  # pinned: the alias may move later
+    lines = [row["line"] for row in client.training.logs(challenger["job"])["lines"]]
+    assert any("starting from the weights of digits@v1" in line for line in lines), lines
+    fixed = next(r for r in comparison["rows"]
+                 if r["on"] == "digits@v1 test" and r["metric"] == "accuracy")
+    assert fixed["challenger"] > 0.5, fixed  # it kept what the champion learnt (chance 0.1)
+    # retraining the fine-tuned challenger from scratch does not inherit its start
+    again = client.loop.retrain(comparison["challenger"], dataset="digits@v2",
+                                params={"epochs": 1}, progress=False, timeout=300)
+    again_spec = client.training.view(client.models.get(again["challenger"])["job"])["spec"]
+    assert again_spec["params"]["init_from"] == ""
+
+    with pytest.raises(errors.InvalidInput, match=r"init_from.*trained by image-cnn"):
+        client.training.run("image-resnet", dataset="digits@v2",
+                            params={"init_from": "digits@champion", "image_size": 16})
+    with pytest.raises(errors.InvalidInput, match=r"init_from.*no model named 'nothing'"):
+        client.training.run("image-cnn", dataset="digits@v2",
+                            params={**CNN, "init_from": "nothing@v1"})
+    # another user cannot start from ann's private model: it does not exist for them
+    bob = api.client("bob")
+    bob.datasets.create("bobs", label_schema=digits_folder(tmp_path / "bobs", count=40))
+    bob.datasets.import_("bobs", tmp_path / "bobs", "loophub", progress=False)
+    bob.datasets.commit("bobs", "40 digits")
+    with pytest.raises(errors.InvalidInput, match=r"init_from.*that you can see"):
+        bob.training.run("image-cnn", dataset="bobs@v1",
+                         params={**CNN, "init_from": "digits@v1"})
+    assert bob.training.jobs() == []

@@ -638,3 +638,23 @@ def test_metrics_summed_over_two_ranks_equal_one_rank(tmp_path):
             {k: v for k, v in one.items() if k != "test_tokens_here"})
     assert one["test_tokens"] == one["test_tokens_here"]
     assert one["test_O"] + one["test_B-PER"] + one["test_I-PER"] < one["test_tokens"]
+
+
+def test_a_start_from_another_network_or_labels_or_size_is_refused_with_what_to_do():
+    from loophub.training.recipes.image import load_weights, resnet, small_cnn, starting_preprocess
+
+    meta = {"labels": ["0", "1"], "preprocess": {"kind": "image", "mode": "L", "size": [16, 16],
+                                                 "scale": 1 / 255, "mean": [0.3], "std": [0.4]}}
+    assert starting_preprocess("m@v1", meta, ["0", "1"], "L", 16) == meta["preprocess"]
+    with pytest.raises(ValueError, match=r"init_from m@v1: its labels .* same order"):
+        starting_preprocess("m@v1", meta, ["1", "0"], "L", 16)
+    with pytest.raises(ValueError, match="set image_size"):
+        starting_preprocess("m@v1", meta, ["0", "1"], "L", 32)
+    cnn = small_cnn(1, 2, 16)
+    scripted = torch.jit.trace(cnn.eval(), torch.zeros(1, 1, 16, 16))
+    fresh = small_cnn(1, 2, 16)
+    load_weights(fresh, scripted, "m@v1")
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(),
+                                                 cnn.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match="its network is not this recipe's"):
+        load_weights(resnet(1, 2, 16), scripted, "m@v1")

@@ -1,4 +1,5 @@
-"""Built-in recipes, by name. Each trains from scratch (no weights can be downloaded),
+"""Built-in recipes, by name. Each trains from scratch (no weights can be downloaded; the
+image recipes may start from a version in the platform's own registry, ``init_from``),
 driven by the dataset's label schema, and leaves a servable artifact (TorchScript plus
 its preprocessing and label names) that needs no user code to load.
 

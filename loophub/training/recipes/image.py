@@ -1,4 +1,5 @@
-"""Image classification from scratch: a small CNN and a ResNet-style net.
+"""Image classification: a small CNN and a ResNet-style net, trained from scratch or
+fine-tuned from a version in the model registry (``init_from``).
 
 Images are read from the materialized version, converted to the recipe's mode (L or
 RGB), resized, scaled to [0, 1] and normalised with the training split's mean and std;
@@ -35,6 +36,10 @@ COMMON = {
     "channels": (0, "1 (grayscale) or 3 (RGB); 0: from the first image"),
     "augment": (True, "random shifts (up to 1/8 of the size) and rotations (10 degrees)"),
     "seed": (0, "random seed"),
+    "init_from": ("", "a model version (NAME@VERSION or NAME@ALIAS, pinned to NAME@vN when "
+                      "the job is accepted) trained by the same recipe on the same labels, "
+                      "whose weights and preprocessing start this run (fine-tuning); "
+                      "empty: random weights"),
     "checkpoint_every": (0, "steps between checkpoints (0: at each epoch's end)"),
     "num_workers": (0, "DataLoader worker processes per rank"),
 }
@@ -188,6 +193,34 @@ def accuracy_counts(logits, targets) -> dict[str, float]:
     return {"accuracy_sum": float((logits.argmax(1) == targets).sum()), "n": float(len(targets))}
 
 
+def starting_preprocess(ref: str, meta: dict, labels: list[str], mode: str, size: int
+                        ) -> dict:
+    """The preprocessing of the model version REF that a run starts from: kept as it is
+    (its normalisation is what its weights learnt on). Its labels, image mode and size
+    must be this run's, else its outputs and inputs would mean something else."""
+    if list(meta.get("labels") or []) != list(labels):
+        raise ValueError(f"init_from {ref}: its labels {meta.get('labels')} are not the "
+                         f"dataset's {labels} (same names, same order); start from a "
+                         "version trained on this label schema, or from random weights")
+    pre = dict(meta.get("preprocess") or {})
+    if pre.get("mode") != mode or list(pre.get("size") or []) != [size, size]:
+        raise ValueError(f"init_from {ref}: it was trained on {pre.get('size')} "
+                         f"{pre.get('mode')} images, this run makes {[size, size]} {mode} "
+                         "ones; set image_size (and channels) as it had them")
+    return pre
+
+
+def load_weights(model, initial, ref: str) -> None:
+    """INITIAL's weights into MODEL (a TorchScript module traced from the same recipe)."""
+    try:
+        model.load_state_dict(initial.state_dict())
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ValueError(f"init_from {ref}: its network is not this recipe's "
+                         f"({first[0].strip()}); start from a version trained by the same "
+                         "recipe") from None
+
+
 def train_classifier(ctx: TrainContext, build) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
@@ -200,9 +233,14 @@ def train_classifier(ctx: TrainContext, build) -> dict[str, Any]:
     index = {name: i for i, name in enumerate(labels)}
     size = int(p["image_size"])
     mode = detect_mode(ctx, int(p["channels"]))
-    mean, std = image_stats(ctx, mode, size)
-    preprocess = {"kind": "image", "mode": mode, "size": [size, size], "scale": 1 / 255,
-                  "mean": mean, "std": std}
+    initial = None
+    if p.get("init_from"):
+        initial, meta = ctx.initial_model(p["init_from"])
+        preprocess = starting_preprocess(p["init_from"], meta, labels, mode, size)
+    else:
+        mean, std = image_stats(ctx, mode, size)
+        preprocess = {"kind": "image", "mode": mode, "size": [size, size], "scale": 1 / 255,
+                      "mean": mean, "std": std}
 
     def sample(record: dict, version) -> tuple:
         pixels = prepare_image(version.media_path(record), preprocess)
@@ -210,6 +248,8 @@ def train_classifier(ctx: TrainContext, build) -> dict[str, Any]:
 
     channels = 1 if mode == "L" else 3
     model = build(channels, len(labels), size)
+    if initial is not None:
+        load_weights(model, initial, p["init_from"])
     config = LoopConfig.from_params(p, checkpoint_every=int(p["checkpoint_every"]) or None)
     augment = augmenter(size) if p["augment"] else None
 
