@@ -79,6 +79,7 @@ DISPLAY_SIDE = 1024                 # the detection result is shown at most this
 IMAGE_FORMATS = ("PNG", "JPEG")
 TASKS = ("image_classification", "object_detection", "text_classification", "ner")
 NO_LABEL = ""                       # the flag dropdown's "no label" choice
+NO_LABEL_OPTION = ("the right label…", NO_LABEL)
 PALETTE = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
            "#9a6324", "#808000", "#000075", "#469990", "#bfef45")
 SPAN_COLORS = ("#ffe08a", "#b5e3b6", "#b9d3f5", "#f7c59f", "#dcc6f0", "#b8eef7", "#f7bde8",
@@ -489,19 +490,21 @@ class PredictionApp(w.VBox):
     task = ""
     label_flag = True  # a right label makes sense for the whole answer
 
-    def __init__(self, session: AppSession, info: Mapping[str, Any]) -> None:
-        self.session = session
-        self.info = dict(info)
-        self.labels: list[str] = list(self.info.get("labels") or [])
-        if session._info is None:  # an app built from an info dict of its own
-            session._info = self.info
+    def __init__(self, session: AppSession | None = None,
+                 info: Mapping[str, Any] | None = None) -> None:
+        """The app's widgets, bound to SESSION and INFO when given (``bind``). A preheated
+        kernel builds them before any visitor arrives (``serve(task)``): creating its
+        widgets sends some 65 messages through Voila, which then cost the pool's refill,
+        not the visit; binding sends a handful."""
+        self.session: AppSession | None = None
+        self.info: dict[str, Any] = {}
+        self.labels: list[str] = []
         self.answer: Answer | None = None
         self.calls = 0  # answers received
         self.flagged = ""  # the request id flagged last
 
         self.css = w.HTML(f"<style>{CSS}</style>", layout=w.Layout(display="none"))
-        self.brand = _classes(w.HTML(brand_html(self.info), layout=_full_width()),
-                              "lh-app-brand")
+        self.brand = _classes(w.HTML("", layout=_full_width()), "lh-app-brand")
         self.predict_button = _classes(w.Button(description="Predict", button_style="primary",
                                                 icon="play", layout=w.Layout(width="auto")),
                                        "lh-app-predict")
@@ -509,8 +512,7 @@ class PredictionApp(w.VBox):
         self.result = _classes(w.HTML("", layout=_full_width()), "lh-app-result")
         self.latency = _classes(w.HTML("", layout=_full_width()), "lh-app-latency")
         self.request = _classes(w.HTML("", layout=_full_width()), "lh-app-request")
-        options = [("the right label…", NO_LABEL)] + [(label, label) for label in self.labels]
-        self.flag_label = _classes(w.Dropdown(options=options, value=NO_LABEL,
+        self.flag_label = _classes(w.Dropdown(options=[NO_LABEL_OPTION], value=NO_LABEL,
                                               description="Right label",
                                               layout=_full_width()), "lh-app-flag-label")
         self.flag_note = _classes(w.Text(value="", placeholder="what was wrong (optional)",
@@ -519,13 +521,9 @@ class PredictionApp(w.VBox):
         self.flag_button = _classes(w.Button(description="Flag a wrong answer",
                                              icon="flag", disabled=True,
                                              layout=w.Layout(width="auto")), "lh-app-flag")
-        flag_children: list[w.Widget] = [w.HTML("<b>Wrong answer?</b> Tell the model's "
-                                                "owner.")]
-        if self.label_flag and self.labels:
-            flag_children.append(self.flag_label)
-        flag_children += [self.flag_note, self.flag_button]
-        self.flag_box = _classes(w.VBox(flag_children, layout=_full_width()),
-                                 "lh-app-flag-box")
+        self.flag_intro = w.HTML("<b>Wrong answer?</b> Tell the model's owner.")
+        self.flag_box = _classes(w.VBox([self.flag_intro, self.flag_note, self.flag_button],
+                                        layout=_full_width()), "lh-app-flag-box")
         self.predict_button.on_click(self._on_predict)
         self.flag_button.on_click(self._on_flag)
         super().__init__([self.css, self.brand, *self.inputs(), self.predict_button,
@@ -533,6 +531,23 @@ class PredictionApp(w.VBox):
                           self.request, self.flag_box],
                          layout=w.Layout(width="100%", max_width="720px", margin="0 auto"))
         _classes(self, "lh-app", f"lh-app-{self.task.replace('_', '-')}")
+        if session is not None:
+            self.bind(session, info or {})
+
+    def bind(self, session: AppSession, info: Mapping[str, Any]) -> PredictionApp:
+        """Serve the visitor of SESSION with the release INFO describes (``session.info()``):
+        its model, version and card in the header, its labels to flag with."""
+        self.session, self.info = session, dict(info)
+        self.labels = list(self.info.get("labels") or [])
+        if session._info is None:  # an app built from an info dict of its own
+            session._info = self.info
+        self.brand.value = brand_html(self.info)
+        self.flag_label.options = [NO_LABEL_OPTION] + [(label, label) for label in self.labels]
+        self.flag_label.value = NO_LABEL
+        if self.label_flag and self.labels:
+            self.flag_box.children = (self.flag_intro, self.flag_label, self.flag_note,
+                                      self.flag_button)
+        return self
 
     # -- what subclasses give ---------------------------------------------------------------
 
@@ -571,10 +586,18 @@ class PredictionApp(w.VBox):
         finally:
             self.predict_button.disabled = False
 
+    @property
+    def bound(self) -> AppSession:
+        if self.session is None:
+            raise errors.Unavailable("this app is not connected to a release yet; open it "
+                                     "from the release's app link")
+        return self.session
+
     def predict(self) -> None:
         instance = self.instance()  # raises InvalidInput before anything is sent
+        session = self.bound
         self.say("Asking the model…")
-        answer = self.session.predict([instance])
+        answer = session.predict([instance])
         self.answer = answer
         self.calls += 1
         self.show(answer)
@@ -605,7 +628,7 @@ class PredictionApp(w.VBox):
         note = self.flag_note.value
         if not isinstance(note, str) or len(note) > MAX_NOTE:
             raise errors.InvalidInput(f"the note is too long (at most {MAX_NOTE} characters)")
-        self.session.flag(self.answer.request_id, label=label or None, note=note.strip())
+        self.bound.flag(self.answer.request_id, label=label or None, note=note.strip())
         self.flagged = self.answer.request_id
         self.flag_note.value = ""
         self.say("Thank you: your flag was sent to the model's owner"
@@ -766,13 +789,31 @@ def message_app(text: str, kind: str = "error") -> w.Widget:
         width="100%", max_width="720px", margin="0 auto")), "lh-app", "lh-app-unavailable")
 
 
-def build_app(session: AppSession, info: Mapping[str, Any]) -> w.Widget:
-    """The app of INFO's task (``session.info()``), or a message for a task without one."""
+def build_app(session: AppSession, info: Mapping[str, Any],
+              prebuilt: PredictionApp | None = None) -> w.Widget:
+    """The app of INFO's task (``session.info()``), or a message for a task without one.
+    PREBUILT: an unbound app built earlier (``serve(task)``), used when its task is
+    INFO's, else discarded."""
     cls = APPS.get(str(info.get("task")))
+    if prebuilt is not None and cls is not None and type(prebuilt) is cls:
+        return prebuilt.bind(session, info)
+    discard(prebuilt)
     if cls is None:
         return message_app(f"There is no app for this model's task "
                            f"({info.get('task')!s:.40}); it answers over its REST API.")
     return cls(session, info)
+
+
+def discard(app: w.Widget | None) -> None:
+    """Close APP and every widget under it (their models leave the kernel and the page)."""
+    if app is None:
+        return
+    for child in getattr(app, "children", ()):
+        discard(child)
+    for part in ("layout", "style"):
+        if isinstance(getattr(app, part, None), w.Widget):
+            getattr(app, part).close()
+    app.close()
 
 
 # -- in the Voila kernel --------------------------------------------------------------------
@@ -824,40 +865,48 @@ def wait_for_request(url: str | None = None) -> None:
                     os.environ[key] = value
 
 
-def app_from_environ(environ: Mapping[str, str] | None = None) -> w.Widget:
+def app_from_environ(environ: Mapping[str, str] | None = None,
+                     prebuilt: PredictionApp | None = None) -> w.Widget:
     """The app for the visitor and release ENVIRON names (default: os.environ), or a
-    message saying what is missing or wrong."""
+    message saying what is missing or wrong. PREBUILT: see ``build_app``."""
     env = os.environ if environ is None else environ
     api_url, release = env.get(ENV_API_URL, ""), env.get(ENV_RELEASE, "")
     token = env.get(ENV_VISITOR, "")
-    if not api_url:
-        return message_app("This app is not set up: the platform's API address "
-                           f"({ENV_API_URL}) is missing. Ask an administrator.")
-    if not release:
-        return message_app("No model was chosen: open this app from the model's release "
-                           "page (its app link).")
-    if not token:
-        return message_app("You are not signed in: open this app through the hub "
-                           "(its app link) to use the model as yourself.")
+    missing = ("This app is not set up: the platform's API address "
+               f"({ENV_API_URL}) is missing. Ask an administrator." if not api_url else
+               "No model was chosen: open this app from the model's release page (its app "
+               "link)." if not release else
+               "You are not signed in: open this app through the hub (its app link) to use "
+               "the model as yourself." if not token else None)
+    if missing:
+        discard(prebuilt)
+        return message_app(missing)
     try:
         prefetched = json.loads(env.get(ENV_PREFETCH) or "null")
     except ValueError:
         prefetched = None  # read afresh
     try:
         session = AppSession(api_url, token, release)
-        return build_app(session, session.info(prefetched))
+        return build_app(session, session.info(prefetched), prebuilt)
     except Exception as exc:
         if not isinstance(exc, errors.LoophubError):
             log.exception("app for release %r: %s", release, type(exc).__name__)
+        discard(prebuilt)
         return message_app(f"The app for {release[:MAX_RELEASE_NAME]} cannot start: "
                            f"{friendly(exc)}")
 
 
-def serve() -> None:
-    """What a template notebook runs: wait for the visitor (preheated kernels), then show
-    the app of the release they asked for, as them."""
+def serve(task: str | None = None) -> None:
+    """What a template notebook runs: build the app of TASK (the template's task; none:
+    built after the visitor arrives), wait for the visitor (preheated kernels), then show
+    the app of the release they asked for, as them. In a preheated kernel the widgets are
+    made while the pool fills, so a visit only binds them to its release."""
+    if task is not None and task not in APPS:
+        log.warning("serve(%r): no app for that task; the app is built after the visitor "
+                    "arrives (tasks: %s)", task, ", ".join(APPS))
+    prebuilt = APPS[task]() if task in APPS else None
     wait_for_request()
-    widget = app_from_environ()
+    widget = app_from_environ(prebuilt=prebuilt)
     for name in (ENV_VISITOR, ENV_PREFETCH):  # the session holds them; nothing else needs them
         os.environ.pop(name, None)
     display(widget)

@@ -480,6 +480,47 @@ def test_the_environment_chooses_the_app(platform: Platform) -> None:
     assert "no app for this model&#x27;s task (tabular)" in by_class(app, "lh-app-message")[0].value
 
 
+def widget_state(app: apps.PredictionApp) -> dict:
+    """What a visitor sees of APP: the header, the flag choices and the flag box."""
+    return {"brand": app.brand.value, "options": app.flag_label.options,
+            "flag": [type(c).__name__ for c in app.flag_box.children],
+            "classes": list(app._dom_classes)}
+
+
+def test_an_app_built_before_the_visitor_is_bound_to_their_release(platform: Platform) -> None:
+    env = {apps.ENV_API_URL: f"{platform.url}/api", apps.ENV_RELEASE: "digits",
+           apps.ENV_VISITOR: TOKEN}
+    for task in apps.TASKS:
+        platform.task = task
+        prebuilt = apps.APPS[task]()  # what serve(task) makes while the pool fills
+        assert prebuilt.session is None and prebuilt.brand.value == ""
+        calls = len(platform.calls)
+        prebuilt.predict_button.click()  # unbound: a message, nothing sent
+        assert "lh-app-msg-error" in prebuilt.message.value
+        assert len(platform.calls) == calls
+        app = apps.app_from_environ(env, prebuilt=prebuilt)
+        assert app is prebuilt and app.session is not None
+        fresh = apps.app_from_environ(env)
+        assert widget_state(app) == widget_state(fresh), task
+        assert len(platform.calls) > calls  # it read the release as the visitor
+    unbound = apps.TextClassificationApp()
+    unbound.text.value = "a valid text"
+    unbound.predict_button.click()
+    assert "not connected to a release" in unbound.message.value
+    # the release's task is not the template's: a fresh app, the prebuilt one closed
+    platform.task = "text_classification"
+    prebuilt = apps.ImageClassificationApp()
+    app = apps.app_from_environ(env, prebuilt=prebuilt)
+    assert isinstance(app, apps.TextClassificationApp)
+    assert prebuilt.comm is None and prebuilt.upload.comm is None
+    assert prebuilt.brand.layout.comm is None
+    # a visitor who cannot open it: the message, the prebuilt app closed
+    prebuilt = apps.ImageClassificationApp()
+    app = apps.app_from_environ({**env, apps.ENV_VISITOR: "someone-else"}, prebuilt=prebuilt)
+    assert "not signed in" in by_class(app, "lh-app-message")[0].value
+    assert prebuilt.comm is None
+
+
 def test_a_preheated_kernel_waits_for_the_request(monkeypatch: pytest.MonkeyPatch) -> None:
     import websockets
 
@@ -545,6 +586,6 @@ def test_the_template_notebooks() -> None:
         assert kinds == ["markdown", "code", "code"]
         assert "lh-admin-note" in nb.cells[0].metadata.tags
         assert nb.cells[1].source == "from loophub.widgets.apps import serve"
-        assert nb.cells[2].source == "serve()"
+        assert nb.cells[2].source == f'serve("{task}")'  # built before the visitor
         assert all(cell.get("id") for cell in nb.cells)
         assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")
