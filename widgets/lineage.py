@@ -61,6 +61,7 @@ def _version_sections(version: dict, role: str) -> list[tuple[str, str]]:
         out.append((f"{role}Training job {job['id']}", _table(
             [("readable", "no: another user's job")] if not job["readable"] else [
                 ("recipe", job["recipe"]), ("dataset", job["dataset"]),
+                ("started from", job.get("started_from") or "random weights"),
                 ("workers", job["workers"]), ("parameters", job["params"]),
                 ("state", job["state"]), ("owner", job["owner"])])))
     for used in version["datasets"]:

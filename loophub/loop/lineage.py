@@ -87,7 +87,9 @@ class Lineage:
         return {"id": job_id, "readable": True, "owner": job.get("owner"),
                 "state": job.get("state"), "dataset": job.get("dataset"),
                 "recipe": spec.get("recipe") or (spec.get("function") or {}).get("name"),
-                "params": spec.get("params"), "workers": spec.get("workers")}
+                "params": spec.get("params"), "workers": spec.get("workers"),
+                # fine-tuned from this model version (pinned when the job was accepted)
+                "started_from": (spec.get("params") or {}).get("init_from") or None}
 
     def _sources_of(self, actor: Actor, used: dict) -> dict:
         key = used["version"]
