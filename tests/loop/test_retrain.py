@@ -39,16 +39,22 @@ def production_digits(client, count: int = 60) -> list[str]:
     return ids
 
 
-def test_a_challenger_trained_on_production_labels_is_compared_with_the_champion(digits):  # noqa: F811
-    client = digits
+def champion_then_production(client, count: int) -> None:
+    """digits@v1 (model) trained on digits@v1 and aliased champion; then COUNT labeled
+    production digits committed as digits@v2."""
     job = client.training.run("image-cnn", dataset="digits@v1", params=CNN,
                               per_worker={"cpu": 1, "mem": "2G"})
     job.wait(progress=False, timeout=300)
     champion = client.models.register("digits", job=job)
     client.models.alias("digits", "champion", champion["version"], force=True,
                         reason="the first model")
-    production_digits(client)
-    client.datasets.commit("digits", "60 inverted digits from production, labeled")
+    production_digits(client, count)
+    client.datasets.commit("digits", f"{count} inverted digits from production, labeled")
+
+
+def test_a_challenger_trained_on_production_labels_is_compared_with_the_champion(digits):  # noqa: F811
+    client = digits
+    champion_then_production(client, 60)
 
     comparison = client.loop.retrain("digits@champion", dataset="digits@v2", progress=False,
                                      timeout=300)
@@ -79,14 +85,7 @@ def test_a_warm_start_begins_from_the_champion_pinned_and_read_as_its_owner(digi
     from tests.training.conftest import digits_folder
 
     client = digits
-    job = client.training.run("image-cnn", dataset="digits@v1", params=CNN,
-                              per_worker={"cpu": 1, "mem": "2G"})
-    job.wait(progress=False, timeout=300)
-    champion = client.models.register("digits", job=job)
-    client.models.alias("digits", "champion", champion["version"], force=True,
-                        reason="the first model")
-    production_digits(client, count=30)
-    client.datasets.commit("digits", "30 inverted digits from production, labeled")
+    champion_then_production(client, 30)
 
     comparison = client.loop.retrain("digits@champion", dataset="digits@v2", warm_start=True,
                                      params={"epochs": 2}, progress=False, timeout=300)
