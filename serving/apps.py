@@ -122,6 +122,15 @@ class AppsAuthorizer(Authorizer):
     def may_use(self, kernel_id: str, user: Any) -> bool:
         return user is not None and self.owners.get(kernel_id) == user.username
 
+    def held(self) -> dict[str, int]:
+        """Kernels each visitor holds now (those still running)."""
+        known = set(self.parent.kernel_manager.list_kernel_ids())
+        counts: dict[str, int] = {}
+        for kernel_id, name in self.owners.items():
+            if kernel_id in known:
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
 
 class LocalRequestInfoHandler(RequestInfoSocketHandler):
     """Voila's channel that hands a preheated kernel its visitor's request: for the
@@ -173,6 +182,16 @@ class AppHandler(TornadoVoilaHandler):
                              f"{view.get('task') or 'task'} model, which has no app template "
                              "here; call its REST endpoint instead."))
             return
+        held = self.settings["authorizer"].held().get(self.current_user.username, 0)
+        if not self.apps.capacity.admits_visitor(held):
+            wait = self.apps.capacity.retry_after
+            self.set_status(429)
+            self.set_header("Retry-After", str(wait))
+            self.finish(page("Too many app pages", f"You have {held} app pages open, the "
+                             f"most one person may hold at once. Close one (its session "
+                             f"ends with its tab); this page tries again in {wait} s.",
+                             refresh=wait))
+            return
         in_use = self.apps.kernels_in_use()
         if not self.apps.capacity.admits(in_use):
             wait = self.apps.capacity.wait_seconds(in_use)
@@ -211,6 +230,8 @@ class StatusHandler(JupyterHandler):
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"kernels_in_use": apps.kernels_in_use(),
                                 "max_kernels": apps.capacity.max_kernels,
+                                "max_kernels_per_user": apps.capacity.per_user,
+                                "held": self.settings["authorizer"].held(),
                                 "pools": apps.pools_ready()}))
 
 
@@ -253,6 +274,9 @@ class AppsServer(Voila):
                         ).tag(config=True)
     preheat_on_start = List(Unicode(), help="Templates whose pools fill when the service "
                             "starts (e.g. [\"image_classification.ipynb\"]).").tag(config=True)
+    max_kernels_per_user = Integer(4, help="Kernels one visitor may hold at once (their "
+                                   "open app pages); past it their next page says to close "
+                                   "one (429). 0: no cap.").tag(config=True)
     max_kernels = Integer(16, help="Kernels in use by visitors at most (preheated ones "
                           "waiting do not count); past it a visitor gets a busy page at "
                           "once. 0: no cap.").tag(config=True)
@@ -272,7 +296,8 @@ class AppsServer(Voila):
         self.base_url = env.get("JUPYTERHUB_SERVICE_PREFIX") or DEFAULT_PREFIX
         self.root_dir = self.templates_dir
         self.api_url = self.api_url or env.get("LOOPHUB_API_URL", "")
-        self.capacity = Capacity(self.max_kernels, self.retry_after)
+        self.capacity = Capacity(self.max_kernels, self.retry_after,
+                                 self.max_kernels_per_user)
         self.hub_auth = resolved(HubOAuth(parent=self, cache_max_age=5))
         self.cookie_secret = service_cookie_secret()
         self.http = AsyncHTTPClient()

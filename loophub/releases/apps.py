@@ -54,9 +54,15 @@ class Capacity:
 
     max_kernels: int = 16
     retry_after: int = 10  # seconds a refused visitor is asked to wait
+    per_user: int = 4  # kernels one visitor may hold (their open app pages); 0: no cap
 
     def admits(self, in_use: int) -> bool:
         return self.max_kernels <= 0 or in_use < self.max_kernels
+
+    def admits_visitor(self, held: int) -> bool:
+        """A visitor holding HELD kernels may open one more (one person's tabs cannot
+        take the whole service's sessions)."""
+        return self.per_user <= 0 or held < self.per_user
 
     def wait_seconds(self, in_use: int) -> int:
         """The wait to suggest: longer the further past the cap (each extra visitor

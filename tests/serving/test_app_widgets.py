@@ -589,3 +589,14 @@ def test_the_template_notebooks() -> None:
         assert nb.cells[2].source == f'serve("{task}")'  # built before the visitor
         assert all(cell.get("id") for cell in nb.cells)
         assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")
+
+
+def test_the_caps_on_sessions() -> None:
+    from loophub.releases.apps import Capacity
+
+    cap = Capacity(max_kernels=8, retry_after=10, per_user=2)
+    assert cap.admits(7) and not cap.admits(8)
+    assert cap.admits_visitor(1) and not cap.admits_visitor(2)
+    assert cap.wait_seconds(8) == 10 and cap.wait_seconds(10) == 20 and cap.wait_seconds(99) == 60
+    unlimited = Capacity(max_kernels=0, per_user=0)
+    assert unlimited.admits(10_000) and unlimited.admits_visitor(10_000)

@@ -32,6 +32,7 @@ from tests.training.conftest import digits_folder
 pytestmark = [pytest.mark.hub, pytest.mark.serving]
 APPS_CONFIG = """
 c.AppsServer.max_kernels = 3
+c.AppsServer.max_kernels_per_user = 2
 c.AppsServer.pool_sizes = {"image_classification.ipynb": 1}
 c.AppsServer.retry_after = 7
 """
@@ -237,12 +238,18 @@ async def _craft(platform, kernel: str, marker) -> dict:
     return seen
 
 
-def test_past_the_cap_the_busy_page_answers_at_once(platform):
-    """3 kernels in use at most here: the fourth visitor waits for nothing."""
-    pages = [visit(platform, "member") for _ in range(3)]
+def test_past_the_caps_the_busy_pages_answer_at_once(platform):
+    """3 kernels in use at most here, 2 per visitor: a visitor's third page says to close
+    one, and the service's fourth visitor waits for nothing."""
+    pages = [visit(platform, "member") for _ in range(2)]
     assert all(p.status_code == 200 for p in pages)
+    mine = visit(platform, "member")
+    assert mine.status_code == 429 and "You have 2 app pages open" in mine.text, mine.text
+    assert int(mine.headers["Retry-After"]) == 7
+    owners = visit(platform, "owner")  # another visitor still gets in
+    assert owners.status_code == 200
     started = time.monotonic()
-    busy = visit(platform, "member")
+    busy = visit(platform, "admin")
     took = time.monotonic() - started
     assert busy.status_code == 503 and "Busy" in busy.text, busy.text[-500:]
     assert int(busy.headers["Retry-After"]) >= 7 and 'http-equiv="refresh"' in busy.text
@@ -251,9 +258,12 @@ def test_past_the_cap_the_busy_page_answers_at_once(platform):
     status = requests.get(f"{hub.url}/services/apps/status", timeout=30, headers={
         "Authorization": f"token {platform['tokens']['admin']}"}).json()
     assert status["kernels_in_use"] == 3 and status["max_kernels"] == 3, status
+    assert status["held"] == {platform["names"]["member"]: 2,
+                              platform["names"]["owner"]: 1}, status
     assert set(status["pools"]) == {"image_classification.ipynb"}, status  # (refilling)
     assert visit(platform, "member", "status").status_code == 403  # for admins
     shutdown_kernels(platform, "member", *(kernel_of(p.text) for p in pages))
+    shutdown_kernels(platform, "owner", kernel_of(owners.text))
     again = visit(platform, "member")  # room again
     assert again.status_code == 200
     shutdown_kernels(platform, "member", kernel_of(again.text))
