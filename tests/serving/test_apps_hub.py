@@ -3,7 +3,8 @@ service (Voila with preheated kernels), the gateway and a replica. An end user w
 notebook server signs in, opens the app on a phone-sized screen, uploads a digit, gets
 its class and flags an answer; a user the release is not shared with is refused; the
 owner sees the traffic and the drift on the dashboard; crafted kernel messages change
-nothing; past the kernel cap the next visitor gets the busy page at once.
+nothing; past the kernel caps (the service's, a visitor's) the next page says so at once;
+a text classifier's app answers a typed text in the browser.
 
 The platform here is its own (a cap of 3 kernels in use, a pool of 1), so the cap's
 test does not depend on what other tests left open."""
@@ -333,3 +334,50 @@ def test_an_end_user_predicts_and_flags_and_the_owner_sees_it(platform):
         assert page.locator("#app-link").get_attribute("href").endswith(
             f"/services/apps/{release}")
         assert "1" in page.inner_text("#flags tbody")  # the end user's flag, its label
+
+
+@pytest.mark.browser
+@pytest.mark.training
+def test_the_text_app_answers_in_a_browser(platform, tmp_path):
+    """The text-classification template, for a release of the text-classifier recipe: the
+    owner types a text and gets its topic, with the other topics' scores."""
+    import torch
+
+    from tests.browser import chromium_page, hub_login, require_chromium, screenshot
+    from tests.models.test_predictor import class_schema, train
+    from tests.training.test_recipes import TOPICS, topic_records
+
+    require_chromium()
+    trained = train(tmp_path, "text-classifier", topic_records(400),
+                    class_schema("text_classification", sorted(TOPICS)),
+                    {"epochs": 15, "batch_size": 16, "max_len": 48})  # as test_recipes
+    module = torch.jit.load(io.BytesIO(trained.artifact))
+    owner, hub, names = platform["owner"], platform["hub"], platform["names"]
+    name = platform["release"] + "-text"
+    owner.models.register(name, module, example_input=torch.zeros(1, 48, dtype=torch.long),
+                          task="text_classification", labels=trained.meta["labels"],
+                          preprocess=trained.meta["preprocess"])
+    owner.request("POST", "releases", json={"name": name, "model": f"{name}@latest",
+                                            "per_replica": SMALL})
+    view = wait_for(owner, name, lambda v: v["status"] == "serving")
+    try:
+        with chromium_page(viewport=(390, 844)) as page:
+            hub_login(page, hub.url, names["owner"], password(hub, names["owner"]))
+            page.goto(view["app"])
+            try:
+                page.wait_for_selector(".lh-app-text-classification .lh-app-predict",
+                                       timeout=60_000)
+            finally:
+                screenshot(page, "apps/text-app-opened-phone.png")
+            page.fill(".lh-app-text textarea",
+                      "The striker scored a late goal and the team won the final.")
+            page.click(".lh-app-predict")
+            page.wait_for_function("document.querySelector('.lh-app-result').innerText"
+                                   ".trim() !== ''", timeout=30_000)
+            screenshot(page, "apps/text-app-answered-phone.png")
+            result = page.inner_text(".lh-app-result")
+            assert result.split()[0] == "sports", result
+            assert all(topic in result for topic in sorted(TOPICS)[:2]), result
+            assert re.search(r"\d+ ms", page.inner_text(".lh-app-latency"))
+    finally:
+        owner.serving.stop(name)
