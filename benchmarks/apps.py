@@ -18,8 +18,9 @@ stalled render.
 
 Cases, each in bursts of 8 simultaneous visitors (and one visitor at a time):
 - preheated: the template's pool holds 8 kernels that have run the notebook up to the
-  visitor's request; before each burst the script waits until the pool is full again
-  (the service's status route);
+  visitor's request (imports done, the app's widgets built and waiting to be bound to a
+  release); before each burst the script waits until the pool is full again (the
+  service's status route);
 - cold: ``?theme=dark`` (a theme the pool was not rendered with), so Voila starts a
   kernel per visitor and runs the whole notebook, which is plain Voila without preheating:
   the peer.
