@@ -163,6 +163,10 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-fit-weight", type=float,
                    default=SchedulerConfig.balanced_gpu_fit_weight,
                    help="balanced-drf: weight of best fit on GPUs in placement (0: off)")
+    p.add_argument("--stranding-pressure", type=float,
+                   default=SchedulerConfig.balanced_stranding_pressure,
+                   help="balanced-drf: a resource's stranding counts (its pressure / the "
+                        "bottleneck's) ** this in placement (0: every resource in full)")
     p.add_argument("--max-reservations", type=int, default=SchedulerConfig.max_reservations,
                    help="balanced-drf: aged requests served (reserved for) per pass")
     p.add_argument("--restart-cost", type=float, default=0.0,
@@ -182,6 +186,7 @@ def _config(args: argparse.Namespace) -> SchedulerConfig:
                            aging_scope=args.aging_scope,
                            aging_over_share=args.aging_over_share,
                            balanced_gpu_fit_weight=args.gpu_fit_weight,
+                           balanced_stranding_pressure=args.stranding_pressure,
                            max_reservations=args.max_reservations,
                            preemption=args.preemption,
                            preempt_on_aging=not args.no_aging_preemption)

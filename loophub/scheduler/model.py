@@ -221,6 +221,9 @@ class SchedulerConfig:
     balanced_packing_weight: float = 4.0
     # balanced-drf: weight of best fit on GPUs for GPU units (0: off, the placement before it)
     balanced_gpu_fit_weight: float = 8.0
+    # balanced-drf: stranding of a resource counts (its pressure / the bottleneck's) ** this
+    # (policies.stranding_scale; 0: every resource in full, the rule before)
+    balanced_stranding_pressure: float = 4.0
 
     def quantum(self) -> float:
         return self.aging_bound if self.aging_quantum is None else self.aging_quantum

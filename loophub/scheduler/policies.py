@@ -80,6 +80,7 @@ class _ScoreCache:
         self.blocks = _blocks(stranding_thresholds(ref))
         self.stranded: dict[int, tuple[list[float], float]] = {}  # node -> (free, share)
         self.most = float(state.cap[:, GPU].max(initial=0.0))
+        self.scale = strand_scale(state)
         self.few_tables: dict[bytes, dict[int, tuple[list[float], float]]] = {}
         self.many_tables: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -88,6 +89,7 @@ class _ScoreCache:
         cache = getattr(state, "_balanced_score_cache", None)
         cfg = state.config
         if cache is None or cache.ref is not ref or cache.terms is not state.node_terms or (
+                cache.scale != strand_scale(state)) or (
                 cache.weights != (cfg.balanced_stranding_weight, cfg.balanced_packing_weight,
                                   cfg.balanced_gpu_fit_weight)):
             cache = _ScoreCache(state, ref)
@@ -204,6 +206,7 @@ def _scalar_scores(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
     need = d.tolist()
     w_s, w_p = cfg.balanced_stranding_weight, cfg.balanced_packing_weight
     fit = cfg.balanced_gpu_fit_weight if need[GPU] > 0 else 0.0
+    scale = strand_scale(state)
     out = []
     nodes = idx.tolist()
     for node, before, terms in zip(nodes, rows, state.node_terms[idx].tolist(), strict=True):
@@ -222,10 +225,10 @@ def _scalar_scores(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
         if hit is not None and hit[0] == before:
             was = hit[1]
         else:
-            was = _stranded_one(before, terms, blocks, k)
+            was = _stranded_one(before, terms, blocks, k, scale)
             if stranded is not None:
                 stranded[node] = (before, was)
-        stranding = _stranded_one(after, terms, blocks, k) - was
+        stranding = _stranded_one(after, terms, blocks, k, scale) - was
         if exact:
             score = (hi - lo) + w_s * stranding - w_p * (sum(util) * terms[3 * k])
         else:
@@ -237,13 +240,15 @@ def _scalar_scores(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
 
 
 def _stranded_one(free: list[float], terms: list[float],
-                  blocks: list[tuple[int, list[tuple[int, float]]]], k: int) -> float:
-    """``stranded_shares`` for one node (``terms[k:2k]`` is its inverse capacity)."""
+                  blocks: list[tuple[int, list[tuple[int, float]]]], k: int,
+                  scale: tuple[float, ...] | None = None) -> float:
+    """``stranded_shares`` for one node (``terms[k:2k]`` is its inverse capacity), each
+    resource weighted by ``scale`` (``strand_scale``) when given."""
     total = 0.0
     for r, pairs in blocks:
         for c, v in pairs:
             if free[c] < v:
-                total += free[r] * terms[k + r]
+                total += free[r] * (terms[k + r] if scale is None else terms[k + r] * scale[r])
                 break
     return total
 
@@ -275,20 +280,55 @@ def balanced_scores(state: SchedulerState, idx: np.ndarray, d: np.ndarray,
     spread = reduce(np.maximum, columns) - reduce(np.minimum, (util + terms[:, 2 * k:3 * k]).T)
     mean_util = reduce(np.add, columns) * terms[:, 3 * k]
     ref = state.stranding_ref
+    scale = strand_scale(state)
+    weighted = inv if scale is None else inv * np.array(scale)
     if ref is not None:
         k = len(idx)
-        both = stranded_shares(np.concatenate([after, before]), np.concatenate([inv, inv]), ref)
+        both = stranded_shares(np.concatenate([after, before]),
+                               np.concatenate([weighted, weighted]), ref)
         stranding = both[:k] - both[k:]
     else:
         needs = d > 0
         consumed = (inv[:, needs] @ d[needs]) / max(int(needs.sum()), 1)
-        stranding = (before[:, ~needs] * inv[:, ~needs]).sum(axis=1) * consumed
+        stranding = (before[:, ~needs] * weighted[:, ~needs]).sum(axis=1) * consumed
     cfg = state.config
     score = (spread + cfg.balanced_stranding_weight * stranding
              - cfg.balanced_packing_weight * mean_util)
     if d[GPU] > 0 and cfg.balanced_gpu_fit_weight:
         score = score + cfg.balanced_gpu_fit_weight * gpu_leftover(state, after[:, GPU])
     return score
+
+
+def strand_scale(state: SchedulerState) -> tuple[float, ...] | None:
+    """Per resource, the weight of its stranded share in balanced placement (None: 1 each),
+    set once per pass by balanced-drf (``stranding_scale``)."""
+    return getattr(state, "_strand_scale", None)
+
+
+STRAND_STEPS = 4  # scale values are rounded to quarters: the score cache survives small moves
+
+
+def stranding_scale(st: SchedulerState, exponent: float) -> tuple[float, ...] | None:
+    """Per resource r: (p_r / max_r p_r) ** ``exponent``, rounded to 1 / ``STRAND_STEPS``,
+    where p_r = min(1, (allocated + queued demand of r) / capacity of r): its pressure (a
+    resource wanted beyond its capacity is no more wanted for it). Stranding a resource
+    costs as much as that resource is wanted. Cores and memory left beside a node's fully
+    allocated GPUs cost nothing while GPUs are the bottleneck and cores are plentiful
+    (counting them in full kept the last GPUs of small GPU nodes idle and sent small GPU
+    units to the large nodes that gangs need); they count in full where cores are wanted
+    as much as GPUs. None (every resource counts in full, the rule before) for exponent 0."""
+    if exponent <= 0:
+        return None
+    cap = st.total_cap
+    used = cap - st.free[st.active].sum(axis=0)
+    for demand in st.queued_demand.values():
+        used = used + demand
+    ratio = np.minimum(np.divide(used, cap, out=np.zeros(len(cap)), where=cap > 0), 1.0)
+    top = float(ratio.max(initial=0.0))
+    if top <= 0:
+        return None
+    return tuple(round(STRAND_STEPS * (v / top) ** exponent) / STRAND_STEPS
+                 for v in ratio.tolist())
 
 
 def gpu_leftover(state: SchedulerState, free_gpus_after: np.ndarray) -> np.ndarray:
@@ -727,6 +767,8 @@ class BalancedDrfPolicy(DrfPolicy):
         self.swap_guard = {k: float(v) for k, v in data.get("swap_guard", {}).items()}
 
     def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
+        st._strand_scale = stranding_scale(  # type: ignore[attr-defined]
+            st, self.config.balanced_stranding_pressure)
         decisions = self._serve_aged(st, now)
         decisions += self.drf_pass(st, now)
         if self.config.aging_scope == "tiered":

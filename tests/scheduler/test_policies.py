@@ -353,8 +353,9 @@ def test_stranded_shares_matches_its_definition_resource_by_resource():
 def test_balanced_placement_best_fits_gpu_units(weight, expected):
     """With the GPU best-fit term a 2-GPU unit fills the node that has exactly 2 GPUs left
     (keeping the other node whole for an 8-GPU gang); without it, spreading the node's
-    CPU use evenly sends it to the empty node."""
-    cfg = SchedulerConfig(balanced_gpu_fit_weight=weight)
+    CPU use evenly sends it to the empty node (stranding counted in full, as before
+    ``balanced_stranding_pressure``)."""
+    cfg = SchedulerConfig(balanced_gpu_fit_weight=weight, balanced_stranding_pressure=0.0)
     state = SchedulerState("balanced-drf", cfg, [node("a", 32, 256, 8), node("b", 32, 256, 8)],
                            auto_schedule=False)
     state.submit(req("x", "t", cpu=16, mem_gib=8, gpu=6), 0)
@@ -363,6 +364,53 @@ def test_balanced_placement_best_fits_gpu_units(weight, expected):
     state.submit(req("y", "t", cpu=4, mem_gib=8, gpu=2), 1)
     state.tick(1)
     assert state.allocation("y").units[0].node == expected
+
+
+@pytest.mark.parametrize("exponent, second", [(0.0, "b"), (4.0, "a")])
+def test_stranding_counts_by_pressure(exponent, second):
+    """GPUs are the bottleneck (an 8-GPU gang waits) and cores plentiful: a 1-GPU unit fills
+    the small node's last GPU, leaving its cores beside no free GPU, rather than taking a GPU
+    of the large node. Counting those cores as stranded in full (exponent 0, the rule
+    before) kept the small node's GPU idle and sent the unit to the large node."""
+    cfg = SchedulerConfig(balanced_stranding_pressure=exponent)
+    state = SchedulerState("balanced-drf", cfg, [node("a", 64, 512, 2), node("b", 96, 512, 8)],
+                           auto_schedule=False)
+    state.submit(req("g", "t1", cpu=60, mem_gib=200, gpu=4), 0)
+    state.tick(0)
+    state.submit(req("h", "t2", cpu=20, mem_gib=100, gpu=8), 1)
+    for i in range(3):
+        state.submit(req(f"s{i}", "t3", cpu=8, mem_gib=16, gpu=1), 1)
+    state.tick(1)
+    assert [state.allocation(r).units[0].node for r in ("g", "s0", "s1")] == ["b", "a", second]
+    assert list(state.queued) == ["h"]
+
+
+def test_stranding_scale_follows_the_bottleneck():
+    """A resource's stranding counts by its pressure (allocated + queued, over capacity,
+    at most 1) relative to the most pressed resource's, to the exponent."""
+    from loophub.scheduler.policies import stranding_scale
+
+    state = SchedulerState("balanced-drf", SchedulerConfig(),
+                           [node("a", 64, 512, 2), node("c", 128, 128)], auto_schedule=False)
+    assert stranding_scale(state, 4.0) is None  # nothing held or wanted
+    state.submit(req("g", "t", cpu=8, mem_gib=16, gpu=2), 0)
+    state.submit(req("w", "t", cpu=8, mem_gib=16, gpu=2), 0)  # waits: GPUs are the bottleneck
+    state.tick(0)
+    cpu, mem, gpu = stranding_scale(state, 4.0)
+    assert gpu == 1.0 and cpu == 0.0 and mem == 0.0
+    assert stranding_scale(state, 0.0) is None
+    for i in range(4):  # cores are wanted beyond capacity too: both count in full
+        state.submit(req(f"c{i}", "u", cpu=120, mem_gib=8), 1)
+    state.tick(1)
+    assert stranding_scale(state, 4.0)[0::2] == (1.0, 1.0)
+    state = SchedulerState("balanced-drf", SchedulerConfig(),
+                           [node("a", 64, 512, 8), node("c", 128, 128)], auto_schedule=False)
+    state.submit(req("g", "t", cpu=8, mem_gib=16, gpu=1), 0)
+    for i in range(4):  # cores are the bottleneck, one GPU of eight is used
+        state.submit(req(f"c{i}", "u", cpu=100, mem_gib=8), 0)
+    state.tick(0)
+    cpu, mem, gpu = stranding_scale(state, 4.0)
+    assert cpu == 1.0 and gpu == 0.0 and mem == 0.0
 
 
 def test_few_node_scores_equal_the_vectorised_scores():
