@@ -152,19 +152,41 @@ def agree_with(hub):
     return lambda: agree(hub)
 
 
+def progress_of_a_start(hub, user: str, options: dict, name: str) -> list[str]:
+    """The progress events of a start, read while it is pending: the POST runs beside the
+    reader, which opens the stream as soon as the hub says the start is pending (a stream
+    opened after the server is ready holds only the "ready" event, and a quick start may
+    be ready before a POST returns)."""
+    import threading
+
+    poster = threading.Thread(target=spawn, args=(hub, user, options, name))
+    poster.start()
+    path = f"users/{user}/servers/{name}/progress" if name else f"users/{user}/server/progress"
+    events: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with requests.get(f"{hub.url}/hub/api/{path}", stream=True, timeout=60,
+                              headers={"Authorization": f"token {hub.admin}"}) as resp:
+                if resp.status_code in (400, 404):  # not pending yet: the POST has not arrived
+                    time.sleep(0.02)
+                    continue
+                assert resp.status_code == 200, resp.text
+                for line in resp.iter_lines(decode_unicode=True):
+                    if line.startswith("data:"):
+                        events.append(line)
+                        if '"ready": true' in line or len(events) > 20:
+                            break
+                return events
+        raise AssertionError(f"no progress stream for {user}'s start in 60 s")
+    finally:
+        poster.join(timeout=60)
+
+
 def test_the_next_start_shows_why_the_last_server_stopped(dhub):
     gone = dhub.gone
     assert last_request(dhub, "alice", gone)["reason"].startswith("preempted")
-    spawn(dhub, "alice", {"profile": "small"}, name=gone)
-    events = []
-    path = f"users/alice/servers/{gone}/progress" if gone else "users/alice/server/progress"
-    with requests.get(f"{dhub.url}/hub/api/{path}", stream=True,
-                      timeout=60, headers={"Authorization": f"token {dhub.admin}"}) as resp:
-        for line in resp.iter_lines(decode_unicode=True):
-            if line.startswith("data:"):
-                events.append(line)
-                if "ready" in line or len(events) > 20:
-                    break
+    events = progress_of_a_start(dhub, "alice", {"profile": "small"}, gone)
     assert any("Your last server was stopped at" in e and "preempted" in e for e in events), \
         events
     wait_for(lambda: ready(dhub, "alice", gone), "alice ready")
