@@ -70,6 +70,9 @@ def _config(world: dict[str, list], path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+INTERPRETER_BUG = "AST constructor recursion depth mismatch"
+
+
 def _schemathesis(hub, token: str, config, tmp_path) -> tuple[int, str]:
     cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run",
            f"{hub.api}/openapi.json", "-H", f"Authorization: token {token}", "--checks", CHECKS,
@@ -92,6 +95,11 @@ def test_live_api_conforms_to_its_document(hub, admin_token, tmp_path, who):
     config = tmp_path / "schemathesis.toml"
     _config(world, config)
     code, output = _schemathesis(hub, token, config, tmp_path)
+    if code != 0 and INTERPRETER_BUG in output:
+        # CPython 3.11's ast.parse can fail spuriously when threads parse at once
+        # (python/cpython#106905); hypothesis parses lambdas in schemathesis' 2 workers.
+        # Not a finding about the API: run it again, once.
+        code, output = _schemathesis(hub, token, config, tmp_path)
     counted = re.search(r"(\d+) generated", output)
     print(f"schemathesis as {who}: {counted.group(0) if counted else '?'}")
     assert counted and int(counted.group(1)) > 200, output[-3000:]
