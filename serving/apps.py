@@ -31,6 +31,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -113,23 +114,22 @@ class AppsAuthorizer(Authorizer):
 
     def bind(self, kernel_id: str, user: Any) -> bool:
         """KERNEL_ID is USER's from now on (the app page that started it is theirs)."""
-        known = set(self.parent.kernel_manager.list_kernel_ids())
-        for gone in set(self.owners) - known:  # forget kernels that ended
-            del self.owners[gone]
+        self._forget_ended()
         self.owners[kernel_id] = user.username
         return True
+
+    def _forget_ended(self) -> None:
+        known = set(self.parent.kernel_manager.list_kernel_ids())
+        for gone in set(self.owners) - known:
+            del self.owners[gone]
 
     def may_use(self, kernel_id: str, user: Any) -> bool:
         return user is not None and self.owners.get(kernel_id) == user.username
 
     def held(self) -> dict[str, int]:
         """Kernels each visitor holds now (those still running)."""
-        known = set(self.parent.kernel_manager.list_kernel_ids())
-        counts: dict[str, int] = {}
-        for kernel_id, name in self.owners.items():
-            if kernel_id in known:
-                counts[name] = counts.get(name, 0) + 1
-        return counts
+        self._forget_ended()
+        return dict(Counter(self.owners.values()))
 
 
 class LocalRequestInfoHandler(RequestInfoSocketHandler):

@@ -73,6 +73,11 @@ def _place(source: Any, target: Path) -> None:
         shutil.copyfileobj(source, out)
 
 
+def label_names(label_schema: dict) -> list[str]:
+    """The class names in the schema's order: the order of a trained model's outputs."""
+    return [c["name"] for c in label_schema.get("classes", [])]
+
+
 class MaterializedVersion:
     """A materialized folder: its label schema, split counts and records."""
 
@@ -87,7 +92,7 @@ class MaterializedVersion:
 
     @property
     def label_names(self) -> list[str]:
-        return [c["name"] for c in self.label_schema.get("classes", [])]
+        return label_names(self.label_schema)
 
     def splits(self) -> list[str]:
         return sorted(s for s in self.counts if s)

@@ -103,11 +103,12 @@ class TrainingService:
             raise InvalidInput(f"training.params.init_from: {exc}",
                                detail={"field": "params.init_from"}) from None
         recipe_of = (version.get("meta") or {}).get("recipe") or "an analyst's function"
-        labels = [c["name"] for c in accepted.version["label_schema"].get("classes", [])]
-        why = (f"it was trained by {recipe_of}, this job runs {accepted.spec.recipe}"
-               if recipe_of != accepted.spec.recipe else
-               f"its labels {version.get('labels')} are not the dataset's {labels}"
-               if list(version.get("labels") or []) != labels else None)
+        labels = data.label_names(accepted.version["label_schema"])
+        why = None
+        if recipe_of != accepted.spec.recipe:
+            why = f"it was trained by {recipe_of}, this job runs {accepted.spec.recipe}"
+        elif list(version.get("labels") or []) != labels:
+            why = f"its labels {version.get('labels')} are not the dataset's {labels}"
         if why:
             raise InvalidInput(f"training.params.init_from: {version['ref']} cannot start "
                                f"this job: {why}; start from a version of the same recipe "

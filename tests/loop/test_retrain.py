@@ -106,6 +106,10 @@ def test_a_warm_start_begins_from_the_champion_pinned_and_read_as_its_owner(digi
     with pytest.raises(errors.InvalidInput, match=r"init_from.*trained by image-cnn"):
         client.training.run("image-resnet", dataset="digits@v2",
                             params={"init_from": "digits@champion", "image_size": 16})
+    for wrong in (5, {"model": "digits"}, ["digits@v1"]):  # a name, never another type
+        with pytest.raises(errors.InvalidInput, match=r"params.init_from"):
+            client.training.run("image-cnn", dataset="digits@v2",
+                                params={**CNN, "init_from": wrong})
     with pytest.raises(errors.InvalidInput, match=r"init_from.*no model named 'nothing'"):
         client.training.run("image-cnn", dataset="digits@v2",
                             params={**CNN, "init_from": "nothing@v1"})

@@ -39,7 +39,8 @@ class Recipe:
         for name, value in params.items():
             default = self.params[name][0]
             if isinstance(default, bool) != isinstance(value, bool) or (
-                    isinstance(default, int | float) and not isinstance(value, int | float)):
+                    isinstance(default, int | float) and not isinstance(value, int | float)) or (
+                    isinstance(default, str) and not isinstance(value, str)):
                 raise InvalidInput(f"training.params.{name}: expected a value like "
                                    f"{default!r}, got {value!r}",
                                    detail={"field": f"params.{name}"})
