@@ -168,12 +168,20 @@ def _address_in_use(log: Path, offset: int) -> tuple[str | None, int]:
     return (match.group(1).decode() if match else None), offset + len(complete)
 
 
+# CHP's line for each readiness poll that arrives before the hub's route exists (or after
+# the hub died): dozens of them would push the hub's own error out of a short tail.
+_POLL_NOISE = re.compile(r"\[ConfigProxy\].*\b404 GET /hub/error/404")
+
+
 def log_tail(path: Path, lines: int = 40) -> str:
-    """The last LINES lines of a log ("" when it does not exist)."""
+    """The last LINES lines of a log, less the proxy's lines about our readiness polling
+    ("" when it does not exist)."""
     try:
-        return "".join(path.read_text(errors="replace").splitlines(keepends=True)[-lines:])
+        text = path.read_text(errors="replace")
     except OSError:
         return ""
+    kept = [line for line in text.splitlines(keepends=True) if not _POLL_NOISE.search(line)]
+    return "".join(kept[-lines:])
 
 
 def _stop(proc: subprocess.Popen, home: Path, grace: float = 15) -> None:

@@ -89,6 +89,21 @@ def test_up_says_why_when_the_api_port_is_taken(tmp_path):
     assert "cannot listen on 127.0.0.1" in out.stderr and "LOOPHUB_API_PORT" in out.stderr
 
 
+def test_the_log_tail_keeps_the_hubs_error_above_the_proxys_poll_noise(tmp_path):
+    """`up` polls /hub/health while the hub starts; CHP logs a 404 for each poll until the
+    hub's route exists. A CI failure once showed 40 of those and not why the hub died."""
+    from loophub.extensions.cli import log_tail
+
+    log = tmp_path / "jupyterhub.log"
+    noise = "2026-12-07T11:22:08.693Z [ConfigProxy] error: 404 GET /hub/error/404 \n"
+    log.write_text("[C 2026-12-07 11:22:08.690 JupyterHub app:3810] Service apps exited with "
+                   "status 1\n" + noise * 60 + "[I JupyterHub] 404 GET /hub/nowhere\n")
+    tail = log_tail(log, 5)
+    assert tail.startswith("[C 2026-12-07") and "Service apps exited" in tail
+    assert "[ConfigProxy]" not in tail and tail.endswith("404 GET /hub/nowhere\n")
+    assert log_tail(tmp_path / "absent.log") == ""
+
+
 def test_up_stops_waiting_when_the_proxy_cannot_listen(tmp_path):
     """CHP logs EADDRINUSE for the public port and keeps running: no 120 s wait for that."""
     from loophub.extensions.cli import _wait_ready
