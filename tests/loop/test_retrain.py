@@ -94,6 +94,12 @@ def test_a_warm_start_begins_from_the_champion_pinned_and_read_as_its_owner(digi
     assert spec["params"]["init_from"] == "digits@v1"  # pinned: the alias may move later
     lines = [row["line"] for row in client.training.logs(challenger["job"])["lines"]]
     assert any("starting from the weights of digits@v1" in line for line in lines), lines
+    # a fine-tune's one-cycle peaks at a third of the recipe's lr (3e-3): init_lr_scale
+    def peak_lr(job_id: str) -> float:
+        return max(p["value"] for p in client.training.get(job_id).metrics() if p["name"] == "lr")
+
+    assert peak_lr(client.models.get(comparison["champion"])["job"]) > 2e-3
+    assert 0.3e-3 < peak_lr(challenger["job"]) <= 1e-3 + 1e-9
     fixed = next(r for r in comparison["rows"]
                  if r["on"] == "digits@v1 test" and r["metric"] == "accuracy")
     assert fixed["challenger"] > 0.5, fixed  # it kept what the champion learnt (chance 0.1)
