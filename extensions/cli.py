@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import loophub
@@ -56,12 +57,11 @@ def cmd_up(args: argparse.Namespace) -> int:
               "into node_modules/) or set LOOPHUB_PROXY", file=sys.stderr)
         return 2
     created = ensure_first_admin(settings)
-    # Internal ports are picked free each start (several hubs can share a machine);
-    # set LOOPHUB_HUB_PORT etc. to pin them.
-    ports = {"LOOPHUB_PORT": args.port, **{
-        name: int(os.environ.get(name) or free_port())
-        for name in ("LOOPHUB_HUB_PORT", "LOOPHUB_API_PORT", "LOOPHUB_GATEWAY_PORT",
-                     "LOOPHUB_APPS_PORT", "LOOPHUB_PROXY_API_PORT")}}
+    try:
+        ports = pick_ports(args.port, os.environ)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     env = {**os.environ, **settings.env(), "LOOPHUB_IP": args.ip, "LOOPHUB_PROXY": proxy,
            "LOOPHUB_KEEP_SERVERS": "1" if args.keep_servers else "",
            **{k: str(v) for k, v in ports.items()}}
@@ -115,6 +115,29 @@ def cmd_up(args: argparse.Namespace) -> int:
             for sig, handler in before.items():  # as they were (`up` run in a process)
                 signal.signal(sig, handler)
         (settings.home / "run.json").unlink(missing_ok=True)
+
+
+INTERNAL_PORTS = ("LOOPHUB_HUB_PORT", "LOOPHUB_API_PORT", "LOOPHUB_GATEWAY_PORT",
+                  "LOOPHUB_APPS_PORT", "LOOPHUB_PROXY_API_PORT")
+
+
+def pick_ports(public: int, environ: Mapping[str, str]) -> dict[str, int]:
+    """The public port and the internal ones: each picked free at every start (several
+    hubs can share a machine) unless pinned in ENVIRON (LOOPHUB_HUB_PORT etc.), and all
+    distinct. The public port is free but not yet bound when these are picked, so a pick
+    could land on it: the hub then cannot bind, and the proxy, whose error target is the
+    hub's port, sends its 404s to itself in a loop (a CI run once failed so)."""
+    pinned = {name: int(environ[name]) for name in INTERNAL_PORTS if environ.get(name)}
+    seen: dict[int, str] = {}
+    for name, port in {"LOOPHUB_PORT": public, **pinned}.items():
+        if port in seen:
+            raise ValueError(f"{name} and {seen[port]} are both port {port}; give each "
+                             "its own (unset the LOOPHUB_*_PORT variables to pick them free)")
+        seen[port] = name
+    ports = {"LOOPHUB_PORT": public}
+    for name in INTERNAL_PORTS:
+        ports[name] = pinned.get(name) or free_port(avoid={*ports.values(), *seen})
+    return ports
 
 
 def _interrupt(signum, _frame) -> None:

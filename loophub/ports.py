@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 import socket
 from collections import deque
+from collections.abc import Collection
 from functools import cache
 from pathlib import Path
 
@@ -42,15 +43,21 @@ def ephemeral_range() -> tuple[int, int]:
         return 49152, 65535
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on HOST, below the ephemeral range when there is room there."""
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port free on HOST, below the ephemeral range when there is room there, and not in
+    AVOID: ports already promised to processes that have not bound them yet (another
+    process's picks are not in this one's recent list)."""
     start, _ = ephemeral_range()
     if start - LOWEST >= 1000:
         for _ in range(100):
             port = random.randrange(LOWEST, start)
-            if port not in _recent and port_is_free(port, host):
+            if port not in _recent and port not in avoid and port_is_free(port, host):
                 _recent.append(port)
                 return port
-    with socket.socket() as sock:  # the range below is full or tiny: let the kernel pick
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    for _ in range(100):  # the range below is full or tiny: let the kernel pick
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = sock.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise OSError(f"no free port on {host} outside {sorted(avoid)}")

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,26 +55,7 @@ class RunningHub:
 
 def start_hub(home: Path, *, env: dict | None = None, timeout: float = 120,
               args: tuple[str, ...] = (), port: int | None = None) -> RunningHub:
-    """`loophub up` on a free port; returns once the hub and the API answer.
-
-    A start whose hub exits is tried once more (`up` picks its internal ports afresh),
-    with a warning that carries why: on this shared 2-core machine a port picked free can be taken before
-    the service meant for it binds (loophub.ports), which no test here is about. A
-    second failure is the test's error."""
-    try:
-        return _start_hub(home, env=env, timeout=timeout, args=args, port=port)
-    except HubExited as first:
-        warnings.warn(f"the hub's first start failed; starting it again: {first}",
-                      stacklevel=2)
-        return _start_hub(home, env=env, timeout=timeout, args=args, port=port)
-
-
-class HubExited(RuntimeError):
-    """`loophub up` exited before the hub was ready."""
-
-
-def _start_hub(home: Path, *, env: dict | None, timeout: float, args: tuple[str, ...],
-               port: int | None) -> RunningHub:
+    """`loophub up` on a free port; returns once the hub and the API answer."""
     port = port or free_port()
     output = home.parent / f"{home.name}-up-{uuid.uuid4().hex[:6]}.log"
     with open(output, "wb") as out:
@@ -92,7 +72,7 @@ def _start_hub(home: Path, *, env: dict | None, timeout: float, args: tuple[str,
             return RunningHub(f"http://127.0.0.1:{port}", home,
                               match.group(1) if match else "", proc, output)
         if proc.poll() is not None:
-            raise HubExited(f"loophub up exited {proc.returncode}:\n{text}")
+            raise RuntimeError(f"loophub up exited {proc.returncode}:\n{text}")
         time.sleep(0.3)
     proc.kill()
     log = home / "jupyterhub.log"

@@ -104,6 +104,28 @@ def test_the_log_tail_keeps_the_hubs_error_above_the_proxys_poll_noise(tmp_path)
     assert log_tail(tmp_path / "absent.log") == ""
 
 
+def test_internal_ports_never_take_the_public_one(monkeypatch):
+    """The public port is checked free but bound later (by the proxy): a pick for the hub
+    that landed on it once made the hub exit and the proxy loop 404s to itself."""
+    import loophub.ports
+    from loophub.extensions.cli import INTERNAL_PORTS, pick_ports
+
+    public = 12_345
+    picks = iter([public, public, 12_346, public, 12_346, 12_347, 12_348, 12_349, 12_350])
+    monkeypatch.setattr(loophub.ports.random, "randrange", lambda lo, hi: next(picks))
+    monkeypatch.setattr(loophub.ports, "_recent", loophub.ports.deque(maxlen=256))
+    monkeypatch.setattr(loophub.ports, "port_is_free", lambda port, host="": True)
+    ports = pick_ports(public, {})
+    assert list(ports) == ["LOOPHUB_PORT", *INTERNAL_PORTS]
+    assert ports["LOOPHUB_PORT"] == public
+    assert sorted(ports.values()) == [public, 12_346, 12_347, 12_348, 12_349, 12_350]
+    # a pinned port is kept, and no pick takes it
+    picks = iter([12_400, 12_401, 12_402, 12_403, 12_404])
+    assert pick_ports(public, {"LOOPHUB_API_PORT": "12400"})["LOOPHUB_API_PORT"] == 12_400
+    with pytest.raises(ValueError, match=r"LOOPHUB_HUB_PORT and LOOPHUB_PORT are both port"):
+        pick_ports(public, {"LOOPHUB_HUB_PORT": str(public)})
+
+
 def test_up_stops_waiting_when_the_proxy_cannot_listen(tmp_path):
     """CHP logs EADDRINUSE for the public port and keeps running: no 120 s wait for that."""
     from loophub.extensions.cli import _wait_ready
