@@ -116,6 +116,9 @@ def test_a_warm_start_begins_from_the_champion_pinned_and_read_as_its_owner(digi
         with pytest.raises(errors.InvalidInput, match=r"params.init_from"):
             client.training.run("image-cnn", dataset="digits@v2",
                                 params={**CNN, "init_from": wrong})
+    with pytest.raises(errors.InvalidInput, match=r"params.init_lr_scale: 2 is outside"):
+        client.training.run("image-cnn", dataset="digits@v2",  # refused before any job
+                            params={**CNN, "init_from": "digits@champion", "init_lr_scale": 2})
     with pytest.raises(errors.InvalidInput, match=r"init_from.*no model named 'nothing'"):
         client.training.run("image-cnn", dataset="digits@v2",
                             params={**CNN, "init_from": "nothing@v1"})

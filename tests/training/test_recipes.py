@@ -660,13 +660,13 @@ def test_a_start_from_another_network_or_labels_or_size_is_refused_with_what_to_
         load_weights(resnet(1, 2, 16), scripted, "m@v1")
 
 
-def test_a_fine_tunes_learning_rate_share_is_checked():
-    from loophub.training.recipes import recipes
-    from loophub.training.recipes.image import fine_tune_scale
-
-    defaults = recipes()["image-cnn"].check_params({})
-    assert fine_tune_scale(defaults) == pytest.approx(1 / 3)
-    assert fine_tune_scale({"init_lr_scale": 1}) == 1.0
-    for bad in (0, -0.5, 1.5):
-        with pytest.raises(ValueError, match=r"init_lr_scale .*above 0 and at most 1"):
-            fine_tune_scale({"init_lr_scale": bad})
+def test_a_fine_tunes_learning_rate_share_is_checked_at_submission():
+    for name in ("image-cnn", "image-resnet"):
+        found = recipes()[name]
+        assert found.check_params({})["init_lr_scale"] == pytest.approx(1 / 3)
+        assert found.check_params({"init_lr_scale": 1})["init_lr_scale"] == 1
+        assert found.describe()["params"]["init_lr_scale"]["range"] == [0.01, 1.0]
+        for bad in (0, -0.5, 1.5):
+            with pytest.raises(InvalidInput,
+                               match=r"params.init_lr_scale: .* is outside 0.01 to 1.0"):
+                found.check_params({"init_lr_scale": bad})

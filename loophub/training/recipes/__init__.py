@@ -22,6 +22,8 @@ class Recipe:
     tasks: tuple[str, ...]
     description: str
     params: dict[str, tuple[Any, str]] = field(default_factory=dict)  # name -> (default, help)
+    # name -> (least, most): numeric parameters checked at submission, not in the job
+    ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     usable: Callable[[dict], bool] = lambda record: True  # records it can learn from
     train: Callable[[Any], dict] | None = None
     internal: bool = False  # run by the platform for another room (evaluate), not listed
@@ -44,12 +46,19 @@ class Recipe:
                 raise InvalidInput(f"training.params.{name}: expected a value like "
                                    f"{default!r}, got {value!r}",
                                    detail={"field": f"params.{name}"})
+            least, most = self.ranges.get(name, (None, None))
+            if least is not None and not least <= value <= most:
+                raise InvalidInput(f"training.params.{name}: {value!r} is outside {least} to "
+                                   f"{most}; give a number in that range",
+                                   detail={"field": f"params.{name}"})
             out[name] = value
         return out
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "tasks": list(self.tasks), "description": self.description,
-                "params": {k: {"default": d, "help": h} for k, (d, h) in self.params.items()}}
+                "params": {k: {"default": d, "help": h,
+                               **({"range": list(self.ranges[k])} if k in self.ranges else {})}
+                           for k, (d, h) in self.params.items()}}
 
 
 def recipes() -> dict[str, Recipe]:
