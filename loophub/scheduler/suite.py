@@ -347,6 +347,23 @@ def aggregate(rows: Sequence[dict[str, Any]], ours: str = "balanced-drf") -> dic
     }
 
 
+def unstable_verdicts(runs: Sequence[Sequence[dict[str, Any]]], ours: str = "balanced-drf"
+                      ) -> dict[str, dict[str, int]]:
+    """Per scenario and target, in how many of ``runs`` (each: every policy's rows for one
+    replica of ``ours``) the target is missed, for the targets that are missed in some runs
+    and met in others: verdicts that a negligible change of setting flips are noise."""
+    misses: dict[str, dict[str, int]] = {}
+    for rows in runs:
+        for name, per in by_scenario(rows).items():
+            if all(p in per for p in (ours, "drf", "slurm-fairshare", "fifo")):
+                for target, ok in verdicts(per, ours).items():
+                    counts = misses.setdefault(name, {}).setdefault(target, 0)
+                    misses[name][target] = counts + (not ok)
+    return {name: {t: n for t, n in per.items() if 0 < n < len(runs)}
+            for name, per in misses.items()
+            if any(0 < n < len(runs) for n in per.values())}
+
+
 def wins_and_losses(rows: Sequence[dict[str, Any]], ours: str = "balanced-drf"
                     ) -> dict[str, dict[str, int]]:
     """Per metric and baseline: in how many scenarios ``ours`` is better / worse."""

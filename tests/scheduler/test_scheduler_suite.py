@@ -13,6 +13,7 @@ from loophub.scheduler.suite import (
     build_scenario,
     run_case,
     scenarios,
+    unstable_verdicts,
     verdicts,
 )
 
@@ -57,6 +58,21 @@ def test_a_jain_more_than_001_below_the_best_baseline_is_a_loss():
     rows = [row("fifo", 0.5), row("drf", 0.80), row("slurm-fairshare", 0.85),
             row("balanced-drf", 0.83)]
     assert not verdicts({r["policy"]: r for r in rows})["jain_win"]
+
+
+def test_unstable_verdicts_name_the_targets_that_replicas_disagree_on():
+    def replica(jain_b: float, util_b: float) -> list[dict]:
+        rows = []
+        for name in ("steady", "chaotic"):
+            rows += [row("fifo", 0.5, name=name), row("drf", 0.80, name=name),
+                     row("slurm-fairshare", 0.85, name=name)]
+        return [*rows, row("balanced-drf", 0.70, name="steady"),  # always a Jain loss
+                row("balanced-drf", jain_b, util=util_b, name="chaotic")]
+
+    runs = [replica(0.86, 0.90), replica(0.80, 0.90), replica(0.86, 0.85)]
+    # "steady" misses Jain in every run: a real loss, not noise; "chaotic" flips twice
+    assert unstable_verdicts(runs) == {"chaotic": {"jain_win": 1, "util_ok": 1}}
+    assert unstable_verdicts(runs[:1]) == {}
 
 
 def test_the_issue_scenario_builds_from_the_traces_and_replays(traces):
