@@ -87,11 +87,14 @@ def main(argv: list[str] | None = None) -> int:
                       f"{d['util_bottleneck']:.3f} frag {b['fragmentation']:.3f} d"
                       f"{d['fragmentation']:.3f} st {b['starved_under_share']} p99 "
                       f"{b['wait_p99']:.0f} f{f['wait_p99']:.0f} pre {b['preemptions']}")
-    agg = aggregate(rows)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in agg.items()}))
+    print(json.dumps(_rounded(aggregate(rows))))
     if args.replicas > 1:
         _replicas(args, base, config, rows)
     return 0
+
+
+def _rounded(figures: dict) -> dict:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
 
 
 def jitter_factors(replicas: int, jitter: float) -> list[float]:
@@ -108,9 +111,7 @@ def _replicas(args: argparse.Namespace, base: list, config: SchedulerConfig,
         ours = run_suite(("balanced-drf",), jobs=args.jobs, half=args.half, config=jittered,
                          only=args.only)
         runs.append(base + ours)
-        agg = aggregate(runs[-1])
-        print(json.dumps({"packing_factor": factor, **{
-            k: round(v, 4) if isinstance(v, float) else v for k, v in agg.items()}}))
+        print(json.dumps({"packing_factor": factor, **_rounded(aggregate(runs[-1]))}))
     print(json.dumps({"replicas": args.replicas, "jitter": args.jitter,
                       "unstable": unstable_verdicts(runs)}))
 

@@ -356,9 +356,9 @@ def unstable_verdicts(runs: Sequence[Sequence[dict[str, Any]]], ours: str = "bal
     for rows in runs:
         for name, per in by_scenario(rows).items():
             if all(p in per for p in (ours, "drf", "slurm-fairshare", "fifo")):
+                counts = misses.setdefault(name, {})
                 for target, ok in verdicts(per, ours).items():
-                    counts = misses.setdefault(name, {}).setdefault(target, 0)
-                    misses[name][target] = counts + (not ok)
+                    counts[target] = counts.get(target, 0) + (not ok)
     return {name: {t: n for t, n in per.items() if 0 < n < len(runs)}
             for name, per in misses.items()
             if any(0 < n < len(runs) for n in per.values())}
