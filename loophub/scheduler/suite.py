@@ -302,6 +302,13 @@ def by_scenario(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str,
     return out
 
 
+def scored_scenarios(rows: Sequence[dict[str, Any]], ours: str = "balanced-drf"
+                     ) -> dict[str, dict[str, dict[str, Any]]]:
+    """``by_scenario`` limited to the scenarios that have every policy ``verdicts`` needs."""
+    return {name: per for name, per in by_scenario(rows).items()
+            if all(p in per for p in (ours, "drf", "slurm-fairshare", "fifo"))}
+
+
 def verdicts(per: dict[str, dict[str, Any]], ours: str = "balanced-drf") -> dict[str, bool]:
     """balanced-drf against the baselines in one scenario, one boolean per target."""
     me, drf, slurm, fifo = (per[p] for p in (ours, "drf", "slurm-fairshare", "fifo"))
@@ -316,8 +323,7 @@ def verdicts(per: dict[str, dict[str, Any]], ours: str = "balanced-drf") -> dict
 
 def aggregate(rows: Sequence[dict[str, Any]], ours: str = "balanced-drf") -> dict[str, Any]:
     """The issue's aggregate figures over the scenarios in ``rows``."""
-    table = [per for per in by_scenario(rows).values()
-             if all(p in per for p in (ours, "drf", "slurm-fairshare", "fifo"))]
+    table = list(scored_scenarios(rows, ours).values())
     if not table:
         return {"scenarios": 0}
     checks = [verdicts(per, ours) for per in table]
@@ -354,14 +360,13 @@ def unstable_verdicts(runs: Sequence[Sequence[dict[str, Any]]], ours: str = "bal
     and met in others: verdicts that a negligible change of setting flips are noise."""
     misses: dict[str, dict[str, int]] = {}
     for rows in runs:
-        for name, per in by_scenario(rows).items():
-            if all(p in per for p in (ours, "drf", "slurm-fairshare", "fifo")):
-                counts = misses.setdefault(name, {})
-                for target, ok in verdicts(per, ours).items():
-                    counts[target] = counts.get(target, 0) + (not ok)
-    return {name: {t: n for t, n in per.items() if 0 < n < len(runs)}
-            for name, per in misses.items()
-            if any(0 < n < len(runs) for n in per.values())}
+        for name, per in scored_scenarios(rows, ours).items():
+            counts = misses.setdefault(name, {})
+            for target, ok in verdicts(per, ours).items():
+                counts[target] = counts.get(target, 0) + (not ok)
+    flipped = {name: {t: n for t, n in per.items() if 0 < n < len(runs)}
+               for name, per in misses.items()}
+    return {name: per for name, per in flipped.items() if per}
 
 
 def wins_and_losses(rows: Sequence[dict[str, Any]], ours: str = "balanced-drf"
