@@ -62,12 +62,21 @@ class LoopService:
         found = candidates(logged, flags)
         picked = choose(found, rule, limit=10000, threshold=threshold, reference=reference,
                         seed=seed)
-        new, known = self._write(actor, into, view, rule, picked, limit)
+        stored = [c for c in picked if not self._image_lost(c)]
+        new, known = self._write(actor, into, view, rule, stored, limit)
         return {"release": release, "dataset": into, "rule": rule,
                 "collected": len(new), "records": [r["id"] for r in new],
                 "candidates": len(found), "matched": len(picked),
                 "already_in_dataset": known,
-                "not_kept_by_the_log": sum(1 for c in found if c.content_sha is None)}
+                "not_kept_by_the_log": sum(1 for c in found if c.content_sha is None)
+                + len(picked) - len(stored)}
+
+    def _image_lost(self, c: Candidate) -> bool:
+        """The log says it kept the image, but the blob store does not hold it (its write
+        failed): the candidate cannot become a record; it is counted, not an error."""
+        digest = c.content_sha
+        return digest is not None and "image_sha256" in c.input and \
+            not self.blobs.exists(digest)
 
     # -- schedules ---------------------------------------------------------------------------
 

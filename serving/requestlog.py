@@ -9,7 +9,9 @@ the blob store) with the prediction's label and score, and the input's numeric s
 ``features`` (serving.monitoring.summary_features: what drift is measured on), a list
 beside ``inputs``, one dict per instance, so the inputs' own summaries keep their shape.
 The file is bounded: past ``max_bytes`` it is rotated to ``PATH.1`` (the older one
-dropped). Lines are buffered and flushed once a second, off the request's path.
+dropped). Lines are buffered and written once a second, off the request's path, each
+flush storing the images before the lines that name them: a reader of the log never sees
+an image as kept that the blob store does not hold yet.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class RequestLog:
         self.vocabulary = vocabulary
         self.blobs = blobs
         self._images: dict[str, bytes] = {}  # sampled images not yet in the blob store
+        self._lines: list[str] = []  # records not yet written (the next flush writes them)
         self._random = random.Random(seed)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
@@ -91,11 +94,7 @@ class RequestLog:
                                   for i in instances]
         if predictions is not None:
             record["outputs"] = [_output_summary(p) for p in predictions]
-        line = json.dumps(record) + "\n"
-        self._file.write(line)
-        self._size += len(line)
-        if self._size > self.max_bytes:
-            self._rotate()
+        self._lines.append(json.dumps(record) + "\n")
 
     def _rotate(self) -> None:
         self._file.close()
@@ -118,13 +117,22 @@ class RequestLog:
                 summary["stored"] = False
 
     def flush(self) -> None:
-        """Write out the buffered lines and the images waiting for the blob store (the
-        server calls this once a second on a thread)."""
-        self._file.flush()
+        """Store the images waiting for the blob store, then write out the lines that name
+        them (the server calls this once a second on a thread; the file is touched only
+        here, so a write on the request's path never meets a rotation)."""
         images, self._images = self._images, {}
-        for digest, data in images.items():  # only filled with a blob store
-            if not self.blobs.exists(digest):
-                self.blobs.put_bytes(data)
+        lines, self._lines = self._lines, []
+        try:
+            for digest, data in images.items():  # only filled with a blob store
+                if not self.blobs.exists(digest):
+                    self.blobs.put_bytes(data)
+        finally:  # a failing blob store loses no line (collect skips what it lacks)
+            for line in lines:
+                self._file.write(line)
+                self._size += len(line)
+                if self._size > self.max_bytes:
+                    self._rotate()
+            self._file.flush()
 
     def close(self) -> None:
         self.flush()

@@ -522,7 +522,10 @@ def write_state(config: ServerConfig, **more: Any) -> None:
 async def _flush_log(server: ModelServer) -> None:
     while server.request_log is not None:
         await asyncio.sleep(1.0)
-        await asyncio.to_thread(server.request_log.flush)  # blob writes: off the loop
+        try:
+            await asyncio.to_thread(server.request_log.flush)  # blob writes: off the loop
+        except Exception:  # a full disk must not end the logging for the replica's life
+            log.exception("writing the request log %s", server.request_log.path)
 
 
 def alloc_cpu() -> int:

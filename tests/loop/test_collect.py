@@ -5,6 +5,7 @@ dataset's draft, labelers lease them with the "from production" filter."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import time
 
@@ -15,6 +16,7 @@ from PIL import Image
 
 from loophub import errors
 from loophub.serving import monitoring
+from loophub.serving.collect import PREFIX
 from tests.serving.test_releases import digit_nets, register, wait_for  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.serving
@@ -91,10 +93,21 @@ def test_production_inputs_go_back_to_labeling(api, digit_nets):  # noqa: F811
 
     sample = ann.loop.collect("digits", into="prod", rule="random", limit=3, seed=7)
     assert sample["collected"] <= 3 and sample["matched"] == 24  # 24 distinct inputs
+    # an image the log names but the blob store lost is counted and skipped, not a 500
+    held = {r["record"]["id"] for r in ann.datasets.records("prod")}
+    digests = {hashlib.sha256(base64.b64decode(b64_png(p))).hexdigest() for p in shown}
+    lost = sorted(d for d in digests if PREFIX + d[:24] not in held)[0]
+    assert api.ctx.blobs.delete(lost)
+    remaining = 24 - len(held) - 1  # stored and not yet collected
+    assert remaining > 3
+    rest = ann.loop.collect("digits", into="prod", rule="random", limit=remaining - 2)
+    assert rest["not_kept_by_the_log"] == 1 and rest["matched"] == 24, rest
+    assert rest["collected"] == remaining - 2 and PREFIX + lost[:24] not in rest["records"]
     ann.request("POST", "datasets/prod/records", json={"record": {
         "id": "imported-1", "annotations": []}})  # not from production
 
     total = flagged["collected"] + unsure["collected"] + sample["collected"]
+    total += rest["collected"]
     production = list(ann.datasets.records("prod", origin="production"))
     assert len(production) == total and all(
         r["record"]["id"].startswith("production-") for r in production)

@@ -22,6 +22,7 @@ from loophub.serving.batching import Batcher, Direct
 from loophub.serving.requestlog import RequestLog
 from loophub.serving.server import ServerConfig, config_from_args, parse_ref
 from loophub.serving.validation import Instance, PixelShape, RequestChecker, fast_pixels
+from loophub.store.blobs import BlobStore
 
 LABELS = [str(d) for d in range(10)]
 GREY = {"mode": "L", "size": [4, 3], "mean": [0.0], "std": [1.0]}
@@ -248,6 +249,40 @@ def test_the_request_log_is_sampled_and_bounded(tmp_path):
     assert line["outputs"] == [{"label": "a", "score": 0.9}] and line["status"] == 200
     with pytest.raises(ValueError, match="within 0 and 1"):
         RequestLog(tmp_path / "x.jsonl", rate=2)
+
+
+def test_the_request_log_stores_an_image_before_the_line_that_names_it(tmp_path):
+    """A collection reading the log never meets an image the blob store does not hold
+    yet; a failing blob store loses no line."""
+    path, seen = tmp_path / "r.jsonl", []
+
+    class Watched(BlobStore):
+        def put_bytes(self, data: bytes) -> str:
+            seen.append(path.read_text())  # what a reader of the log saw at that moment
+            return super().put_bytes(data)
+
+    blobs = Watched(str(tmp_path / "blobs"))
+    log = RequestLog(path, blobs=blobs)
+    answer = [{"label": "a", "index": 0, "scores": [0.9, 0.1]}]
+    log.write(status=200, seconds=0.001, instances=[Instance(image=b"\x89PNG one")],
+              predictions=answer)
+    assert path.read_text() == ""  # nothing written before the flush
+    log.flush()
+    assert seen == [""]
+    [line] = [json.loads(t) for t in path.read_text().splitlines()]
+    assert line["inputs"][0]["stored"] and blobs.exists(line["inputs"][0]["image_sha256"])
+
+    class Broken(BlobStore):
+        def put_bytes(self, data: bytes) -> str:
+            raise OSError("disk full")
+
+    log.blobs = Broken(str(tmp_path / "broken"))
+    log.write(status=200, seconds=0.001, instances=[Instance(image=b"\x89PNG two")],
+              predictions=answer)
+    with pytest.raises(OSError, match="disk full"):
+        log.flush()
+    assert len(path.read_text().splitlines()) == 2  # the line is there all the same
+    log.close()
 
 
 def test_the_command_line(monkeypatch):
