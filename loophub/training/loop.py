@@ -18,6 +18,11 @@ from typing import Any
 from loophub.training.context import TrainContext
 from loophub.training.streams import RecordStream
 
+# The recipes' own Python randomness (augmentation, word dropout) draws from this, seeded
+# and checkpointed with the rest: the global `random` is shared with every thread of the
+# process, and a Dask worker's threads draw from it too, so a seed would not give one run.
+recipe_random = random.Random()
+
 
 @dataclass(frozen=True)
 class LoopConfig:
@@ -41,6 +46,7 @@ def seed_everything(seed: int) -> None:
     import torch
 
     random.seed(seed)
+    recipe_random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
@@ -50,7 +56,7 @@ def rng_state() -> dict:
     import torch
 
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": np.random.get_state()}
+            "recipe": recipe_random.getstate(), "numpy": np.random.get_state()}
 
 
 def set_rng_state(state: dict) -> None:
@@ -59,6 +65,8 @@ def set_rng_state(state: dict) -> None:
 
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "recipe" in state:  # checkpoints written before it existed go on without it
+        recipe_random.setstate(state["recipe"])
     np.random.set_state(state["numpy"])
 
 

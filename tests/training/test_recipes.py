@@ -460,6 +460,24 @@ def test_a_coco_import_with_pixel_boxes_trains_a_detector(tmp_path):
     assert size.shape == offset.shape == (1, 2, 8, 8)
 
 
+def test_a_seed_gives_the_same_augmentation_whoever_else_draws_from_random():
+    """Word dropout and flips draw from the loop's own generator: a Dask worker's threads
+    draw from the global one at any moment (a job's tagger once learnt a different model
+    on each run of one seed)."""
+    from loophub.training.loop import recipe_random, rng_state, seed_everything, set_rng_state
+
+    seed_everything(3)
+    alone = [recipe_random.random() for _ in range(5)]
+    state = rng_state()
+    after = [recipe_random.random() for _ in range(5)]
+    seed_everything(3)
+    random.random()  # another thread's draw, between the seed and the recipe's
+    assert [recipe_random.random() for _ in range(5)] == alone
+    random.random()
+    set_rng_state(state)  # a resume goes on from the checkpoint's draws
+    assert [recipe_random.random() for _ in range(5)] == after
+
+
 def test_pixel_and_normalized_boxes_give_the_same_targets():
     from loophub.training.recipes.detection import record_boxes, targets_for
 

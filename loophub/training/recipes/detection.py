@@ -32,7 +32,13 @@ from __future__ import annotations
 from typing import Any
 
 from loophub.training.context import TrainContext
-from loophub.training.loop import LoopConfig, evaluate_split, fit, seed_everything
+from loophub.training.loop import (
+    LoopConfig,
+    evaluate_split,
+    fit,
+    recipe_random,
+    seed_everything,
+)
 from loophub.training.recipes import Recipe
 from loophub.training.recipes.image import ImageSource, normalize, open_image
 from loophub.training.recipes.labels import trusted
@@ -354,7 +360,6 @@ def map_metrics(sums: dict) -> dict[str, float]:
 
 
 def train_detector(ctx: TrainContext) -> dict[str, Any]:
-    import random
 
     import torch
 
@@ -375,7 +380,7 @@ def train_detector(ctx: TrainContext) -> dict[str, Any]:
     def sample(record: dict, version, training: bool) -> tuple:
         pixels, width, height = prepare_image(version.media_path(record), preprocess)
         boxes = record_boxes(record, width, height, index)
-        if training and p["flip"] and random.random() < 0.5:
+        if training and p["flip"] and recipe_random.random() < 0.5:
             pixels = pixels.flip(-1)  # after normalising: the same, it is per channel
             boxes = [(c, 1.0 - x - w, y, w, h) for c, x, y, w, h in boxes]
         target = targets_for(boxes, classes, size)

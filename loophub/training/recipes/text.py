@@ -24,7 +24,6 @@ max_len tokens, and ``tags_to_spans`` turns its BIO tags back into spans.
 
 from __future__ import annotations
 
-import random
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -32,7 +31,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from loophub.training.context import TrainContext
-from loophub.training.loop import LoopConfig, evaluate_split, fit, seed_everything
+from loophub.training.loop import (
+    LoopConfig,
+    evaluate_split,
+    fit,
+    recipe_random,
+    seed_everything,
+)
 from loophub.training.recipes import Recipe
 from loophub.training.recipes.labels import class_label, spans, trusted
 
@@ -278,7 +283,7 @@ def train_text_classifier(ctx: TrainContext) -> dict[str, Any]:
                              f"of the label schema ({', '.join(labels)})")
         ids, _ = tokenizer.encode(record.get("text") or "")
         if training and word_dropout:
-            ids = [1 if random.random() < word_dropout else i for i in ids]
+            ids = [1 if recipe_random.random() < word_dropout else i for i in ids]
         return ids, index[label]
 
     def split(name: str, training: bool = False):
@@ -500,7 +505,7 @@ def train_ner(ctx: TrainContext) -> dict[str, Any]:
         if training:  # learn to tag words never seen; random() for known words only, as it
             # always was, so a seed still gives the same run
             ids = [tokenizer.unknown_id(text[s:e])
-                   if found > 1 and random.random() < word_dropout else found
+                   if found > 1 and recipe_random.random() < word_dropout else found
                    for found, (s, e) in zip(ids, offsets, strict=True)]
         labels = [tag_index[t] for t in bio_tags(offsets, spans(record), names)]
         return ids, labels
