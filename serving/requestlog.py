@@ -120,8 +120,10 @@ class RequestLog:
         """Store the images waiting for the blob store, then write out the lines that name
         them (the server calls this once a second on a thread; the file is touched only
         here, so a write on the request's path never meets a rotation)."""
-        images, self._images = self._images, {}
+        # lines first: a record written between the two swaps has its line left for the
+        # next flush and its image stored now, never the other way round
         lines, self._lines = self._lines, []
+        images, self._images = self._images, {}
         try:
             for digest, data in images.items():  # only filled with a blob store
                 if not self.blobs.exists(digest):

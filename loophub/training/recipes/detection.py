@@ -360,7 +360,6 @@ def map_metrics(sums: dict) -> dict[str, float]:
 
 
 def train_detector(ctx: TrainContext) -> dict[str, Any]:
-
     import torch
 
     p = ctx.params
