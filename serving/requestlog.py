@@ -9,9 +9,9 @@ the blob store) with the prediction's label and score, and the input's numeric s
 ``features`` (serving.monitoring.summary_features: what drift is measured on), a list
 beside ``inputs``, one dict per instance, so the inputs' own summaries keep their shape.
 The file is bounded: past ``max_bytes`` it is rotated to ``PATH.1`` (the older one
-dropped). Lines are buffered and written once a second, off the request's path, each
-flush storing the images before the lines that name them: a reader of the log never sees
-an image as kept that the blob store does not hold yet.
+dropped). Lines are buffered and flushed once a second, off the request's path; a line
+naming an image the log keeps is held until that flush has stored the image, so a reader
+of the log never sees an image as kept that the blob store does not hold yet.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import threading
 import time
 from collections.abc import Collection
 from pathlib import Path
@@ -69,7 +70,8 @@ class RequestLog:
         self.vocabulary = vocabulary
         self.blobs = blobs
         self._images: dict[str, bytes] = {}  # sampled images not yet in the blob store
-        self._lines: list[str] = []  # records not yet written (the next flush writes them)
+        self._held: list[str] = []  # lines naming images not yet stored (the next flush)
+        self._lock = threading.Lock()  # the file, _images and _held: request path and flush
         self._random = random.Random(seed)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8")
@@ -88,13 +90,24 @@ class RequestLog:
             record["version"] = self.version
         if instances is not None:
             record["inputs"] = [_input_summary(i) for i in instances]
-            if self.blobs is not None:
-                self._keep_images(instances, record["inputs"])
             record["features"] = [summary_features(i, vocabulary=self.vocabulary)
                                   for i in instances]
         if predictions is not None:
             record["outputs"] = [_output_summary(p) for p in predictions]
-        self._lines.append(json.dumps(record) + "\n")
+        with self._lock:
+            kept = self.blobs is not None and instances is not None and \
+                self._keep_images(instances, record["inputs"])
+            line = json.dumps(record) + "\n"
+            if kept:
+                self._held.append(line)
+            else:
+                self._append(line)
+
+    def _append(self, line: str) -> None:
+        self._file.write(line)
+        self._size += len(line)
+        if self._size > self.max_bytes:
+            self._rotate()
 
     def _rotate(self) -> None:
         self._file.close()
@@ -102,39 +115,39 @@ class RequestLog:
         self._file = self.path.open("a", encoding="utf-8")
         self._size = 0
 
-    def _keep_images(self, instances: list, inputs: list[dict]) -> None:
+    def _keep_images(self, instances: list, inputs: list[dict]) -> bool:
         """Images go to the blob store (deduplicated by their sha256) at the next flush,
         off the request's path; past MAX_PENDING_IMAGES waiting, the record says the
-        image was not kept rather than the replica holding unbounded memory."""
+        image was not kept rather than the replica holding unbounded memory. True when
+        one was kept."""
+        kept = False
         for instance, summary in zip(instances, inputs, strict=True):
             if instance.image is None:
                 continue
             digest = summary["image_sha256"]
             if digest in self._images or len(self._images) < MAX_PENDING_IMAGES:
                 self._images[digest] = instance.image
-                summary["stored"] = True
+                summary["stored"] = kept = True
             else:
                 summary["stored"] = False
+        return kept
 
     def flush(self) -> None:
-        """Store the images waiting for the blob store, then write out the lines that name
-        them (the server calls this once a second on a thread; the file is touched only
-        here, so a write on the request's path never meets a rotation)."""
-        # lines first: a record written between the two swaps has its line left for the
-        # next flush and its image stored now, never the other way round
-        lines, self._lines = self._lines, []
-        images, self._images = self._images, {}
+        """Store the images waiting for the blob store, then write the lines held for them
+        and flush the file (the server calls this once a second on a thread)."""
+        with self._lock:
+            held, self._held = self._held, []
+            images, self._images = self._images, {}
+            self._file.flush()  # the lines that wait for nothing, before the blob writes
         try:
             for digest, data in images.items():  # only filled with a blob store
                 if not self.blobs.exists(digest):
                     self.blobs.put_bytes(data)
         finally:  # a failing blob store loses no line (collect skips what it lacks)
-            for line in lines:
-                self._file.write(line)
-                self._size += len(line)
-                if self._size > self.max_bytes:
-                    self._rotate()
-            self._file.flush()
+            with self._lock:
+                for line in held:
+                    self._append(line)
+                self._file.flush()
 
     def close(self) -> None:
         self.flush()

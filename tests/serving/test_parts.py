@@ -266,11 +266,15 @@ def test_the_request_log_stores_an_image_before_the_line_that_names_it(tmp_path)
     answer = [{"label": "a", "index": 0, "scores": [0.9, 0.1]}]
     log.write(status=200, seconds=0.001, instances=[Instance(image=b"\x89PNG one")],
               predictions=answer)
-    assert path.read_text() == ""  # nothing written before the flush
+    log.write(status=200, seconds=0.001, instances=[Instance(text="no image")],
+              predictions=answer)
     log.flush()
-    assert seen == [""]
-    [line] = [json.loads(t) for t in path.read_text().splitlines()]
-    assert line["inputs"][0]["stored"] and blobs.exists(line["inputs"][0]["image_sha256"])
+    [before_the_image] = seen  # the text's line was out, the image's line was not
+    assert [json.loads(t)["inputs"] for t in before_the_image.splitlines()] == [
+        [{"text": "no image"}]]
+    image_line = json.loads(path.read_text().splitlines()[-1])
+    digest = image_line["inputs"][0]["image_sha256"]
+    assert image_line["inputs"][0]["stored"] and blobs.exists(digest)
 
     class Broken(BlobStore):
         def put_bytes(self, data: bytes) -> str:
@@ -281,7 +285,7 @@ def test_the_request_log_stores_an_image_before_the_line_that_names_it(tmp_path)
               predictions=answer)
     with pytest.raises(OSError, match="disk full"):
         log.flush()
-    assert len(path.read_text().splitlines()) == 2  # the line is there all the same
+    assert len(path.read_text().splitlines()) == 3  # the line is there all the same
     log.close()
 
 
