@@ -10,7 +10,7 @@ pytestmark = pytest.mark.training
 def test_a_recipe_trains_on_dask_and_records_its_result(digits):
     job = digits.training.run("image-cnn", dataset="digits@v1", workers=1,
                               per_worker={"cpu": 1, "mem": "2G"},
-                              params={"epochs": 2, "image_size": 16, "batch_size": 32})
+                              params={"epochs": 4, "image_size": 16, "batch_size": 32})
     assert job.state in ("queued", "starting")  # admission may place it before the answer
     result = job.wait(progress=False, timeout=300)
     assert job.state == "succeeded", job.logs()

@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeAlias
 
 from loophub.training.context import TrainContext
-from loophub.training.loop import LoopConfig, fit
+from loophub.training.loop import LoopConfig, fit, seed_everything
 from loophub.training.recipes import Recipe
 from loophub.training.recipes.labels import class_label
 
@@ -255,6 +255,7 @@ def train_classifier(ctx: TrainContext, build) -> dict[str, Any]:
         return pixels, index[class_label(record, "image_class")]
 
     channels = 1 if mode == "L" else 3
+    seed_everything(int(p["seed"]))  # the same initial weights on every rank and run
     model = build(channels, len(labels), size)
     if initial is not None:
         load_weights(model, initial, p["init_from"])
