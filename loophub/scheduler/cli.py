@@ -150,6 +150,10 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aging-victims", choices=["more-served", "any"], default="more-served",
                    help="balanced-drf: aged requests preempt only more-served tenants' work "
                         "(default), or anyone's (holds the bound, costs fairness)")
+    p.add_argument("--aging-urgent-at", type=float, default=None,
+                   help="balanced-drf: seconds after which an under-share tenant's queue head "
+                        "is served first, tenants in turn, time-slicing anyone's work that "
+                        "ran a quantum (default: off)")
     p.add_argument("--aging-scope", choices=["tiered", "under-share", "all"],
                    default=SchedulerConfig.aging_scope,
                    help="balanced-drf: whose aged requests jump DRF order: tenants below their "
@@ -182,6 +186,7 @@ def _config(args: argparse.Namespace) -> SchedulerConfig:
     return SchedulerConfig(weights=weights, aging_bound=args.aging_bound,
                            aging_quantum=args.aging_quantum,
                            aging_reserve_at=args.aging_reserve_at,
+                           aging_urgent_at=args.aging_urgent_at,
                            aging_victims=args.aging_victims,
                            aging_scope=args.aging_scope,
                            aging_over_share=args.aging_over_share,

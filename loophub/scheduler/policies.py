@@ -709,7 +709,8 @@ class BalancedDrfPolicy(DrfPolicy):
     applies only to tenants below their weighted fair share (``aging_scope``
     "under-share", the starvation guarantee of docs/scheduler.md; "all": every tenant, which
     under sustained overload turns the order into age order). The aged requests are served
-    in DRF order among the aged (see ``_serve_aged``)."""
+    in DRF order among the aged (see ``_serve_aged``), after the urgent queue heads when
+    ``aging_urgent_at`` is set."""
 
     name = "balanced-drf"
     scorer: Scorer = staticmethod(balanced_score)
@@ -726,6 +727,7 @@ class BalancedDrfPolicy(DrfPolicy):
             raise ValueError(f"aging_over_share must be one of {AGING_OVER_SHARE}, "
                              f"not {config.aging_over_share!r}")
         self.swap_guard: dict[str, float] = {}  # request id -> not swapped for own before
+        self.urgent_served: dict[str, float] = {}  # tenant -> last start of an urgent request
         self._fair_cache: tuple[int, dict[str, float]] = (-1, {})  # (change_count, shares)
 
     def tenant_key(self, st: SchedulerState, tenant: str,
@@ -753,6 +755,9 @@ class BalancedDrfPolicy(DrfPolicy):
         request of its own tenant for one quantum (no churn inside a tenant's share)."""
         if now - item.waiting_since >= self.reserve_at() - EPS:
             self.swap_guard[item.id] = now + self.config.quantum()
+        urgent = self.config.aging_urgent_at
+        if urgent is not None and now - item.waiting_since >= urgent - EPS:
+            self.urgent_served[item.tenant] = now
 
     def on_release(self, st: SchedulerState, run: Running, now: float) -> None:
         self.swap_guard.pop(run.item.id, None)
@@ -761,10 +766,16 @@ class BalancedDrfPolicy(DrfPolicy):
         return self.swap_guard.get(run.item.id, -math.inf) <= now + EPS
 
     def export(self) -> dict[str, Any]:
-        return {"swap_guard": dict(self.swap_guard)} if self.swap_guard else {}
+        out: dict[str, Any] = {}
+        if self.swap_guard:
+            out["swap_guard"] = dict(self.swap_guard)
+        if self.urgent_served:
+            out["urgent_served"] = dict(self.urgent_served)
+        return out
 
     def restore(self, data: dict[str, Any]) -> None:
         self.swap_guard = {k: float(v) for k, v in data.get("swap_guard", {}).items()}
+        self.urgent_served = {k: float(v) for k, v in data.get("urgent_served", {}).items()}
 
     def schedule(self, st: SchedulerState, now: float) -> list[Decision]:
         st._strand_scale = stranding_scale(  # type: ignore[attr-defined]
@@ -776,8 +787,8 @@ class BalancedDrfPolicy(DrfPolicy):
         return decisions
 
     def _serve_one_aged(self, st: SchedulerState, item: Item, now: float, taken: np.ndarray,
-                        decisions: list[Decision], preempt: bool, own_only: bool = False
-                        ) -> Reservation | bool:
+                        decisions: list[Decision], preempt: bool, own_only: bool = False,
+                        urgent: bool = False) -> Reservation | bool:
         """Start an aged request (preempting the configured victims if ``preempt``; with
         ``own_only`` only its own tenant's work, a swap that moves no share), else reserve
         nodes for it. True: started; a Reservation; False: neither."""
@@ -794,6 +805,9 @@ class BalancedDrfPolicy(DrfPolicy):
                 tenants, victim_ok = (self._more_served_than(st, item, now)
                                       if cfg.aging_victims == "more-served" else (None, _anyone))
             freed = st.preempt_for(item, now, victim_ok, self.scorer, ~taken, tenants)
+            if not freed and urgent and cfg.aging_victims == "more-served":
+                freed = st.preempt_for(item, now, self._sliced(tenants, victim_ok, now),
+                                       self.scorer, ~taken)
             decisions.extend(freed)
             if freed and freed[-1].action == "start":
                 return True
@@ -844,10 +858,14 @@ class BalancedDrfPolicy(DrfPolicy):
         reserved, goes next; within a tenant, longest-waiting first), until
         ``max_reservations`` reservations are made or ``aging_attempts`` requests tried.
         Requests past ``aging_reserve_at`` but not yet ``aging_bound`` come after all those
-        past the bound and do not preempt: most reservations drain before the bound."""
+        past the bound and do not preempt: most reservations drain before the bound. With
+        ``aging_urgent_at``, the queue heads waiting that long come first of all, the tenant
+        served urgently longest ago first, and may time-slice (``_sliced``)."""
         cfg = self.config
         bound_cut = now - cfg.aging_bound + EPS
         cutoff = now - self.reserve_at() + EPS
+        urgent_cut = -math.inf if cfg.aging_urgent_at is None else min(
+            now - cfg.aging_urgent_at + EPS, cutoff)
         by_age = st.by_age()
         if not by_age or by_age[0][0] > cutoff:
             if not over_share:
@@ -858,6 +876,7 @@ class BalancedDrfPolicy(DrfPolicy):
         over: dict[str, list[tuple[float, int, str]]] = {}
         if over_share:
             aged = over = self._aged_over_share(st, bound_cut, aged)
+        urgent = set() if over_share else self._urgent_heads(st, aged, urgent_cut)
         cap = np.where(st.total_cap > 0, st.total_cap, np.inf)
         pending = {t: np.zeros(len(st.keys)) for t in aged}  # reserved, not yet held
         pos = dict.fromkeys(aged, 0)
@@ -871,7 +890,10 @@ class BalancedDrfPolicy(DrfPolicy):
             held_list = zero if held is None else held.tolist()
             shares = [(h + p) / c for h, p, c in zip(held_list, pending[tenant].tolist(), caps,
                                                      strict=True)]
-            tier = 2 if tenant in over else 0 if aged[tenant][pos[tenant]][0] <= bound_cut else 1
+            since, _, rid = aged[tenant][pos[tenant]]
+            if rid in urgent:
+                return (-1, self.urgent_served.get(tenant, -math.inf), since, tenant)
+            tier = 2 if tenant in over else 0 if since <= bound_cut else 1
             return (tier, *self.tenant_key(st, tenant, shares))
 
         heap = [(key(t), t) for t in aged]
@@ -892,7 +914,8 @@ class BalancedDrfPolicy(DrfPolicy):
                 preempt = since <= bound_cut and (
                     tenant not in over or cfg.aging_over_share == "swap")
                 outcome = self._serve_one_aged(st, item, now, taken, decisions, preempt,
-                                               own_only=tenant in over)
+                                               own_only=tenant in over,
+                                               urgent=rid in urgent)
                 if isinstance(outcome, Reservation):
                     reservations.append(outcome)
                     taken |= outcome.mask
@@ -904,6 +927,24 @@ class BalancedDrfPolicy(DrfPolicy):
                 heapq.heappush(heap, (key(tenant), tenant))
         st.set_reservations(reservations)
         return decisions
+
+    @staticmethod
+    def _urgent_heads(st: SchedulerState, aged: dict[str, list[tuple[float, int, str]]],
+                      urgent_cut: float) -> set[str]:
+        """The queue heads (what the starvation guarantee owes) of the tenants in ``aged``
+        that have waited since ``urgent_cut`` or longer, each moved to the front of its
+        tenant's list in ``aged``."""
+        heads: set[str] = set()
+        if urgent_cut == -math.inf:
+            return heads
+        for tenant, entries in aged.items():
+            head = st.tenant_queue(tenant)[0][2]
+            item = st.queued[head]
+            if item.waiting_since <= urgent_cut:
+                heads.add(head)
+                entries.remove(item.age_entry)
+                entries.insert(0, item.age_entry)
+        return heads
 
     @staticmethod
     def _aged_over_share(st: SchedulerState, bound_cut: float,
@@ -939,9 +980,26 @@ class BalancedDrfPolicy(DrfPolicy):
 
         return tenants, ok
 
+    def _sliced(self, tenants: list[str] | None, victim_ok: Callable[[Running], bool],
+                now: float) -> Callable[[Running], bool]:
+        """Victims of an urgent request (``aging_urgent_at``): besides the work of
+        ``tenants`` that ``victim_ok`` accepts, any tenant's work that has run a whole
+        quantum since it (re)started. Where the only node a request fits on is held by a
+        less-served tenant's week-long job (Philly's traces on openb's nodes), the tenants
+        take turns on it instead of waiting for that job's end."""
+        slice_end = now - self.config.quantum() + EPS
+        first = set(tenants or ())
+
+        def ok(run: Running) -> bool:
+            return run.start <= slice_end or (run.item.tenant in first and victim_ok(run))
+
+        return ok
+
     def next_wakeup(self, st: SchedulerState, now: float) -> float | None:
         """The next request to age, or (while requests wait) the next protection to end."""
         thresholds = {self.config.aging_bound, self.reserve_at()}
+        if self.config.aging_urgent_at is not None:
+            thresholds.add(max(self.config.aging_urgent_at, self.reserve_at()))
         by_age = st.by_age()
         times = []
         for bound in thresholds:

@@ -530,3 +530,53 @@ def test_score_cache_chooses_as_scoring_from_scratch():
             else:
                 other = int(rng.integers(len(state.free)))
                 state.free[other] = np.minimum(state.free[other] + d, state.cap[other])
+
+
+def _one_h100_and_a_held_one(urgent_at):
+    """A's week-long job holds the only H100; B (more served than A, still below its fair
+    share) waits for that H100."""
+    cfg = SchedulerConfig(aging_bound=100.0, aging_quantum=50.0, aging_urgent_at=urgent_at)
+    nodes = [node("h", 4, 8, gpu=1, gpu_type="H100")] + [
+        node(f"t{i}", 4, 8, gpu=1, gpu_type="T4") for i in range(3)]
+    state = SchedulerState("balanced-drf", cfg, nodes, validate=True, auto_schedule=False)
+    state.submit(req("a-week", "A", cpu=1, gpu=1, gpu_type="H100", preemptible=True,
+                     runtime=604800.0), 0)
+    for i in range(2):
+        state.submit(req(f"b-t4-{i}", "B", cpu=1, gpu=1, gpu_type="T4", runtime=604800.0), 0)
+    state.tick(0)
+    state.submit(req("b-h100", "B", cpu=1, gpu=1, gpu_type="H100", preemptible=True,
+                     runtime=604800.0), 1)
+    return state
+
+
+def _run_until(state, end):
+    """Ticks at every wake-up until ``end``; returns (time, action, request) of each decision."""
+    log = []
+    now = state.now
+    while (wake := state.next_wakeup()) is not None and wake <= end:
+        now = max(wake, now)
+        log += [(now, d.action, d.request_id) for d in state.tick(now)]
+    return log
+
+
+def test_by_default_the_more_served_tenant_waits_for_the_less_served_ones_job():
+    state = _one_h100_and_a_held_one(urgent_at=None)
+    assert _run_until(state, 20000) == []
+    assert state.queue_position("b-h100") == 0 and "a-week" in state.running
+
+
+def test_urgent_heads_take_turns_on_the_only_node_they_fit():
+    """With aging_urgent_at, B's head takes the H100 from A's job (which has run more than
+    a quantum) when it has waited that long; A, now below its share with nothing running,
+    takes it back at the aging bound from the more-served B; and so on: turns, not a week's
+    wait. The turn-taking state survives export and restore."""
+    state = _one_h100_and_a_held_one(urgent_at=200.0)
+    turn = [("preempt", "a-week"), ("start", "b-h100"), ("preempt", "b-h100"),
+            ("start", "a-week")]
+    log = _run_until(state, 850)
+    assert [(a, r) for _, a, r in log] == turn * 2 + turn[:2]
+    assert [t for t, a, _ in log if a == "start"] == [201.0, 301.0, 501.0, 601.0, 801.0]
+    assert state.policy.urgent_served == {"B": 801.0}
+    copy = SchedulerState.from_export(state.export_state(), validate=True)
+    assert copy.policy.urgent_served == {"B": 801.0}
+    assert [(a, r) for _, a, r in _run_until(copy, 1200)] == turn[2:] + turn[:2]
