@@ -519,13 +519,35 @@ def write_state(config: ServerConfig, **more: Any) -> None:
                           {"host": host, "port": config.port, "pid": os.getpid(), **more})
 
 
+FLUSH_EVERY = 1.0  # seconds between request-log flushes
+FAILING_REMINDER = 60.0  # seconds between warnings while flushing keeps failing
+
+
 async def _flush_log(server: ModelServer) -> None:
-    while server.request_log is not None:
-        await asyncio.sleep(1.0)
+    """Flush the request log every second. A failure (a full disk, the blob store down)
+    must not end the logging for the replica's life, nor fill its log with a traceback a
+    second: the first failure is logged in full, then a line a minute until it recovers."""
+    failing_since: float | None = None  # the start of the current run of failures
+    warned = 0.0
+    while (request_log := server.request_log) is not None:
+        await asyncio.sleep(FLUSH_EVERY)
         try:
-            await asyncio.to_thread(server.request_log.flush)  # blob writes: off the loop
-        except Exception:  # a full disk must not end the logging for the replica's life
-            log.exception("writing the request log %s", server.request_log.path)
+            await asyncio.to_thread(request_log.flush)  # blob writes: off the loop
+        except Exception as exc:
+            now = time.monotonic()
+            if failing_since is None:
+                failing_since = warned = now
+                log.exception("writing the request log %s (lines are kept; retried each second)",
+                              request_log.path)
+            elif now - warned >= FAILING_REMINDER:
+                warned = now
+                log.warning("writing the request log %s still fails after %.0f s: %s",
+                            request_log.path, now - failing_since, exc)
+            continue
+        if failing_since is not None:
+            log.warning("the request log %s is written again after %.0f s of failures",
+                        request_log.path, time.monotonic() - failing_since)
+            failing_since = None
 
 
 def alloc_cpu() -> int:

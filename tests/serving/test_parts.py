@@ -10,6 +10,7 @@ import json
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import fastjsonschema
 import numpy as np
@@ -287,6 +288,43 @@ def test_the_request_log_stores_an_image_before_the_line_that_names_it(tmp_path)
         log.flush()
     assert len(path.read_text().splitlines()) == 3  # the line is there all the same
     log.close()
+
+
+def test_a_failing_request_log_is_logged_once_then_reminded_then_recovered(monkeypatch, caplog):
+    """The replica's flusher keeps flushing through failures, with one traceback, a reminder
+    each FAILING_REMINDER seconds, and a line when writing works again (not a traceback a
+    second for as long as the disk is full)."""
+    from loophub.serving import server as replica
+
+    clock = iter(range(0, 1000, 10))  # each of the flusher's readings is 10 s after the last
+    monkeypatch.setattr(replica, "time", SimpleNamespace(monotonic=lambda: float(next(clock))))
+    monkeypatch.setattr(replica, "FLUSH_EVERY", 0.0)
+    monkeypatch.setattr(replica, "FAILING_REMINDER", 30.0)
+    outcomes = [OSError("disk full")] * 8 + [None, None]
+
+    class Log:
+        path = "r.jsonl"
+
+        def flush(self) -> None:
+            outcome = outcomes.pop(0)
+            if not outcomes:
+                fake.request_log = None  # the replica stops after this flush
+            if outcome:
+                raise outcome
+
+    class Fake:
+        request_log = Log()
+
+    fake = Fake()
+    caplog.set_level("INFO", logger=replica.log.name)
+    run_async(replica._flush_log(fake))
+    assert not outcomes  # every flush was tried
+    records = [r for r in caplog.records if r.name == replica.log.name]
+    assert [bool(r.exc_info) for r in records] == [True, False, False, False]
+    assert [r.getMessage().split(" still fails")[0] for r in records[1:3]] == [
+        "writing the request log r.jsonl"] * 2  # at 30 s and 60 s of 8 failures
+    assert "disk full" in records[1].getMessage()
+    assert "written again after 80 s" in records[3].getMessage()
 
 
 def test_the_command_line(monkeypatch):
