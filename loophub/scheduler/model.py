@@ -203,12 +203,13 @@ class SchedulerConfig:
     # balanced-drf: from this many seconds of waiting a request is served before DRF order and
     # reserved for, but preempts only from aging_bound (None: half of aging_bound)
     aging_reserve_at: float | None = None
-    # balanced-drf: a tenant below its fair share whose queue head has waited this long is
-    # served before every other aged request, the tenants in turn (whoever was served so
-    # longest ago first), and may preempt any tenant's preemptible work that has run one
-    # quantum: time-slicing, so the starvation guarantee holds even where the only nodes a
-    # request fits on are held by a less-served tenant's long job. None: off (the default;
-    # it costs Jain on the tuning half, docs/scheduler.md "What was changed" item 14)
+    # balanced-drf: a tenant below its fair share (any tenant with aging_scope "all") whose
+    # queue head has waited this long (at least aging_bound) is served before every other
+    # aged request, the tenants in turn (whoever was served so longest ago first), and may
+    # preempt any tenant's preemptible work that has run one quantum: time-slicing, so the
+    # starvation guarantee holds even where the only nodes a request fits on are held by a
+    # less-served tenant's long job. None: off (the default; it costs Jain on the tuning
+    # half, docs/scheduler.md "What was changed" item 14)
     aging_urgent_at: float | None = None
     preemption: bool = False              # preempt preemptible work for below-fair-share tenants
     preemption_grace: float = 300.0       # a request waits this long before it may preempt

@@ -755,9 +755,6 @@ class BalancedDrfPolicy(DrfPolicy):
         request of its own tenant for one quantum (no churn inside a tenant's share)."""
         if now - item.waiting_since >= self.reserve_at() - EPS:
             self.swap_guard[item.id] = now + self.config.quantum()
-        urgent = self.config.aging_urgent_at
-        if urgent is not None and now - item.waiting_since >= urgent - EPS:
-            self.urgent_served[item.tenant] = now
 
     def on_release(self, st: SchedulerState, run: Running, now: float) -> None:
         self.swap_guard.pop(run.item.id, None)
@@ -814,6 +811,13 @@ class BalancedDrfPolicy(DrfPolicy):
         res = st.reservation_for(item, now, self.scorer, exclude=taken)
         return res if res is not None else False
 
+    def urgent_at(self) -> float | None:
+        """``aging_urgent_at``, at least ``aging_bound`` (an urgent head must be able to
+        preempt); None: no urgent tier."""
+        cfg = self.config
+        return None if cfg.aging_urgent_at is None else max(cfg.aging_urgent_at,
+                                                              cfg.aging_bound)
+
     def reserve_at(self) -> float:
         cfg = self.config
         if cfg.aging_reserve_at is None:
@@ -864,8 +868,8 @@ class BalancedDrfPolicy(DrfPolicy):
         cfg = self.config
         bound_cut = now - cfg.aging_bound + EPS
         cutoff = now - self.reserve_at() + EPS
-        urgent_cut = -math.inf if cfg.aging_urgent_at is None else min(
-            now - cfg.aging_urgent_at + EPS, cutoff)
+        urgent_at = self.urgent_at()
+        urgent_cut = -math.inf if urgent_at is None else now - urgent_at + EPS
         by_age = st.by_age()
         if not by_age or by_age[0][0] > cutoff:
             if not over_share:
@@ -916,6 +920,8 @@ class BalancedDrfPolicy(DrfPolicy):
                 outcome = self._serve_one_aged(st, item, now, taken, decisions, preempt,
                                                own_only=tenant in over,
                                                urgent=rid in urgent)
+                if outcome is True and rid in urgent:
+                    self.urgent_served[tenant] = now
                 if isinstance(outcome, Reservation):
                     reservations.append(outcome)
                     taken |= outcome.mask
@@ -996,16 +1002,25 @@ class BalancedDrfPolicy(DrfPolicy):
         return ok
 
     def next_wakeup(self, st: SchedulerState, now: float) -> float | None:
-        """The next request to age, or (while requests wait) the next protection to end."""
+        """The next request to age, or (while requests wait) the next protection to end;
+        while a request is urgent (``aging_urgent_at``), also the next run to finish a
+        slice."""
         thresholds = {self.config.aging_bound, self.reserve_at()}
-        if self.config.aging_urgent_at is not None:
-            thresholds.add(max(self.config.aging_urgent_at, self.reserve_at()))
+        urgent_at = self.urgent_at()
+        if urgent_at is not None:
+            thresholds.add(urgent_at)
         by_age = st.by_age()
         times = []
         for bound in thresholds:
             i = bisect.bisect_right(by_age, (now - bound + EPS, math.inf, ""))
             if i < len(by_age):
                 times.append(by_age[i][0] + bound)
+        if urgent_at is not None and by_age and by_age[0][0] <= now - urgent_at + EPS:
+            # an urgent request may be waiting for some run to finish its slice
+            quantum = self.config.quantum()
+            ends = [t + quantum for t in st.victim_starts() if t + quantum > now + EPS]
+            if ends:
+                times.append(min(ends))
         if st.queued and st.next_protection_end() is not None:
             times.append(st.next_protection_end())
         return min(times) if times else None
@@ -1015,8 +1030,24 @@ class BalancedDrfPolicy(DrfPolicy):
         fair = self.fair_shares(st)
         aged = [rid for since, _, rid in st.by_age() if since <= cutoff
                 and (fair is None or _below(st, st.queued[rid].tenant, fair))]
+        urgent_at = self.urgent_at()
+        if urgent_at is not None:
+            urgent = self._urgent_order(st, aged, now - urgent_at + EPS)
+            aged = urgent + [rid for rid in aged if rid not in set(urgent)]
         first = set(aged)
         return aged + [rid for rid in super().queue_order(st, now) if rid not in first]
+
+    def _urgent_order(self, st: SchedulerState, aged: list[str], urgent_cut: float
+                      ) -> list[str]:
+        """The urgent queue heads among ``aged``, in the order ``_serve_aged`` tries them."""
+        aged_ids = set(aged)
+        heads = []
+        for tenant in st.tenants_waiting():
+            head = st.tenant_queue(tenant)[0][2]
+            since = st.queued[head].waiting_since
+            if head in aged_ids and since <= urgent_cut:
+                heads.append((self.urgent_served.get(tenant, -math.inf), since, tenant, head))
+        return [head for *_, head in sorted(heads)]
 
 
 def _below(st: SchedulerState, tenant: str, fair: dict[str, float],

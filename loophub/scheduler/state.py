@@ -410,6 +410,10 @@ class SchedulerState:
         """Tenants holding preemptible work that is not protected now."""
         return [t for t, pool in self._victims.items() if pool]
 
+    def victim_starts(self) -> Iterator[float]:
+        """When each run of preemptible, unprotected work started."""
+        return (run.start for pool in self._victims.values() for run in pool.values())
+
     def tenants_waiting(self) -> list[str]:
         return [t for t, q in self._by_tenant.items() if q]
 

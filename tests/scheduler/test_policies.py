@@ -580,3 +580,62 @@ def test_urgent_heads_take_turns_on_the_only_node_they_fit():
     copy = SchedulerState.from_export(state.export_state(), validate=True)
     assert copy.policy.urgent_served == {"B": 801.0}
     assert [(a, r) for _, a, r in _run_until(copy, 1200)] == turn[2:] + turn[:2]
+
+
+def test_urgent_tenants_take_turns_in_the_order_they_were_last_served():
+    """Three tenants whose requests fit only the one H100: B and C (more served, each with
+    T4 work) become urgent and take it in turn from A's job and from each other, A gets it
+    back at the aging bound, and the queue order shows the tenant served longest ago first."""
+    cfg = SchedulerConfig(aging_bound=100.0, aging_quantum=50.0, aging_urgent_at=200.0)
+    nodes = [node("h", 4, 8, gpu=1, gpu_type="H100")] + [
+        node(f"t{i}", 4, 8, gpu=1, gpu_type="T4") for i in range(5)]
+    state = SchedulerState("balanced-drf", cfg, nodes, validate=True, auto_schedule=False)
+    state.submit(req("a-week", "A", cpu=1, gpu=1, gpu_type="H100", preemptible=True,
+                     runtime=604800.0), 0)
+    for tenant in "bc":
+        for i in range(2):
+            state.submit(req(f"{tenant}-t4-{i}", tenant.upper(), cpu=1, gpu=1,
+                             gpu_type="T4", runtime=604800.0), 0)
+    state.tick(0)
+    for t, tenant in enumerate("bc", start=1):
+        state.submit(req(f"{tenant}-h100", tenant.upper(), cpu=1, gpu=1, gpu_type="H100",
+                         preemptible=True, runtime=604800.0), t)
+    state.tick(2)
+    assert state.policy.queue_order(state, 203.0) == ["b-h100", "c-h100"]  # the older first
+    state.policy.urgent_served = {"B": 150.0}
+    assert state.policy.queue_order(state, 203.0) == ["c-h100", "b-h100"]  # B had a turn
+    state.policy.urgent_served = {}
+    log = _run_until(state, 560)
+    holders = [(t, r) for t, a, r in log if a == "start"]
+    assert holders == [(201.0, "b-h100"), (251.0, "c-h100"), (301.0, "a-week"),
+                       (451.0, "b-h100"), (501.0, "c-h100"), (551.0, "a-week")]
+    assert state.policy.urgent_served == {"B": 451.0, "C": 501.0}
+
+
+def test_an_urgent_request_wakes_when_the_work_in_its_way_has_run_a_slice():
+    """When B's head becomes urgent, the work on the only node it fits (A's, not
+    protected: it started from the DRF pass) has run less than a quantum: the scheduler
+    wakes when that slice ends, not at an unrelated event or at the work's end."""
+    cfg = SchedulerConfig(aging_bound=100.0, aging_quantum=50.0, aging_reserve_at=100.0,
+                          aging_urgent_at=100.0)
+    nodes = [node("h", 4, 8, gpu=1, gpu_type="H100")] + [
+        node(f"t{i}", 4, 8, gpu=1, gpu_type="T4") for i in range(3)]
+    state = SchedulerState("balanced-drf", cfg, nodes, validate=True, auto_schedule=False)
+    state.submit(req("c-h100", "C", cpu=1, gpu=1, gpu_type="H100", runtime=220.0), 0)
+    for i in range(2):
+        state.submit(req(f"b-t4-{i}", "B", cpu=1, gpu=1, gpu_type="T4", runtime=604800.0), 0)
+    state.tick(0)
+    state.submit(req("b-h100", "B", cpu=1, gpu=1, gpu_type="H100", preemptible=True,
+                     runtime=604800.0), 150)
+    state.tick(150)
+    state.submit(req("a-h100", "A", cpu=1, gpu=1, gpu_type="H100", preemptible=True,
+                     runtime=604800.0), 215)
+    state.tick(215)
+    state.finish("c-h100", 220)
+    assert started(state.tick(220)) == ["a-h100"]  # A is the less served: DRF order
+    assert state.next_wakeup() == 250.0  # b-h100 becomes urgent
+    assert state.tick(250.0) == []  # a-h100 has run 30 s of its 50 s slice
+    assert state.next_wakeup() == 270.0
+    took = state.tick(270.0)
+    assert [(d.action, d.request_id) for d in took] == [("preempt", "a-h100"),
+                                                         ("start", "b-h100")]
