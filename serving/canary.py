@@ -5,8 +5,10 @@ seconds, sums them per side (``side_stats``: predict requests, server errors, th
 latency histogram), subtracts what each side had when the canary started, and asks
 ``verdict``: roll back when the canary's error rate exceeds the stable side's by more
 than ``error_margin``, or its p99 latency is more than ``latency_ratio`` times the
-stable side's, once each side has answered ``min_requests`` predict requests (before
-that there is nothing to judge). KServe's canary has no such guard: a bad canary
+stable side's and more than ``latency_floor_ms`` above it, once each side has answered
+``min_requests`` predict requests (before that there is nothing to judge). The floor is
+there because the p99 of 50 requests is the slowest of them: one stall of a few
+milliseconds on a busy host must not roll back a model that answers in 3 ms. KServe's canary has no such guard: a bad canary
 serves its share until someone looks.
 """
 
@@ -18,7 +20,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-GUARD_DEFAULTS = {"error_margin": 0.05, "latency_ratio": 3.0, "min_requests": 50}
+GUARD_DEFAULTS = {"error_margin": 0.05, "latency_ratio": 3.0, "latency_floor_ms": 50.0,
+                  "min_requests": 50}
 PREDICT = "predict"
 
 
@@ -95,7 +98,9 @@ def verdict(stable: Stats, canary: Stats, guard: dict) -> str | None:
         return (f"the canary's error rate {canary.error_rate:.1%} exceeds the stable "
                 f"version's {stable.error_rate:.1%} by more than {guard['error_margin']:.1%}")
     canary_p99, stable_p99 = canary.quantile(0.99), stable.quantile(0.99)
-    if stable_p99 and canary_p99 > stable_p99 * guard["latency_ratio"]:
+    slower = canary_p99 - stable_p99 > guard["latency_floor_ms"] / 1000
+    if stable_p99 and canary_p99 > stable_p99 * guard["latency_ratio"] and slower:
         return (f"the canary's p99 latency {canary_p99 * 1000:.1f} ms is over "
-                f"{guard['latency_ratio']:g}x the stable version's {stable_p99 * 1000:.1f} ms")
+                f"{guard['latency_ratio']:g}x the stable version's {stable_p99 * 1000:.1f} ms "
+                f"and {guard['latency_floor_ms']:g} ms above it")
     return None

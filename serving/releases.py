@@ -141,7 +141,7 @@ def check_guard(raw: Any) -> dict[str, float]:
         raise InvalidInput("guard: an object of thresholds, or false for no automatic "
                            "rollback", detail={"field": "guard"})
     limits = {"error_margin": (0.0, 1.0), "latency_ratio": (1.0, 1000.0),
-              "min_requests": (1, 1_000_000)}
+              "latency_floor_ms": (0.0, 600_000.0), "min_requests": (1, 1_000_000)}
     for key, value in raw.items():
         low, high = limits.get(key, (None, None))
         if low is None or isinstance(value, bool) or not isinstance(value, int | float) \

@@ -41,11 +41,12 @@ OPTIONS = {"type": "object", "additionalProperties": False, "properties": {
 REPLICAS = {"type": "integer", "minimum": 1, "maximum": 16}
 GUARD = {"description": "automatic rollback when the canary is worse than the stable "
                         "version (defaults: error_margin 0.05, latency_ratio 3, "
-                        "min_requests 50); false: none",
+                        "latency_floor_ms 50, min_requests 50); false: none",
          "oneOf": [{"type": "boolean"}, {
              "type": "object", "additionalProperties": False, "properties": {
                  "error_margin": {"type": "number", "minimum": 0, "maximum": 1},
                  "latency_ratio": {"type": "number", "minimum": 1, "maximum": 1000},
+                 "latency_floor_ms": {"type": "number", "minimum": 0, "maximum": 600000},
                  "min_requests": {"type": "integer", "minimum": 1, "maximum": 1000000}}}]}
 PERCENT = {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 100}
 REPLICA_VIEW = {"type": "object", "properties": {

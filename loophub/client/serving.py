@@ -306,7 +306,7 @@ class Release:
         """MODEL takes PERCENT of the requests (WAIT: until its replicas are ready).
         GUARD: the platform rolls the canary back by itself when it is worse than the
         stable version (the API's defaults; a dict of error_margin, latency_ratio,
-        min_requests; False: never)."""
+        latency_floor_ms, min_requests; False: never)."""
         self._changed(self.serving.canary(self.name, model, percent=percent,
                                           replicas=replicas, guard=guard))
         if wait:

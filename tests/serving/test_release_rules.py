@@ -203,7 +203,12 @@ def test_the_canary_guard_judges_error_rate_and_p99_once_enough_requests_came():
     fast = Stats(100, 0, {0.001: 100, float("inf"): 100})
     assert "error rate 10.0%" in verdict(fast, canary, guard)
     healthy_but_slow = Stats(100, 0, {0.001: 0, 0.01: 99, float("inf"): 100})
-    assert "p99 latency 10.0 ms" in verdict(fast, healthy_but_slow, guard)
+    assert verdict(fast, healthy_but_slow, guard) is None  # 10x, but only 9 ms slower
+    strict = guard_options({"min_requests": 50, "latency_floor_ms": 5})
+    assert "p99 latency 10.0 ms" in verdict(fast, healthy_but_slow, strict)
+    slow = Stats(100, 0, {0.001: 0, 0.01: 0, 0.1: 99, float("inf"): 100})
+    assert "p99 latency 100.0 ms is over 3x the stable version's 1.0 ms and 50 ms above" \
+        in verdict(fast, slow, guard)
     assert verdict(fast, Stats(10, 10, {}), guard) is None  # too few requests to judge
     assert verdict(fast, fast, guard) is None
     assert (canary - canary).requests == 0
