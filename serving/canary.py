@@ -8,8 +8,8 @@ than ``error_margin``, or its p99 latency is more than ``latency_ratio`` times t
 stable side's and more than ``latency_floor_ms`` above it, once each side has answered
 ``min_requests`` predict requests (before that there is nothing to judge). The floor is
 there because the p99 of 50 requests is the slowest of them: one stall of a few
-milliseconds on a busy host must not roll back a model that answers in 3 ms. KServe's canary has no such guard: a bad canary
-serves its share until someone looks.
+milliseconds on a busy host must not roll back a model that answers in 3 ms. KServe's
+canary has no such guard: a bad canary serves its share until someone looks.
 """
 
 from __future__ import annotations
