@@ -537,7 +537,7 @@ async def _flush_log(server: ModelServer) -> None:
             now = time.monotonic()
             if failing_since is None:
                 failing_since = warned = now
-                log.exception("writing the request log %s (lines are kept; retried each second)",
+                log.exception("writing the request log %s (tried again each second)",
                               request_log.path)
             elif now - warned >= FAILING_REMINDER:
                 warned = now

@@ -471,25 +471,25 @@ def test_with_pending_kernels_the_queue_reason_shows_in_the_kernel_model(tmp_pat
         resp = _kernels_api(hub, token, "POST", json={"name": "python3-gpu1"})
         assert resp.status_code == 201 and resp.json()["execution_state"] == "starting"
         kernel = f"/{resp.json()['id']}"
-        reason = _until(lambda: _kernels_api(hub, token, "GET", kernel).json().get("reason"), 15,
+        reason = _until(lambda: _kernels_api(hub, token, "GET", kernel).json().get("reason"), 60,
                         "queue reason in the kernel model")
         assert reason.startswith("waiting for 1 CPU, 1 GiB, 1 GPU: Queued: position 1"), reason
         _release(hub, admin, hog)
-        _until(lambda: [r["state"] for r in _kernel_requests(hub, admin)] == ["running"], 15,
+        _until(lambda: [r["state"] for r in _kernel_requests(hub, admin)] == ["running"], 60,
                "kernel allocated")
-        _until(lambda: "reason" not in _kernels_api(hub, token, "GET", kernel).json(), 15,
+        _until(lambda: "reason" not in _kernels_api(hub, token, "GET", kernel).json(), 60,
                "reason cleared")
         assert _kernels_api(hub, token, "DELETE", kernel).status_code == 204
         # pending kernels shut down in the background too
-        _until(lambda: not _kernel_requests(hub, admin), 15, "kernel released")
+        _until(lambda: not _kernel_requests(hub, admin), 60, "kernel released")
         # shutting down a kernel that still waits in the queue ends the wait at once
         hog = _block_all_gpus(hub, admin)
         queued = _kernels_api(hub, token, "POST", json={"name": "python3-gpu1"}).json()["id"]
-        _until(lambda: _kernel_requests(hub, admin), 15, "kernel queued")
+        _until(lambda: _kernel_requests(hub, admin), 60, "kernel queued")
         started = time.monotonic()
         assert _kernels_api(hub, token, "DELETE", f"/{queued}").status_code == 204
         assert time.monotonic() - started < 10
-        _until(lambda: not _kernel_requests(hub, admin), 15, "queued kernel withdrawn")
+        _until(lambda: not _kernel_requests(hub, admin), 60, "queued kernel withdrawn")
         _release(hub, admin, hog)
     finally:
         _stop_khub(hub, admin)

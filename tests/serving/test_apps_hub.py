@@ -254,7 +254,7 @@ def test_past_the_caps_the_busy_pages_answer_at_once(platform):
     took = time.monotonic() - started
     assert busy.status_code == 503 and "Busy" in busy.text, busy.text[-500:]
     assert int(busy.headers["Retry-After"]) >= 7 and 'http-equiv="refresh"' in busy.text
-    assert took < 5, took
+    assert took < 30, took  # answered, not queued behind the kernels starting
     hub = platform["hub"]
     status = requests.get(f"{hub.url}/services/apps/status", timeout=30, headers={
         "Authorization": f"token {platform['tokens']['admin']}"}).json()

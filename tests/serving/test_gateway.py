@@ -314,10 +314,12 @@ def test_a_revoked_key_stops_working_within_2_s(world):
     assert post(world, "digits/predict", headers=headers).status_code == 200
     del world.source.keys[sha("lhk_revoke_me")]
     revoked = time.monotonic()
+    # the cache keeps a key 2 s (tested to the second with an injected clock in
+    # test_lookups_expire...); here the real clock on a busy machine gets 3 s more
     while post(world, "digits/predict", headers=dict(headers)).status_code == 200:
-        assert time.monotonic() - revoked < 2.3, "the revoked key still works"
+        assert time.monotonic() - revoked < 5, "the revoked key still works"
         time.sleep(0.05)
-    assert time.monotonic() - revoked <= 2.3
+    assert time.monotonic() - revoked <= 5
 
 
 def test_the_callers_credentials_are_not_forwarded(world):
@@ -534,11 +536,19 @@ def test_draining_answers_the_requests_in_flight(world):
     slow = threading.Thread(target=lambda: answers.append(
         post(world, "open/predict?sleep=0.5", "tok-eve", base=base)))
     slow.start()
-    time.sleep(0.15)
+    deadline = time.monotonic() + 10
+    while gateway.in_flight < 1:  # the slow request has reached the gateway
+        assert time.monotonic() < deadline, "the slow request never got in flight"
+        time.sleep(0.01)
     draining = asyncio.run_coroutine_threadsafe(gateway.drain(), world.loop)
-    time.sleep(0.1)
-    with pytest.raises(requests.ConnectionError):
-        post(world, "open/predict", "tok-eve", base=base)
+    refused_by = time.monotonic() + 5  # the listener closes as draining begins
+    while True:
+        try:
+            post(world, "open/predict", "tok-eve", base=base)
+        except requests.ConnectionError:
+            break
+        assert time.monotonic() < refused_by, "a new connection was still accepted"
+        time.sleep(0.02)
     draining.result(10)
     slow.join(10)
     assert [a.status_code for a in answers] == [200]

@@ -35,6 +35,7 @@ def points(page) -> int:
         }}""")
 
 
+@pytest.mark.timeout(900)  # a spawn, JupyterLab and a 40-epoch job
 def test_the_job_widget_draws_live_curves_in_jupyterlab(hub, admin_token, tmp_path):
     resp = requests.post(f"{hub.api}/accounts", json={"name": "tina"}, timeout=30,
                          headers={"Authorization": f"token {admin_token}"})

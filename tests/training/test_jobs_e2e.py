@@ -206,7 +206,7 @@ def test_preempted_by_a_fairer_request_it_checkpoints_requeues_resumes_and_finis
     api.ctx.scheduler_policy = "drf"
     api.ctx.scheduler_config = {"preemption": True, "preemption_grace": 0}
     gpu = {"cpu": 1, "mem": "1G", "gpu": 1}
-    params = {**SLOW, "epochs": 6}
+    params = {**SLOW, "epochs": 12}  # with 6, one had ended 10 s after bob asked
     first = digits.training.run("image-cnn", dataset="digits@v1", per_worker=gpu,
                                 params=params, preemptible=True)
     second = digits.training.run("image-cnn", dataset="digits@v1", per_worker=gpu,
@@ -255,19 +255,26 @@ def test_cancel_while_queued_and_while_running_leaves_nothing_running(digits):
 
 def test_two_users_are_admitted_in_fair_order(digits, api):
     """ann's three 1-GPU jobs: two run (both GPUs), one waits; bob's job, submitted after,
-    goes before ann's third, since ann is above her fair share and bob holds nothing."""
+    goes before ann's third, since ann is above her fair share and bob holds nothing.
+    ann's first two run until cancelled, so none ends before bob has asked (a 1-epoch job
+    could, on a slow start)."""
     digits.datasets.update("digits", visibility="public")
     one = {"cpu": 1, "mem": "1G", "gpu": 1}
     short = {**SLOW, "epochs": 1}
     anns = [digits.training.run("image-cnn", dataset="digits@v1", per_worker=one,
-                                params=short) for _ in range(3)]
+                                params=params) for params in
+            ({**SLOW, "epochs": 50}, {**SLOW, "epochs": 50}, short)]
     wait_for(lambda: anns[1].refresh().state == "running", "ann's first two jobs run")
     assert anns[2].refresh().state == "queued"
     bobs = api.client("bob").training.run("image-cnn", dataset="digits@v1", per_worker=one,
                                           params=short)
     assert bobs.refresh().view["queue"]["position"] == 1
     assert "your share 0%" in bobs.view["queue"]["message"]
-    for job in (*anns, bobs):
+    digits.training.cancel(anns[0].id)  # a GPU frees: bob's job takes it
+    wait_for(lambda: bobs.refresh().state != "queued", "bob's job leaves the queue")
+    assert anns[2].refresh().state == "queued"
+    digits.training.cancel(anns[1].id)
+    for job in (anns[2], bobs):
         job.wait(progress=False, timeout=900)
 
     def started(client, job):

@@ -309,6 +309,7 @@ def test_text_classifier_learns_resumes_and_serves(tmp_path):
 
 
 @pytest.mark.training
+@pytest.mark.timeout(900)  # 90 s alone, more on a loaded 2-core machine
 def test_ner_tagger_learns_resumes_and_serves(tmp_path):
     from loophub.training.recipes.text import Tokenizer, tags_to_spans
 
@@ -355,6 +356,7 @@ def test_ner_tagger_learns_resumes_and_serves(tmp_path):
 
 
 @pytest.mark.training
+@pytest.mark.timeout(900)  # 183 s of training on a loaded 2-core machine
 def test_detector_learns_resumes_and_serves(tmp_path):
     from loophub.training.recipes.detection import decode, iou_xywh, record_boxes
 
