@@ -600,13 +600,15 @@ class PredictionApp(w.VBox):
         answer = session.predict([instance])
         self.answer = answer
         self.calls += 1
-        self.show(answer)
+        # the answer's details before the answer: the page shows them in this order, so
+        # whoever sees the result (a visitor, a browser test) sees its latency with it
         self.latency.value = (f"<span class='lh-app-meta'>answered in "
                               f"<b>{answer.latency_ms:.0f} ms</b> by "
                               f"{html.escape(answer.version)}</span>")
         self.request.value = (f"<span class='lh-app-meta'>request id "
                               f"<code class='lh-app-request-id'>"
                               f"{html.escape(answer.request_id)}</code></span>")
+        self.show(answer)
         self.flag_button.disabled = not answer.request_id
         self.flag_label.value = NO_LABEL
         self.say("")

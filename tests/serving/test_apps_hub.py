@@ -108,7 +108,15 @@ def predict_in_the_app(page, upload) -> str:
     page.click(".lh-app-predict")
     page.wait_for_function("document.querySelector('.lh-app-result').innerText.trim()"
                            " !== ''", timeout=30_000)
+    wait_for_latency(page)
     return page.inner_text(".lh-app-result")
+
+
+def wait_for_latency(page) -> None:
+    """The answer's latency line: a widget message of its own, which may be drawn just
+    after the result's."""
+    page.wait_for_function("document.querySelector('.lh-app-latency').innerText"
+                           ".includes(' ms')", timeout=10_000)
 
 
 def kernel_of(page_html: str) -> str:
@@ -378,6 +386,7 @@ def test_the_text_app_answers_in_a_browser(platform, tmp_path):
             result = page.inner_text(".lh-app-result")
             assert result.split()[0] == "sports", result
             assert all(topic in result for topic in sorted(TOPICS)[:2]), result
+            wait_for_latency(page)
             assert re.search(r"\d+ ms", page.inner_text(".lh-app-latency"))
     finally:
         owner.serving.stop(name)
