@@ -944,10 +944,9 @@ class BalancedDrfPolicy(DrfPolicy):
         if urgent_cut == -math.inf:
             return heads
         for tenant, entries in aged.items():
-            head = st.tenant_queue(tenant)[0][2]
-            item = st.queued[head]
-            if item.waiting_since <= urgent_cut:
-                heads.add(head)
+            item = _urgent_head(st, tenant, urgent_cut)
+            if item is not None:
+                heads.add(item.id)
                 entries.remove(item.age_entry)
                 entries.insert(0, item.age_entry)
         return heads
@@ -1033,7 +1032,8 @@ class BalancedDrfPolicy(DrfPolicy):
         urgent_at = self.urgent_at()
         if urgent_at is not None:
             urgent = self._urgent_order(st, aged, now - urgent_at + EPS)
-            aged = urgent + [rid for rid in aged if rid not in set(urgent)]
+            first_ids = set(urgent)
+            aged = urgent + [rid for rid in aged if rid not in first_ids]
         first = set(aged)
         return aged + [rid for rid in super().queue_order(st, now) if rid not in first]
 
@@ -1043,11 +1043,18 @@ class BalancedDrfPolicy(DrfPolicy):
         aged_ids = set(aged)
         heads = []
         for tenant in st.tenants_waiting():
-            head = st.tenant_queue(tenant)[0][2]
-            since = st.queued[head].waiting_since
-            if head in aged_ids and since <= urgent_cut:
-                heads.append((self.urgent_served.get(tenant, -math.inf), since, tenant, head))
+            item = _urgent_head(st, tenant, urgent_cut)
+            if item is not None and item.id in aged_ids:
+                heads.append((self.urgent_served.get(tenant, -math.inf), item.waiting_since,
+                              tenant, item.id))
         return [head for *_, head in sorted(heads)]
+
+
+def _urgent_head(st: SchedulerState, tenant: str, urgent_cut: float) -> Item | None:
+    """The tenant's queue head (what the starvation guarantee owes it) if it has waited
+    since ``urgent_cut`` or longer."""
+    item = st.queued[st.tenant_queue(tenant)[0][2]]
+    return item if item.waiting_since <= urgent_cut else None
 
 
 def _below(st: SchedulerState, tenant: str, fair: dict[str, float],
